@@ -1,0 +1,1 @@
+"""Homogeneous baselines: WLB-LLM packing and Megatron-LM packing over every (TP, CP)."""

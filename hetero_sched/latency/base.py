@@ -1,0 +1,230 @@
+"""The step model shared by every latency implementation.
+
+A group of `tp`·`cp` GPUs runs each sequence through all layers: forward, a recomputed forward (full
+activation checkpointing) and backward. A sequence of L tokens is split over the cp ranks (L/cp tokens
+each). Subclasses provide only the per-layer forward time of the token-proportional kernels
+(linear layers + pointwise ops); attention, communication, memory and sync are shared.
+
+Additive contract (DESIGN.md): group_latency_ms = overhead_ms(tp, cp) + Σ seq_latency_ms(L, tp, cp).
+Costs that a micro-batch pays once whatever its size (kernel-launch floors, GEMM ramp-up, ring latency)
+are the group's overhead; the rest is charged per sequence.
+"""
+from __future__ import annotations
+
+import hashlib
+import math
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+
+import numpy as np
+
+from ..specs import Cluster, ModelSpec
+from . import constants as K
+from .nccl import nccl_curve
+
+PASSES_FWD = 1 + K.RECOMPUTE_FORWARDS  # forward + recomputed forward
+GB = 1e9
+
+
+class LatencyModel(ABC):
+    """Step-model interface: per-sequence cost, per-group overhead, token capacity, memory, sync."""
+
+    kind: str = "abstract"
+    version: str = "1.0"
+
+    def __init__(self, model: ModelSpec, cluster: Cluster) -> None:
+        self.model = model
+        self.cluster = cluster
+        self._check_fits()
+
+    # ---- what subclasses provide ----------------------------------------------------------------
+    @abstractmethod
+    def linear_fwd_ms(self, tokens, tp: int):
+        """One block's forward time of GEMMs + pointwise kernels for `tokens` tokens (array-friendly)."""
+
+    @property
+    def table_sha256(self) -> str | None:
+        return None
+
+    # ---- public contract ------------------------------------------------------------------------
+    def seq_latency_ms(self, length: int, tp: int, cp: int, cross_node: bool | None = None) -> float:
+        """Forward + recompute + backward of one sequence through all layers, ms, overhead excluded."""
+        return float(self.seq_latency_array(np.array([length]), tp, cp, cross_node)[0])
+
+    def overhead_ms(self, tp: int, cp: int, cross_node: bool | None = None) -> float:
+        """What one micro-batch costs whatever its size: the intercept of every token-linear kernel
+        (launch floors, GEMM ramp-up), the attention launch floor and the ring's per-step latency."""
+        m = self.model
+        linear0 = float(self._linear_intercept(tp))
+        tpc0 = self._tp_allreduce(tp).floor_ms * K.TP_ALLREDUCES_PER_LAYER_FWD if tp > 1 else 0.0
+        ring0 = (cp - 1) * self._ring_curve(tp, cp, cross_node).floor_ms if cp > 1 else 0.0
+        per_layer = ((PASSES_FWD + K.LINEAR_BWD_RATIO) * linear0 + (PASSES_FWD + 1) * tpc0
+                     + (PASSES_FWD + 1) * K.ATTN_FLOOR_MS + (PASSES_FWD + 2) * ring0)
+        head0 = (1 + K.LINEAR_BWD_RATIO) * self._gemm_intercept(m.hidden, m.vocab // tp)
+        return m.layers * per_layer + head0
+
+    def group_latency_ms(self, lengths: Sequence[int], tp: int, cp: int, cross_node: bool | None = None) -> float:
+        """overhead_ms + Σ seq_latency_ms: the group runs its sequences one micro-batch after another."""
+        lengths = self._check_lengths(lengths)
+        if lengths.size and lengths.max() > self.max_tokens(tp, cp):
+            raise ValueError(f"a sequence of {int(lengths.max())} tokens exceeds max_tokens={self.max_tokens(tp, cp)} "
+                             f"of TP{tp}xCP{cp}")
+        seqs = self.seq_latency_array(lengths, tp, cp, cross_node).sum() if lengths.size else 0.0
+        return self.overhead_ms(tp, cp, cross_node) + float(seqs)
+
+    def seq_latency_array(self, lengths: np.ndarray, tp: int, cp: int, cross_node: bool | None = None) -> np.ndarray:
+        """Vectorised seq_latency_ms over many lengths for one configuration."""
+        self._check_config(tp, cp)
+        m = self.model
+        L = np.asarray(lengths, dtype=float)
+        T = L / cp  # tokens per CP rank
+        linear = (self.linear_fwd_ms(T, tp) - self._linear_intercept(tp)) * (PASSES_FWD + K.LINEAR_BWD_RATIO)
+        tpc = self._tp_comm_var(T, tp) * (PASSES_FWD + 1)  # backward moves as much as a forward
+        attn_fwd = self._attention_fwd_ms(L, tp, cp)
+        attn_bwd = attn_fwd * K.FA_BWD_FLOP_RATIO / K.FA_BWD_RATE
+        ring_fwd = self._ring_var(T, tp, cp, cross_node)
+        ring_bwd = 2 * ring_fwd  # backward circulates K,V and their gradients
+        # ring transfers overlap the attention they feed: each pass costs max(compute, transfer)
+        attn = PASSES_FWD * np.maximum(attn_fwd, ring_fwd) + np.maximum(attn_bwd, ring_bwd)
+        head = (self._gemm_ms(T, m.hidden, m.vocab / tp) - self._gemm_intercept(m.hidden, m.vocab // tp)) \
+            * (1 + K.LINEAR_BWD_RATIO)  # LM head: forward + backward, not recomputed
+        return m.layers * (linear + tpc + attn) + head
+
+    def max_tokens(self, tp: int, cp: int) -> int:
+        """Largest micro-batch (tokens over all cp ranks) that fits in memory; 0 if nothing fits."""
+        self._check_config(tp, cp)
+        free = self.usable_bytes - self._static_bytes(tp)
+        return max(0, int(free // self._bytes_per_token(tp))) * cp
+
+    def memory_gb(self, microbatch_tokens: int, tp: int, cp: int) -> float:
+        """Peak memory per GPU (GB) for a micro-batch of `microbatch_tokens` tokens over the group."""
+        per_rank = math.ceil(microbatch_tokens / cp)
+        return (self._static_bytes(tp) + per_rank * self._bytes_per_token(tp)) / GB
+
+    def sync_ms(self, tps: Sequence[int]) -> float:
+        """Once-per-step gradient synchronisation for groups of these TP degrees.
+
+        Layout = the smallest TP degree t_L among groups. A group with tp > t_L first all-gathers its
+        gradient shards on NVLink (tp/t_L ranks, 2P/t_L bytes each ending); then the cluster
+        reduce-scatters the 2P/t_L-byte shards (ZeRO-1) and all-gathers the updated weights:
+        2 · (2P/t_L)·(1 − t_L/N) / bw, bw = InfiniBand when the cluster spans nodes. Not overlapped
+        with backward (an upper bound on what a real overlapped schedule pays).
+        """
+        tps = list(tps)
+        if not tps:
+            return 0.0
+        n = self.cluster.gpus
+        grad_bytes = 2.0 * self.model.params
+        t_l = min(tps)
+        gather = 0.0
+        for tp in set(tps):
+            if tp > t_l:
+                k = tp // t_l
+                gather = max(gather, (k - 1) / k * grad_bytes / t_l / (K.NVLINK_BUS_GBPS * GB) * 1e3)
+        if n <= 1:
+            return gather
+        bw = K.IB_GBPS if n > self.cluster.gpus_per_node else K.NVLINK_BUS_GBPS
+        shard = grad_bytes / t_l
+        return gather + 2 * shard * (1 - t_l / n) / (bw * GB) * 1e3
+
+    def describe(self) -> dict:
+        return {"kind": self.kind, "version": self.version, "table_sha256": self.table_sha256}
+
+    # ---- memory ---------------------------------------------------------------------------------
+    @property
+    def usable_bytes(self) -> float:
+        return self.cluster.spec.memory_gb * GB * (1 - K.MEMORY_RESERVE_FRACTION)
+
+    def _static_bytes(self, tp: int) -> float:
+        p = self.model.params
+        return K.WEIGHT_GRAD_BYTES * p / tp + K.OPTIMIZER_BYTES * p / self.cluster.gpus
+
+    def _bytes_per_token(self, tp: int) -> float:
+        m = self.model
+        mlp_scale = m.ffn * (1.5 if m.gated_mlp else 1.0) / (4 * m.hidden)
+        checkpoints = m.layers * m.hidden * m.dtype_bytes  # one block input kept per layer
+        working = (K.ACT_ATTN_COEF + K.ACT_MLP_COEF * mlp_scale) * m.hidden  # one block being recomputed
+        logits = K.LOGIT_BYTES * m.vocab
+        return (checkpoints + working + logits) / tp
+
+    def _check_fits(self) -> None:
+        best_tp = max(self.cluster.tp_degrees(self.model), default=1)
+        static = self._static_bytes(best_tp) / GB
+        if static + self._bytes_per_token(best_tp) / GB > self.usable_bytes / GB:
+            raise ValueError(
+                f"{self.model.name} cannot fit on {self.cluster.gpus} x {self.cluster.gpu}: weights, gradients "
+                f"and ZeRO-1 optimizer states alone need {static:.1f} GB per GPU at TP{best_tp} "
+                f"(usable {self.usable_bytes / GB:.1f} GB); use more GPUs")
+
+    # ---- attention and communication -------------------------------------------------------------
+    def _attention_fwd_ms(self, L: np.ndarray, tp: int, cp: int) -> np.ndarray:
+        """Causal FlashAttention forward per block and CP rank, charged per 128-token tile.
+
+        n = ⌈L/128⌉ query tiles; causal work n(n+1)/2 tile pairs spread over cp ranks, each rank at
+        least its own diagonal tiles; 4·128²·head_dim FLOPs per tile pair and head; rate from the FA3
+        curve at the rank's chunk length."""
+        m = self.model
+        n = np.ceil(L / K.ATTN_TILE)
+        own = np.ceil(n / cp)
+        pairs = np.maximum(np.ceil(n * (n + 1) / 2 / cp), own)
+        flops = pairs * 4 * K.ATTN_TILE ** 2 * m.head_dim * (m.heads / tp)
+        rate = np.interp(np.log2(np.maximum(L / cp, 1.0)), np.log2(K.FA_FWD_SEQLEN), K.FA_FWD_TFLOPS)
+        return flops / (rate * 1e9)
+
+    def _ring_curve(self, tp: int, cp: int, cross_node: bool | None):
+        if cross_node is None:
+            cross_node = tp * cp > self.cluster.gpus_per_node
+        return nccl_curve(self.cluster.gpu, "send_recv", 2, 1 if cross_node else 2)
+
+    def _ring_var(self, T: np.ndarray, tp: int, cp: int, cross_node: bool | None) -> np.ndarray:
+        """Forward ring: each rank passes its K,V block (T·2·kv_heads/tp·head_dim·2 bytes) cp−1 times."""
+        if cp == 1:
+            return np.zeros_like(T)
+        m = self.model
+        kv_heads = max(1.0, m.kv_heads / tp)  # GQA heads are replicated when tp > kv_heads
+        nbytes = T * 2 * kv_heads * m.head_dim * m.dtype_bytes
+        curve = self._ring_curve(tp, cp, cross_node)
+        return (cp - 1) * (curve(nbytes) - curve.floor_ms)
+
+    def _tp_allreduce(self, tp: int):
+        return nccl_curve(self.cluster.gpu, "all_reduce", tp, tp)
+
+    def _tp_comm_var(self, T: np.ndarray, tp: int) -> np.ndarray:
+        if tp == 1:
+            return np.zeros_like(T)
+        curve = self._tp_allreduce(tp)
+        nbytes = T * self.model.hidden * self.model.dtype_bytes
+        return K.TP_ALLREDUCES_PER_LAYER_FWD * (curve(nbytes) - curve.floor_ms)
+
+    # ---- GEMMs (analytic fit; also the LM head of the table model) --------------------------------
+    @staticmethod
+    def _gemm_ms(M, N: float, Kdim: float):
+        """t = floor + 2MNK / (peak · M/(M+m½)) = floor + 2NK(M + m½)/peak  (affine in M)."""
+        return K.GEMM_FLOOR_MS + 2.0 * N * Kdim * (np.asarray(M, dtype=float) + K.GEMM_M_HALF) \
+            / (K.GEMM_PEAK_TFLOPS * 1e9)
+
+    def _gemm_intercept(self, N: float, Kdim: float) -> float:
+        return float(self._gemm_ms(0.0, N, Kdim))
+
+    def _linear_intercept(self, tp: int) -> float:
+        return float(self.linear_fwd_ms(np.array([0.0]), tp)[0])
+
+    # ---- validation -----------------------------------------------------------------------------
+    def _check_config(self, tp: int, cp: int) -> None:
+        if tp not in self.cluster.tp_degrees(self.model):
+            raise ValueError(f"tp={tp!r} is not a valid TP degree for {self.model.name} on this cluster "
+                             f"(valid: {self.cluster.tp_degrees(self.model)})")
+        if not isinstance(cp, (int, np.integer)) or cp < 1 or tp * cp > self.cluster.gpus:
+            raise ValueError(f"cp={cp!r} invalid: need an integer >= 1 with tp*cp <= {self.cluster.gpus}")
+
+    @staticmethod
+    def _check_lengths(lengths) -> np.ndarray:
+        arr = np.asarray(list(lengths))
+        if arr.size and (arr.dtype.kind not in "iu" or arr.min() <= 0):
+            bad = next(x for x in lengths if not isinstance(x, (int, np.integer)) or x <= 0)
+            raise ValueError(f"sequence lengths must be positive integers, got {bad!r}")
+        return arr.astype(np.int64)
+
+
+def file_sha256(path) -> str:
+    return hashlib.sha256(open(path, "rb").read()).hexdigest()

@@ -1,0 +1,1 @@
+"""The planner: instance, bounds, heuristic, MIP formulation, backends, solve."""

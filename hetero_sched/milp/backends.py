@@ -1,0 +1,185 @@
+"""Backends behind one interface: CP-SAT (OR-Tools), HiGHS (highspy), CBC (PuLP).
+
+Each takes a MilpModel, a time limit, threads, a seed, a relative gap and a hint, and returns the
+values it found (or none), and a lower bound that holds for the TRUE costs in ms."""
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import sys
+import re
+import tempfile
+from dataclasses import dataclass
+from typing import Callable
+
+from .formulation import MilpModel
+
+BACKENDS = ("cpsat", "highs", "cbc")
+
+
+@dataclass(kw_only=True, slots=True)
+class BackendResult:
+    value_of: Callable[[int], float] | None  # None: no incumbent
+    bound_ms: float
+    proven_optimal: bool
+    status: str  # the solver's own words
+
+
+def run_backend(name: str, m: MilpModel, *, time_limit_s: float, threads: int, seed: int, rel_gap: float,
+                hint: dict[int, float], deterministic_limit: float | None = None) -> BackendResult:
+    runner = {"cpsat": _cpsat, "highs": _highs, "cbc": _cbc}.get(name)
+    if runner is None:
+        raise ValueError(f"unknown backend {name!r}; choose one of {', '.join(BACKENDS)}")
+    return runner(m, max(time_limit_s, 0.05), threads, seed, rel_gap, hint, deterministic_limit)
+
+
+# ---- CP-SAT -----------------------------------------------------------------------------------------
+def _cpsat(m, time_limit_s, threads, seed, rel_gap, hint, det_limit) -> BackendResult:
+    from ortools.sat.python import cp_model
+
+    # Integer costs: floor(ms / unit). Every true load ≥ unit × its integer load, so a bound proven on
+    # the floored costs, times unit, is a valid bound on the true makespan.
+    unit = max(m.ub[m.t_var], 1e-9) / 2 ** 30
+    model = cp_model.CpModel()
+    xs = []
+    for v in range(m.num_vars):
+        if v == m.t_var:
+            lo, hi = math.floor(m.lb[v] / unit), math.ceil(m.ub[v] / unit)
+        else:
+            lo, hi = int(m.lb[v]), int(m.ub[v])
+        xs.append(model.NewIntVar(lo, hi, m.names[v]))
+    for row in m.rows:
+        coefs = [_scaled(a, unit) if row.timed and v != m.t_var else int(a) for v, a in zip(row.idx, row.coef)]
+        expr = sum(c * xs[v] for v, c in zip(row.idx, coefs))
+        if row.lb == row.ub:
+            model.Add(expr == int(row.lb))
+        else:
+            if row.lb > -math.inf:
+                model.Add(expr >= math.ceil(row.lb))
+            if row.ub < math.inf:
+                model.Add(expr <= math.floor(row.ub))
+    model.Minimize(xs[m.t_var])
+    for v, val in hint.items():
+        model.AddHint(xs[v], int(round(val / unit)) if v == m.t_var else int(round(val)))
+    solver = cp_model.CpSolver()
+    p = solver.parameters
+    p.max_time_in_seconds = time_limit_s
+    p.num_workers = max(1, threads)
+    p.random_seed = seed
+    p.relative_gap_limit = rel_gap
+    if det_limit is not None:
+        p.max_deterministic_time = det_limit
+    code = solver.Solve(model)
+    name = solver.StatusName(code)
+    if code in (cp_model.OPTIMAL, cp_model.FEASIBLE):
+        return BackendResult(value_of=lambda v: solver.Value(xs[v]), bound_ms=solver.BestObjectiveBound() * unit,
+                             proven_optimal=False, status=name)
+    if code == cp_model.INFEASIBLE:
+        return BackendResult(value_of=None, bound_ms=m.ub[m.t_var], proven_optimal=False, status=name)
+    return BackendResult(value_of=None, bound_ms=0.0, proven_optimal=False, status=name)  # UNKNOWN, invalid
+
+
+@contextlib.contextmanager
+def _quiet_stdout():
+    """Silence writes to the process's stdout file descriptor (C libraries bypass sys.stdout)."""
+    sys.stdout.flush()
+    saved = os.dup(1)
+    try:
+        with open(os.devnull, "w") as null:
+            os.dup2(null.fileno(), 1)
+            yield
+    finally:
+        os.dup2(saved, 1)
+        os.close(saved)
+
+
+def _scaled(cost_ms: float, unit: float) -> int:
+    """A cost in integer units, rounded toward zero: −a maps to −floor(a/unit), so rows that compare
+    two loads stay antisymmetric and every integer load is ≤ the true load / unit."""
+    return int(math.copysign(math.floor(abs(cost_ms) / unit), cost_ms))
+
+
+# ---- HiGHS (highspy directly: PuLP's HiGHS API offers no MIP start) -----------------------------------
+def _highs(m, time_limit_s, threads, seed, rel_gap, hint, det_limit) -> BackendResult:
+    import highspy
+    import numpy as np
+
+    with _quiet_stdout():  # HiGHS prints a banner on construction, before any option can be set
+        h = highspy.Highs()
+    h.silent()
+    h.setOptionValue("time_limit", float(time_limit_s))
+    h.setOptionValue("threads", max(1, threads))
+    h.setOptionValue("random_seed", int(seed))
+    h.setOptionValue("mip_rel_gap", float(rel_gap))
+    if det_limit is not None:
+        h.setOptionValue("mip_max_nodes", int(det_limit))
+    n = m.num_vars
+    cost = np.zeros(n)
+    cost[m.t_var] = 1.0
+    h.addVars(n, np.array(m.lb, dtype=float), np.array(m.ub, dtype=float))
+    h.changeColsCost(n, np.arange(n, dtype=np.int32), cost)
+    integer = np.array([v for v in range(n) if v != m.t_var], dtype=np.int32)
+    h.changeColsIntegrality(integer.size, integer, np.full(integer.size, highspy.HighsVarType.kInteger))
+    for row in m.rows:
+        h.addRow(float(row.lb), float(row.ub), len(row.idx), np.array(row.idx, dtype=np.int32),
+                 np.array(row.coef, dtype=float))
+    if hint:
+        sol = highspy.HighsSolution()
+        sol.col_value = [float(hint.get(v, 0.0)) for v in range(n)]
+        sol.value_valid = True
+        h.setSolution(sol)
+    h.run()
+    status = h.getModelStatus()
+    info = h.getInfo()
+    # HiGHS proves bounds up to its tolerances: shave a relative 1e-9 to stay valid.
+    bound = max(0.0, float(info.mip_dual_bound) * (1 - 1e-9)) if math.isfinite(info.mip_dual_bound) else 0.0
+    has_sol = info.primal_solution_status == 2  # kSolutionStatusFeasible
+    values = list(h.getSolution().col_value) if has_sol else None
+    text = h.modelStatusToString(status)
+    return BackendResult(value_of=(lambda v: values[v]) if values else None, bound_ms=bound,
+                         proven_optimal=False, status=text)
+
+
+# ---- CBC (through PuLP) ----------------------------------------------------------------------------
+def _cbc(m, time_limit_s, threads, seed, rel_gap, hint, det_limit) -> BackendResult:
+    import pulp
+
+    prob = pulp.LpProblem("hetero_sched", pulp.LpMinimize)
+    xs = [pulp.LpVariable(f"v{v}", lowBound=m.lb[v], upBound=m.ub[v],
+                          cat=pulp.LpContinuous if v == m.t_var else pulp.LpInteger) for v in range(m.num_vars)]
+    prob += xs[m.t_var]
+    for r, row in enumerate(m.rows):
+        expr = pulp.lpSum(a * xs[v] for v, a in zip(row.idx, row.coef))
+        if row.lb == row.ub:
+            prob += (expr == row.lb), f"r{r}"
+        else:
+            if row.lb > -math.inf:
+                prob += (expr >= row.lb), f"r{r}l"
+            if row.ub < math.inf:
+                prob += (expr <= row.ub), f"r{r}u"
+    for v, val in hint.items():
+        xs[v].setInitialValue(val)
+    fd, log = tempfile.mkstemp(suffix=".log")
+    os.close(fd)
+    options = [f"randomCbcSeed {max(1, seed)}"]
+    if det_limit is not None:
+        options.append(f"maxNodes {int(det_limit)}")
+    try:
+        solver = pulp.PULP_CBC_CMD(timeLimit=time_limit_s, threads=max(1, threads), gapRel=rel_gap,
+                                   warmStart=bool(hint), msg=False, logPath=log, options=options)
+        prob.solve(solver)
+        text = open(log).read()
+    finally:
+        os.unlink(log)
+    # PuLP may say "Optimal" after a time limit: trust CBC's own result line and bound instead.
+    result = re.search(r"Result - (.*)", text)
+    words = result.group(1).strip() if result else pulp.LpStatus[prob.status]
+    bound_match = re.search(r"Lower bound:\s*([-\d.eE+]+)", text)
+    has_sol = prob.sol_status in (pulp.LpSolutionOptimal, pulp.LpSolutionIntegerFeasible)
+    bound = float(bound_match.group(1)) if bound_match else 0.0
+    if words.startswith("Optimal solution found") and has_sol:
+        bound = max(bound, pulp.value(prob.objective) * (1 - rel_gap))
+    bound = max(0.0, bound * (1 - 1e-9))  # CBC's tolerances: shave to stay valid
+    return BackendResult(value_of=(lambda v: xs[v].varValue or 0.0) if has_sol else None, bound_ms=bound,
+                         proven_optimal=False, status=words)

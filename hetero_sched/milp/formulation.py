@@ -1,0 +1,155 @@
+"""The assignment MIP as plain arrays (no solver imports, no model objects).
+
+Items j are distinct lengths with multiplicity m_j (identical sequences aggregated exactly). Slots
+(c, k), k < K_c = min(N // gpus_c, Σ_j m_j over items that fit c), are the possible groups of config c.
+
+    min  T
+    Σ_s x[j,s] = m_j                                   — every sequence exactly once
+    x[j,s] ≤ m_j · y[s]                                 — only open groups run sequences
+    overhead_c · y[s] + Σ_j cost[j,c] · x[j,s] ≤ T      — makespan = slowest group      (time rows)
+    Σ_s gpus_c · y[s] ≤ N                               — GPU budget (placement then always succeeds)
+    y[c,k] ≥ y[c,k+1]                                   — symmetry: a config's slots open in order
+    Σ_j cost[j,c]·x[j,c,k] ≥ Σ_j cost[j,c]·x[j,c,k+1]   — symmetry: a config's slots sorted by load
+    T ≥ lower bound                                     — a valid bound, given to the solver
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .instance import Instance
+
+
+@dataclass(kw_only=True, slots=True)
+class Row:
+    idx: list[int]
+    coef: list[float]
+    lb: float
+    ub: float
+    timed: bool = False  # coefficients (other than T's) are costs in ms
+
+
+@dataclass(kw_only=True, slots=True)
+class MilpModel:
+    lb: list[float] = field(default_factory=list)
+    ub: list[float] = field(default_factory=list)
+    names: list[str] = field(default_factory=list)
+    rows: list[Row] = field(default_factory=list)
+    t_var: int = -1
+    slots: list[tuple[int, int]] = field(default_factory=list)   # (config, k)
+    y: list[int] = field(default_factory=list)                    # var of slot s
+    x: dict = field(default_factory=dict)                         # (item, slot) -> var
+    item_members: list = field(default_factory=list)              # item -> sequence indices
+    counts: np.ndarray | None = None
+
+    def add_var(self, name: str, lb: float, ub: float) -> int:
+        self.lb.append(lb)
+        self.ub.append(ub)
+        self.names.append(name)
+        return len(self.lb) - 1
+
+    @property
+    def num_vars(self) -> int:
+        return len(self.lb)
+
+
+def slot_counts(inst: Instance, counts: np.ndarray, item_cost: np.ndarray) -> list[int]:
+    fits = np.isfinite(item_cost)
+    return [int(min(inst.total_gpus // inst.gpus[c], counts[fits[:, c]].sum())) for c in range(len(inst.configs))]
+
+
+def aggregate(inst: Instance) -> tuple[list, np.ndarray, np.ndarray]:
+    """Distinct lengths → items: (members per item, multiplicity, cost (J, C))."""
+    uniq, first, inverse = np.unique(inst.lengths, return_index=True, return_inverse=True)
+    members = [np.flatnonzero(inverse == j) for j in range(len(uniq))]
+    return members, np.array([m.size for m in members]), inst.cost[first]
+
+
+def estimate_size(inst: Instance) -> int:
+    """Number of x variables the formulation would create."""
+    members, counts, cost = aggregate(inst)
+    ks = slot_counts(inst, counts, cost)
+    fits = np.isfinite(cost)
+    return int(sum(ks[c] * fits[:, c].sum() for c in range(len(ks))))
+
+
+def build_milp(inst: Instance, upper_ms: float, lower_ms: float) -> MilpModel:
+    members, counts, cost = aggregate(inst)
+    ks = slot_counts(inst, counts, cost)
+    m = MilpModel(item_members=members, counts=counts)
+    m.t_var = m.add_var("T", lower_ms, upper_ms)
+    for c, k_c in enumerate(ks):
+        for k in range(k_c):
+            m.slots.append((c, k))
+            m.y.append(m.add_var(f"y_c{c}_k{k}", 0, 1))
+    for s, (c, k) in enumerate(m.slots):
+        for j in np.flatnonzero(np.isfinite(cost[:, c])):
+            m.x[(int(j), s)] = m.add_var(f"x_j{j}_c{c}_k{k}", 0, int(counts[j]))
+    by_item: dict[int, list[int]] = {}
+    by_slot: dict[int, list[int]] = {}
+    for (j, s), v in m.x.items():
+        by_item.setdefault(j, []).append(v)
+        by_slot.setdefault(s, []).append(j)
+    for j in range(len(counts)):  # Σ_s x[j,s] = m_j
+        m.rows.append(Row(idx=by_item[j], coef=[1.0] * len(by_item[j]), lb=counts[j], ub=counts[j]))
+    for s, (c, _) in enumerate(m.slots):
+        items = by_slot.get(s, [])
+        for j in items:  # x[j,s] − m_j·y[s] ≤ 0
+            m.rows.append(Row(idx=[m.x[(j, s)], m.y[s]], coef=[1.0, -float(counts[j])], lb=-np.inf, ub=0.0))
+        # overhead_c·y[s] + Σ_j cost·x[j,s] − T ≤ 0
+        m.rows.append(Row(idx=[m.y[s]] + [m.x[(j, s)] for j in items] + [m.t_var],
+                          coef=[float(inst.overhead[c])] + [float(cost[j, c]) for j in items] + [-1.0],
+                          lb=-np.inf, ub=0.0, timed=True))
+    # Σ_s gpus_c·y[s] ≤ N
+    m.rows.append(Row(idx=list(m.y), coef=[float(inst.gpus[c]) for c, _ in m.slots], lb=-np.inf,
+                      ub=float(inst.total_gpus)))
+    for s in range(len(m.slots) - 1):
+        (c, k), (c2, _) = m.slots[s], m.slots[s + 1]
+        if c2 != c:
+            continue
+        m.rows.append(Row(idx=[m.y[s], m.y[s + 1]], coef=[1.0, -1.0], lb=0.0, ub=np.inf))  # y_k ≥ y_k+1
+        a, b = by_slot.get(s, []), by_slot.get(s + 1, [])
+        m.rows.append(Row(idx=[m.x[(j, s)] for j in a] + [m.x[(j, s + 1)] for j in b],  # load_k ≥ load_k+1
+                          coef=[float(cost[j, c]) for j in a] + [-float(cost[j, c]) for j in b],
+                          lb=0.0, ub=np.inf, timed=True))
+    return m
+
+
+def hint_values(m: MilpModel, inst: Instance, solution) -> dict[int, float]:
+    """Variable values encoding a solution [(config, sequence indices)] in the slot model."""
+    item_of = np.empty(inst.n, dtype=int)
+    for j, mem in enumerate(m.item_members):
+        item_of[mem] = j
+    by_config: dict[int, list] = {}
+    for c, items in solution:
+        by_config.setdefault(c, []).append(np.asarray(items))
+    values = {v: 0.0 for v in range(m.num_vars)}
+    slot_of = {cs: s for s, cs in enumerate(m.slots)}
+    worst = 0.0
+    for c, groups in by_config.items():
+        groups.sort(key=lambda it: -float(inst.cost[it, c].sum()))  # slots sorted by load
+        for k, items in enumerate(groups):
+            s = slot_of.get((c, k))
+            if s is None:
+                return {}
+            values[m.y[s]] = 1.0
+            for i in items:
+                values[m.x[(int(item_of[i]), s)]] += 1.0
+            worst = max(worst, inst.group_load(c, items))
+    values[m.t_var] = max(worst, m.lb[m.t_var])
+    return values
+
+
+def decode(m: MilpModel, value_of) -> list[tuple[int, np.ndarray]]:
+    """Solver values → [(config, sequence indices)], handing out each item's members in order."""
+    pools = [list(mem) for mem in m.item_members]
+    groups: dict[int, list[int]] = {}
+    for (j, s), v in sorted(m.x.items()):
+        take = int(round(value_of(v)))
+        if take > 0:
+            groups.setdefault(s, []).extend(pools[j][:take])
+            del pools[j][:take]
+    if any(pools):
+        raise RuntimeError("solver solution leaves sequences unassigned")
+    return [(m.slots[s][0], np.array(sorted(items))) for s, items in sorted(groups.items())]

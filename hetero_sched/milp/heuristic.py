@@ -1,0 +1,146 @@
+"""Fast primal heuristic: binary search on the makespan T with a first-fit-decreasing cover, then
+local search. Used as the MIP's warm start and, at scales the MIP cannot build, as the answer.
+
+cover(T): sequences longest-first; each unplaced one opens a group of the smallest configuration that
+runs it within T, which is then filled, longest-first, with every unplaced sequence that still fits
+before T. Feasible when the groups need ≤ N GPUs. Polishing: spare GPUs become extra groups of the
+most area-efficient configuration; then move/swap local search on the slowest group.
+"""
+from __future__ import annotations
+
+import time
+
+import numpy as np
+
+from .instance import Instance
+
+Solution = list  # [(config index, np.ndarray of item indices)]
+
+
+def makespan(inst: Instance, sol: Solution) -> float:
+    return max(inst.group_load(c, items) for c, items in sol)
+
+
+def gpus_used(inst: Instance, sol: Solution) -> int:
+    return int(sum(inst.gpus[c] for c, _ in sol))
+
+
+def cover(inst: Instance, T: float, order: np.ndarray) -> Solution | None:
+    """First-fit-decreasing cover with groups that finish by T; None when it needs more than N GPUs."""
+    unplaced = np.ones(inst.n, dtype=bool)
+    sol: Solution = []
+    used = 0
+    # configurations sorted by GPUs, then overhead: the first that can run a sequence in time wins
+    by_size = np.lexsort((inst.overhead, inst.gpus))
+    for i in order:
+        if not unplaced[i]:
+            continue
+        ok = by_size[inst.overhead[by_size] + inst.cost[i, by_size] <= T]
+        if ok.size == 0:
+            return None
+        c = int(ok[0])
+        used += int(inst.gpus[c])
+        if used > inst.total_gpus:
+            return None
+        unplaced[i] = False
+        members = [i]
+        room = T - inst.overhead[c] - inst.cost[i, c]
+        rest = order[unplaced[order]]
+        costs = inst.cost[rest, c]
+        for j, a in zip(rest, costs):
+            if a <= room:
+                members.append(int(j))
+                unplaced[j] = False
+                room -= a
+        sol.append((c, np.array(members)))
+    return sol
+
+
+def binary_search_cover(inst: Instance, lo: float, hi: float, deadline: float, rel_tol: float = 1e-4):
+    """Smallest T in [lo, hi] (to rel_tol) whose cover fits the cluster; None if even hi fails."""
+    order = np.argsort(-np.min(inst.cost * inst.gpus[None, :], axis=1), kind="stable")
+    best = cover(inst, hi, order)
+    if best is None:
+        return None
+    while hi - lo > rel_tol * hi and time.monotonic() < deadline:
+        mid = (lo + hi) / 2
+        sol = cover(inst, mid, order)
+        if sol is None:
+            lo = mid
+        else:
+            best, hi = sol, min(mid, makespan(inst, sol))
+    return best
+
+
+def add_spare_groups(inst: Instance, sol: Solution) -> Solution:
+    """Spend idle GPUs on empty groups of the configurations that run the batch most cheaply per GPU."""
+    spare = inst.total_gpus - gpus_used(inst, sol)
+    finite = np.where(np.isfinite(inst.cost), inst.cost, np.nan)
+    efficiency = np.nanmedian(finite * inst.gpus[None, :], axis=0)
+    sol = list(sol)
+    for c in np.argsort(efficiency, kind="stable"):
+        while spare >= inst.gpus[c] and np.isfinite(efficiency[c]):
+            sol.append((int(c), np.array([], dtype=int)))
+            spare -= int(inst.gpus[c])
+    return sol
+
+
+def local_search(inst: Instance, sol: Solution, deadline: float, max_rounds: int = 100000) -> Solution:
+    """Move or swap a sequence out of the slowest group while that lowers the pair's larger load."""
+    cfg = np.array([c for c, _ in sol])
+    where = np.full(inst.n, -1)
+    for g, (_, items) in enumerate(sol):
+        where[items] = g
+    loads = np.array([inst.group_load(c, items) for c, items in sol])
+    for _ in range(max_rounds):
+        if time.monotonic() > deadline or not _improve(inst, cfg, where, loads):
+            break
+    return [(int(c), np.flatnonzero(where == g)) for g, c in enumerate(cfg) if True]
+
+
+def _improve(inst: Instance, cfg: np.ndarray, where: np.ndarray, loads: np.ndarray) -> bool:
+    top = int(np.argmax(loads))
+    peak = loads[top]
+    items = np.flatnonzero(where == top)
+    cost_g = inst.cost[:, cfg]  # (n, G) cost of each item in each group
+    best = (peak, None)
+    for i in items:  # moves: i leaves the top group for group h
+        new_h = loads + cost_g[i]
+        new_h[top] = np.inf
+        h = int(np.argmin(new_h))
+        worst = max(new_h[h], peak - cost_g[i, top])
+        if worst < best[0] - 1e-9:
+            best = (worst, ("move", i, h))
+    if best[1] is None and items.size:  # swaps: i out of top, j from h into top
+        others = np.flatnonzero(where != top)
+        if others.size:
+            for i in items:
+                hs = where[others]
+                new_top = peak - cost_g[i, top] + cost_g[others, top]
+                new_h = loads[hs] - cost_g[others, hs] + cost_g[i, hs]
+                worst = np.maximum(new_top, new_h)
+                k = int(np.argmin(worst))
+                if worst[k] < best[0] - 1e-9:
+                    best = (worst[k], ("swap", i, int(others[k])))
+    if best[1] is None:
+        return False
+    kind, i, x = best[1]
+    if kind == "move":
+        loads[top] -= cost_g[i, top]
+        loads[x] += cost_g[i, x]
+        where[i] = x
+    else:
+        h = where[x]
+        loads[top] += cost_g[x, top] - cost_g[i, top]
+        loads[h] += cost_g[i, h] - cost_g[x, h]
+        where[i], where[x] = h, top
+    return True
+
+
+def heuristic_solution(inst: Instance, lower: float, upper: float, deadline: float) -> Solution | None:
+    """Best cover found by binary search on T, then spare GPUs and local search; None if none fits."""
+    sol = binary_search_cover(inst, lower, upper, deadline)
+    if sol is None:
+        return None
+    sol = local_search(inst, add_spare_groups(inst, sol), deadline)
+    return [(c, items) for c, items in sol if items.size]

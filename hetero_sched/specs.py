@@ -1,0 +1,169 @@
+"""Model and cluster specifications: what is trained, on what."""
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+# Transformer shapes from the models' published Hugging Face config.json files.
+_MODEL_PRESETS: dict[str, dict] = {
+    "llama2-7b": dict(layers=32, hidden=4096, heads=32, kv_heads=32, ffn=11008, vocab=32000),
+    "llama2-13b": dict(layers=40, hidden=5120, heads=40, kv_heads=40, ffn=13824, vocab=32000),
+    "llama2-70b": dict(layers=80, hidden=8192, heads=64, kv_heads=8, ffn=28672, vocab=32000),
+    "llama3-8b": dict(layers=32, hidden=4096, heads=32, kv_heads=8, ffn=14336, vocab=128256),
+    "llama3-70b": dict(layers=80, hidden=8192, heads=64, kv_heads=8, ffn=28672, vocab=128256),
+}
+DEFAULT_MODEL = "llama3-8b"
+
+
+@dataclass(kw_only=True, frozen=True, slots=True)
+class ModelSpec:
+    """A decoder-only transformer's shape."""
+
+    name: str = "custom"
+    """Label carried into plans and reports."""
+    layers: int
+    """Number of transformer blocks."""
+    hidden: int
+    """Model width (d_model)."""
+    heads: int
+    """Query heads; TP degrees must divide it."""
+    kv_heads: int
+    """Key/value heads (grouped-query attention when < heads)."""
+    ffn: int
+    """MLP inner width."""
+    vocab: int
+    """Vocabulary size (embedding and untied LM head)."""
+    gated_mlp: bool = True
+    """SwiGLU-style MLP with gate and up projections."""
+    dtype_bytes: int = 2
+    """Bytes per parameter/activation element (bf16)."""
+
+    def __post_init__(self) -> None:
+        for name in ("layers", "hidden", "heads", "kv_heads", "ffn", "vocab", "dtype_bytes"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+                raise ValueError(f"ModelSpec.{name} must be a positive integer, got {value!r}")
+        if self.hidden % self.heads:
+            raise ValueError(f"hidden={self.hidden} is not divisible by heads={self.heads}")
+        if self.heads % self.kv_heads:
+            raise ValueError(f"heads={self.heads} is not divisible by kv_heads={self.kv_heads}")
+
+    @property
+    def head_dim(self) -> int:
+        return self.hidden // self.heads
+
+    @property
+    def params_per_layer(self) -> int:
+        qkv = self.hidden * (self.hidden + 2 * self.kv_heads * self.head_dim)
+        mlp = (3 if self.gated_mlp else 2) * self.hidden * self.ffn
+        return qkv + self.hidden * self.hidden + mlp + 2 * self.hidden
+
+    @property
+    def params(self) -> int:
+        """Total parameters: blocks, input embedding, untied LM head, final norm."""
+        return self.layers * self.params_per_layer + 2 * self.vocab * self.hidden + self.hidden
+
+    @classmethod
+    def preset(cls, name: str) -> "ModelSpec":
+        if name not in _MODEL_PRESETS:
+            known = ", ".join(sorted(_MODEL_PRESETS))
+            raise ValueError(f"unknown model preset {name!r}; known: {known}")
+        return cls(name=name, **_MODEL_PRESETS[name])
+
+    @staticmethod
+    def presets() -> list[str]:
+        return sorted(_MODEL_PRESETS)
+
+    @classmethod
+    def from_hf_config(cls, path: str | Path) -> "ModelSpec":
+        """Read a Hugging Face ``config.json`` (Llama/Mistral/Qwen2 field names)."""
+        path = Path(path)
+        try:
+            cfg = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError) as exc:
+            raise ValueError(f"cannot read Hugging Face config {str(path)!r}: {exc}") from None
+        if not isinstance(cfg, dict):
+            raise ValueError(f"{str(path)!r} is not a JSON object")
+        required = ("num_hidden_layers", "hidden_size", "num_attention_heads", "intermediate_size", "vocab_size")
+        missing = [k for k in required if k not in cfg]
+        if missing:
+            raise ValueError(f"{str(path)!r} lacks {', '.join(missing)}")
+        act = str(cfg.get("hidden_act", "silu"))
+        return cls(
+            name=str(cfg.get("_name_or_path") or cfg.get("model_type") or path.stem),
+            layers=cfg["num_hidden_layers"],
+            hidden=cfg["hidden_size"],
+            heads=cfg["num_attention_heads"],
+            kv_heads=cfg.get("num_key_value_heads", cfg["num_attention_heads"]),
+            ffn=cfg["intermediate_size"],
+            vocab=cfg["vocab_size"],
+            gated_mlp=act in ("silu", "swiglu", "gelu_pytorch_tanh") or "gate" in act,
+        )
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "ModelSpec":
+        return cls(**data)
+
+
+@dataclass(kw_only=True, frozen=True, slots=True)
+class GpuSpec:
+    """One accelerator's datasheet figures (cited where defined)."""
+
+    name: str
+    memory_gb: float
+    """Device memory, GB (1e9 bytes)."""
+    peak_tflops: float
+    """Dense bf16 peak, TFLOP/s."""
+    nvlink_gbps: float
+    """Intra-node all-reduce bus bandwidth for large messages, GB/s."""
+    ib_gbps: float
+    """Inter-node point-to-point bandwidth per GPU, GB/s."""
+
+
+# H100 SXM5: 80 GB HBM3 and 989 TFLOP/s dense bf16 (NVIDIA datasheet); bus bandwidths are the
+# measured large-message medians of shared/reference/vidur-h100/network (see latency/constants.py).
+_GPU_PRESETS = {
+    "h100": GpuSpec(name="h100", memory_gb=80.0, peak_tflops=989.0, nvlink_gbps=364.7, ib_gbps=35.9),
+}
+
+
+@dataclass(kw_only=True, frozen=True, slots=True)
+class Cluster:
+    """GPUs available to one training step."""
+
+    gpus: int
+    """Total GPUs; need not be a multiple of gpus_per_node (a partial last node is allowed)."""
+    gpus_per_node: int = 8
+    """GPUs joined by NVLink in one node."""
+    gpu: str = "h100"
+    """GPU preset name."""
+    spec: GpuSpec = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        for name in ("gpus", "gpus_per_node"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+                raise ValueError(f"Cluster.{name} must be a positive integer, got {value!r}")
+        if self.gpu not in _GPU_PRESETS:
+            raise ValueError(f"unknown GPU {self.gpu!r}; known: {', '.join(sorted(_GPU_PRESETS))}")
+        object.__setattr__(self, "spec", _GPU_PRESETS[self.gpu])
+
+    def tp_degrees(self, model: ModelSpec) -> list[int]:
+        """TP ∈ {1,2,4,8}: inside one node (divides gpus_per_node) and dividing the heads."""
+        return [t for t in (1, 2, 4, 8)
+                if self.gpus_per_node % t == 0 and model.heads % t == 0 and t <= self.gpus]
+
+    def configs(self, model: ModelSpec) -> list[tuple[int, int]]:
+        """Every (tp, cp) with tp·cp ≤ gpus, CP any integer ≥ 1."""
+        return [(t, c) for t in self.tp_degrees(model) for c in range(1, self.gpus // t + 1)]
+
+    def to_dict(self) -> dict:
+        return {"gpus": self.gpus, "gpus_per_node": self.gpus_per_node, "gpu": self.gpu}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "Cluster":
+        return cls(gpus=data["gpus"], gpus_per_node=data.get("gpus_per_node", 8), gpu=data.get("gpu", "h100"))
