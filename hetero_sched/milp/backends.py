@@ -143,8 +143,11 @@ def _highs(m, time_limit_s, threads, seed, rel_gap, hint, det_limit) -> BackendR
 
 # ---- CBC (through PuLP) ----------------------------------------------------------------------------
 def _cbc(m, time_limit_s, threads, seed, rel_gap, hint, det_limit) -> BackendResult:
+    import warnings
+
     import pulp
 
+    warnings.filterwarnings("ignore", category=DeprecationWarning, module="pulp")  # PuLP 4 renames
     prob = pulp.LpProblem("hetero_sched", pulp.LpMinimize)
     xs = [pulp.LpVariable(f"v{v}", lowBound=m.lb[v], upBound=m.ub[v],
                           cat=pulp.LpContinuous if v == m.t_var else pulp.LpInteger) for v in range(m.num_vars)]

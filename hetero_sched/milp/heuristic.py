@@ -25,20 +25,31 @@ def gpus_used(inst: Instance, sol: Solution) -> int:
     return int(sum(inst.gpus[c] for c, _ in sol))
 
 
-def cover(inst: Instance, T: float, order: np.ndarray) -> Solution | None:
-    """First-fit-decreasing cover with groups that finish by T; None when it needs more than N GPUs."""
+RULES = ("smallest", "efficient")
+MAX_STALE_RESTARTS = 200  # restarts in a row without improvement before the heuristic stops early
+
+
+def cover(inst: Instance, T: float, order: np.ndarray, rule: str = "smallest") -> Solution | None:
+    """First-fit-decreasing cover with groups that finish by T; None when it needs more than N GPUs.
+
+    rule: which configuration a sequence that opens a group gets, among those running it by T —
+    'smallest' (fewest GPUs, then least overhead) or 'efficient' (least GPU-time per unit of room,
+    gpus·cost/(T − overhead))."""
     unplaced = np.ones(inst.n, dtype=bool)
     sol: Solution = []
     used = 0
-    # configurations sorted by GPUs, then overhead: the first that can run a sequence in time wins
     by_size = np.lexsort((inst.overhead, inst.gpus))
+    room_c = np.maximum(T - inst.overhead, 1e-12)
     for i in order:
         if not unplaced[i]:
             continue
         ok = by_size[inst.overhead[by_size] + inst.cost[i, by_size] <= T]
         if ok.size == 0:
             return None
-        c = int(ok[0])
+        if rule == "smallest":
+            c = int(ok[0])
+        else:
+            c = int(ok[np.argmin(inst.gpus[ok] * inst.cost[i, ok] / room_c[ok])])
         used += int(inst.gpus[c])
         if used > inst.total_gpus:
             return None
@@ -56,15 +67,21 @@ def cover(inst: Instance, T: float, order: np.ndarray) -> Solution | None:
     return sol
 
 
-def binary_search_cover(inst: Instance, lo: float, hi: float, deadline: float, rel_tol: float = 1e-4):
+def default_order(inst: Instance) -> np.ndarray:
+    """Sequences by decreasing least GPU-time (the hardest first)."""
+    return np.argsort(-np.min(inst.cost * inst.gpus[None, :], axis=1), kind="stable")
+
+
+def binary_search_cover(inst: Instance, lo: float, hi: float, deadline: float, rel_tol: float = 1e-4,
+                        order: np.ndarray | None = None, rule: str = "smallest"):
     """Smallest T in [lo, hi] (to rel_tol) whose cover fits the cluster; None if even hi fails."""
-    order = np.argsort(-np.min(inst.cost * inst.gpus[None, :], axis=1), kind="stable")
-    best = cover(inst, hi, order)
+    order = default_order(inst) if order is None else order
+    best = cover(inst, hi, order, rule)
     if best is None:
         return None
     while hi - lo > rel_tol * hi and time.monotonic() < deadline:
         mid = (lo + hi) / 2
-        sol = cover(inst, mid, order)
+        sol = cover(inst, mid, order, rule)
         if sol is None:
             lo = mid
         else:
@@ -137,10 +154,37 @@ def _improve(inst: Instance, cfg: np.ndarray, where: np.ndarray, loads: np.ndarr
     return True
 
 
-def heuristic_solution(inst: Instance, lower: float, upper: float, deadline: float) -> Solution | None:
-    """Best cover found by binary search on T, then spare GPUs and local search; None if none fits."""
-    sol = binary_search_cover(inst, lower, upper, deadline)
-    if sol is None:
-        return None
+def polish(inst: Instance, sol: Solution, deadline: float) -> Solution:
     sol = local_search(inst, add_spare_groups(inst, sol), deadline)
     return [(c, items) for c, items in sol if items.size]
+
+
+def heuristic_solution(inst: Instance, lower: float, upper: float, deadline: float, seed: int = 0,
+                       restarts: bool = True) -> Solution | None:
+    """Binary-searched covers under both opening rules, polished; then, until the deadline, restarts
+    with the order perturbed (seeded). Returns the best found, or None when no cover fits."""
+    best = None
+    for rule in RULES:
+        sol = binary_search_cover(inst, lower, upper, deadline, rule=rule)
+        if sol is not None:
+            sol = polish(inst, sol, deadline)
+            if best is None or makespan(inst, sol) < makespan(inst, best):
+                best = sol
+    if best is None or not restarts:
+        return best
+    rng = np.random.default_rng(seed)
+    key = np.min(inst.cost * inst.gpus[None, :], axis=1)
+    stale = 0
+    for attempt in range(10_000):
+        if time.monotonic() >= deadline or stale >= MAX_STALE_RESTARTS or makespan(inst, best) <= lower:
+            break
+        stale += 1
+        order = np.argsort(-key * rng.lognormal(0, 0.3, size=inst.n), kind="stable")
+        sol = binary_search_cover(inst, lower, makespan(inst, best), deadline, order=order,
+                                  rule=RULES[attempt % 2])
+        if sol is None:
+            continue
+        sol = polish(inst, sol, deadline)
+        if makespan(inst, sol) < makespan(inst, best):
+            best, stale = sol, 0
+    return best

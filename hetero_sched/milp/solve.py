@@ -9,7 +9,7 @@ from ..latency import LatencyModel
 from ..plan import Plan, SolveResult
 from ..specs import Cluster
 from .backends import BACKENDS, run_backend
-from .bounds import simple_bound
+from .bounds import overhead_area_bound
 from .formulation import build_milp, decode, estimate_size, hint_values
 from .heuristic import heuristic_solution, makespan
 from .instance import Instance, _undominated, build_instance
@@ -37,20 +37,23 @@ def solve(lengths, cluster: Cluster, lat: LatencyModel, *, backend: str = "cpsat
     keep = _undominated(full.gpus, full.overhead, full.cost)
     inst = _subset(full, keep)
     warm_sol = _warm_solution(full, inst, keep, warm)
-    lower = simple_bound(inst)
+    lower = overhead_area_bound(inst, makespan(inst, warm_sol))
     messages = []
-    candidates = [("heuristic", s) for s in [_heuristic(inst, lower, makespan(inst, warm_sol), start,
-                                                         time_limit_s, backend)] if s]
+    size = estimate_size(inst)
+    mip_runs = backend != "none" and size <= MAX_MIP_VARIABLES
+    share = HEURISTIC_SHARE if mip_runs else 1.0
+    heur = heuristic_solution(inst, lower, makespan(inst, warm_sol), start + share * time_limit_s, seed=seed,
+                              restarts=deterministic_limit is None)
+    candidates = [("heuristic", heur)] if heur else []
     best_known = min([warm_sol] + [s for _, s in candidates], key=lambda s: makespan(inst, s))
     bound, backend_status = lower, "not run"
-    size = estimate_size(inst)
-    if backend != "none" and size > MAX_MIP_VARIABLES:
+    if backend != "none" and not mip_runs:
         messages.append(f"exact MIP not built ({size} assignment variables > {MAX_MIP_VARIABLES}): "
                         "heuristic plan with proven bounds")
     elif backend != "none":
         remaining = deadline - time.monotonic()
         if remaining > 0.02 or deterministic_limit is not None:
-            sol, b, backend_status = _run_mip(inst, backend, best_known, lower, remaining, threads, seed,
+            sol, b, backend_status = run_mip(inst, backend, best_known, lower, remaining, threads, seed,
                                               rel_gap, deterministic_limit)
             bound = max(bound, b)
             if sol is not None:
@@ -108,12 +111,7 @@ def _warm_solution(full: Instance, inst: Instance, keep: np.ndarray, warm: Plan)
     return sol
 
 
-def _heuristic(inst, lower, upper, start, time_limit_s, backend):
-    share = 1.0 if backend == "none" else HEURISTIC_SHARE
-    return heuristic_solution(inst, lower, upper, start + share * time_limit_s)
-
-
-def _run_mip(inst, backend, incumbent, lower, remaining, threads, seed, rel_gap, det_limit):
+def run_mip(inst, backend, incumbent, lower, remaining, threads, seed, rel_gap, det_limit):
     model = build_milp(inst, upper_ms=makespan(inst, incumbent), lower_ms=lower)
     hint = hint_values(model, inst, incumbent)
     res = run_backend(backend, model, time_limit_s=remaining, threads=threads, seed=seed, rel_gap=rel_gap,

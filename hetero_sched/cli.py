@@ -1,0 +1,299 @@
+"""The command line: solve, compare, sweep, validate, show, latency. Printing happens only here."""
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import sys
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+from . import __version__
+from .io import check_writable, write_atomic
+from .latency import latency_model
+from .milp.backends import BACKENDS
+from .specs import DEFAULT_MODEL, Cluster, ModelSpec
+
+import os  # noqa: E402
+
+# Pipes and CI logs get 120 columns instead of rich's 80, so tables are not squeezed.
+_WIDTH = None if sys.stdout.isatty() else int(os.environ.get("COLUMNS", 120))
+out = Console(highlight=False, width=_WIDTH)
+err = Console(stderr=True, highlight=False, width=_WIDTH)
+
+
+# ---- shared options -----------------------------------------------------------------------------------
+def _add_batch(p: argparse.ArgumentParser, required: bool = True) -> None:
+    g = p.add_argument_group("batch (one of)")
+    g.add_argument("--lengths", help="comma-separated token lengths, e.g. 32768,1024")
+    g.add_argument("--batch", help="file of token lengths: .txt .csv .json .jsonl .parquet")
+    g.add_argument("--column", help="column (csv/parquet) or field (jsonl) holding the lengths")
+    g.add_argument("--synthetic", help="prolong:tokens=N,context=N,seed=N or lognormal:n=N,context=N,seed=N")
+
+
+def _add_cluster(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--gpus", type=int, default=16, help="GPUs in the cluster (default 16)")
+    p.add_argument("--gpus-per-node", type=int, default=8, help="GPUs per NVLink node (default 8)")
+    p.add_argument("--gpu", default="h100", help="GPU preset (default h100)")
+    p.add_argument("--model", default=DEFAULT_MODEL, help=f"model preset: {', '.join(ModelSpec.presets())}")
+    p.add_argument("--hf-config", help="Hugging Face config.json instead of --model")
+    p.add_argument("--table", help="profiled latency table (models/README.md) for the table step model")
+
+
+def _add_solver(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--backend", default="cpsat", help=f"{', '.join(BACKENDS)} or none (heuristic only)")
+    p.add_argument("--time-limit", type=float, default=10.0, help="seconds, model building included")
+    p.add_argument("--threads", type=int, default=2, help="solver threads (default 2)")
+    p.add_argument("--seed", type=int, default=0, help="the solver's random seed")
+
+
+def _lengths(args) -> list[int]:
+    from .workload import parse_lengths, read_batch, synthetic
+
+    given = [x for x in (args.lengths, args.batch, args.synthetic) if x is not None]
+    if len(given) != 1:
+        raise ValueError("give exactly one of --lengths, --batch, --synthetic")
+    if args.lengths is not None:
+        return parse_lengths(args.lengths)
+    if args.batch is not None:
+        return read_batch(args.batch, args.column)
+    return synthetic(args.synthetic)
+
+
+def _setup(args):
+    model = ModelSpec.from_hf_config(args.hf_config) if args.hf_config else ModelSpec.preset(args.model)
+    cluster = Cluster(gpus=args.gpus, gpus_per_node=args.gpus_per_node, gpu=args.gpu)
+    return latency_model(model, cluster, table=args.table)
+
+
+def _check_solver_args(args) -> None:
+    if args.backend not in BACKENDS + ("none",):
+        raise ValueError(f"unknown backend {args.backend!r}; choose one of {', '.join(BACKENDS + ('none',))}")
+    if args.time_limit < 0:
+        raise ValueError(f"--time-limit must be >= 0, got {args.time_limit}")
+
+
+# ---- commands --------------------------------------------------------------------------------------------
+def cmd_solve(args) -> int:
+    from .milp.solve import solve
+
+    _check_solver_args(args)
+    if args.out:
+        check_writable(args.out)
+    lengths = _lengths(args)
+    lat = _setup(args)
+    plan = solve(lengths, lat.cluster, lat, backend=args.backend, time_limit_s=args.time_limit,
+                 threads=args.threads, seed=args.seed)
+    if args.json:
+        out.print(plan.to_json(), markup=False, soft_wrap=True)
+    else:
+        print_plan(plan)
+    if args.out:
+        write_atomic(args.out, plan.to_json())
+        err.print(f"plan written to {args.out}")
+    return 0
+
+
+def print_plan(plan) -> None:
+    t = Table(title=f"{plan.model.name} on {plan.cluster.gpus} x {plan.cluster.gpu} "
+                    f"({plan.cluster.gpus_per_node}/node): {len(plan.lengths)} sequences, "
+                    f"{sum(plan.lengths):,} tokens")
+    for col in ("group", "TP", "CP", "ranks", "sequences", "tokens", "micro-batches", "latency ms", "memory GB"):
+        t.add_column(col, justify="right" if col not in ("ranks",) else "left")
+    for k, g in enumerate(plan.groups):
+        t.add_row(str(k), str(g.tp), str(g.cp), _ranks(g.ranks), str(len(g.sequence_ids)),
+                  f"{sum(plan.lengths[i] for i in g.sequence_ids):,}", str(len(g.micro_batches)),
+                  f"{g.latency_ms:,.1f}", f"{g.memory_gb:.1f}")
+    out.print(t)
+    s, b = plan.solver, plan.baseline
+    out.print(f"makespan {plan.makespan_ms:,.1f} ms + sync {plan.sync_ms:,.1f} ms = step {plan.step_ms:,.1f} ms "
+              f"on {plan.gpus_used}/{plan.cluster.gpus} GPUs")
+    if s:
+        out.print(f"solver {s.backend}: {s.status}, lower bound {s.bound_ms:,.1f} ms, gap {s.gap:.2%}, "
+                  f"{s.wall_s:.2f} s (limit {s.time_limit_s} s, {s.threads} threads, seed {s.seed})")
+    if b:
+        out.print(f"best WLB-LLM: TP{b['tp']}xCP{b['cp']}xDP{b['dp']} makespan {b['makespan_ms']:,.1f} ms, "
+                  f"step {b['step_ms']:,.1f} ms -> speed-up {b['makespan_ms'] / plan.makespan_ms:.2f}x makespan, "
+                  f"{b['step_ms'] / plan.step_ms:.2f}x step")
+
+
+def _ranks(ranks) -> str:
+    if ranks == list(range(ranks[0], ranks[-1] + 1)):
+        return f"{ranks[0]}-{ranks[-1]}" if len(ranks) > 1 else str(ranks[0])
+    return ",".join(map(str, ranks))
+
+
+def cmd_latency(args) -> int:
+    lat = _setup(args)
+    lengths = [int(x) for x in args.at.split(",")] if args.at else [1024, 8192, 32768, 131072]
+    t = Table(title=f"step model ({lat.kind}) for {lat.model.name} on {lat.cluster.gpus} x {lat.cluster.gpu}: "
+                    "fwd+recompute+bwd, all layers, ms")
+    for col in ["TP", "CP", "max tokens", "overhead ms"] + [f"{x:,} tok" for x in lengths]:
+        t.add_column(col, justify="right")
+    for tp, cp in lat.cluster.configs(lat.model):
+        if cp > args.max_cp:
+            continue
+        cap = lat.max_tokens(tp, cp)
+        cells = [f"{lat.seq_latency_ms(x, tp, cp):,.1f}" if x <= cap else "-" for x in lengths]
+        t.add_row(str(tp), str(cp), f"{cap:,}", f"{lat.overhead_ms(tp, cp):.1f}", *cells)
+    out.print(t)
+    return 0
+
+
+def cmd_compare(args) -> int:
+    from .compare import compare_batch, seed_case_rows
+
+    _check_solver_args(args)
+    if args.seed_cases:
+        rows = seed_case_rows(args.model, args.backend, args.time_limit, args.threads)
+        t = Table(title="seed cases: hetero-sched vs the best WLB-LLM config (llama3-8b by default)")
+        for col in ("case", "hetero-sched groups", "WLB-LLM best", "makespan speed-up", "step speed-up",
+                    "seed's ratio", "status"):
+            t.add_column(col)
+        for r in rows:
+            t.add_row(r["title"], r["groups"], r["wlb"], f"{r['speedup_makespan']:.2f}x",
+                      f"{r['speedup_step']:.2f}x", f"{r['seed_ratio']:.2f}x (sum)", r["status"])
+        out.print(t)
+        out.print("The seed's ratios sum two group latencies (cases 2-3) in other units; ours compare makespans.")
+        return 0
+    lat = _setup(args)
+    lengths = _lengths(args)
+    rows, plan = compare_batch(lengths, lat, args.backend, args.time_limit, args.threads, args.seed)
+    t = Table(title=f"{len(lengths)} sequences, {sum(lengths):,} tokens on {lat.cluster.gpus} GPUs")
+    for col in ("plan", "TP", "CP", "DP", "makespan ms", "step ms", "hetero speed-up (makespan / step)"):
+        t.add_column(col, justify="right" if col not in ("plan",) else "left")
+    for r in rows:
+        if r.get("error"):
+            t.add_row(r["name"], str(r["tp"]), str(r["cp"]), str(r["dp"]), "does not fit", r["error"], "")
+        else:
+            t.add_row(r["name"], str(r.get("tp", "")), str(r.get("cp", "")), str(r.get("dp", "")),
+                      f"{r['makespan_ms']:,.1f}", f"{r['step_ms']:,.1f}",
+                      f"{r['makespan_ms'] / plan.makespan_ms:.2f}x / {r['step_ms'] / plan.step_ms:.2f}x")
+    out.print(t)
+    return 0
+
+
+def cmd_validate(args) -> int:
+    plan = _read_plan(args.plan)
+    lat = _setup_from_plan(plan, args.table) if args.table else None
+    problems = plan.validate(lat)
+    if problems:
+        err.print(f"{args.plan}: INVALID ({len(problems)} problems)")
+        for p in problems:
+            err.print(f"  - {p}", markup=False)
+        return 1
+    out.print(f"{args.plan}: valid ({len(plan.groups)} groups, {len(plan.lengths)} sequences, "
+              f"makespan {plan.makespan_ms:,.1f} ms, step {plan.step_ms:,.1f} ms)")
+    return 0
+
+
+def _read_plan(path):
+    from .plan import Plan
+
+    try:
+        text = Path(path).read_text()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ValueError(f"cannot read plan {path!r}: {getattr(exc, 'strerror', None) or exc}") from None
+    return Plan.from_json(text)
+
+
+def _setup_from_plan(plan, table):
+    return latency_model(plan.model, plan.cluster, table=table)
+
+
+def cmd_show(args) -> int:
+    from .viz import gantt_png
+
+    plan = _read_plan(args.plan)
+    if args.png:
+        check_writable(args.png)
+    print_plan(plan)
+    if args.png:
+        write_atomic(args.png, gantt_png(plan))
+        err.print(f"Gantt chart written to {args.png}")
+    return 0
+
+
+def cmd_sweep(args) -> int:
+    from .sweep import run_sweep
+
+    backends = [b.strip() for b in args.backends.split(",")]
+    for b in backends:
+        if b not in BACKENDS:
+            raise ValueError(f"unknown backend {b!r}; choose from {', '.join(BACKENDS)}")
+    limits = []
+    for x in args.time_limits.split(","):
+        try:
+            limits.append(float(x))
+        except ValueError:
+            raise ValueError(f"time limit {x!r} is not a number") from None
+        if limits[-1] < 0:
+            raise ValueError(f"time limit {x} must be >= 0")
+    if args.repeat < 1:
+        raise ValueError(f"--repeat must be >= 1, got {args.repeat}")
+    check_writable(args.out)
+    if args.png:
+        check_writable(args.png)
+    lengths = _lengths(args)
+    lat = _setup(args)
+    rows = run_sweep(lengths, lat, backends, limits, args.repeat, args.threads, args.out, args.png, out)
+    out.print(f"{len(rows)} runs in {args.out}" + (f", anytime plot in {args.png}" if args.png else ""))
+    return 0
+
+
+# ---- parser and entry point -----------------------------------------------------------------------------
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="hetero-sched", description="Plan heterogeneous TP/CP groups for a "
+                                "long-context training step and compare with WLB-LLM.")
+    p.add_argument("--version", action="version", version=f"hetero-sched {__version__}")
+    sub = p.add_subparsers(dest="command", required=True)
+    s = sub.add_parser("solve", help="plan one batch and print the groups")
+    _add_batch(s), _add_cluster(s), _add_solver(s)
+    s.add_argument("--out", help="write the plan as JSON here (atomically)")
+    s.add_argument("--json", action="store_true", help="print the plan JSON instead of the table")
+    s.set_defaults(func=cmd_solve)
+    c = sub.add_parser("compare", help="every homogeneous WLB-LLM config, Megatron and hetero-sched")
+    _add_batch(c), _add_cluster(c), _add_solver(c)
+    c.add_argument("--seed-cases", action="store_true", help="the seed document's three batches")
+    c.set_defaults(func=cmd_compare)
+    w = sub.add_parser("sweep", help="time limits x backends: CSV and an anytime plot")
+    _add_batch(w), _add_cluster(w)
+    w.add_argument("--time-limits", default="0.1,0.3,1,3,10")
+    w.add_argument("--backends", default="cpsat,highs,cbc")
+    w.add_argument("--repeat", type=int, default=1, help="runs per (backend, limit), seeds 0..repeat-1")
+    w.add_argument("--threads", type=int, default=2)
+    w.add_argument("--out", default="sweep.csv", help="CSV (resumed when it exists)")
+    w.add_argument("--png", help="anytime plot")
+    w.set_defaults(func=cmd_sweep)
+    v = sub.add_parser("validate", help="re-check a plan JSON: 0 valid, 1 invalid, 2 unreadable")
+    v.add_argument("plan")
+    v.add_argument("--table", help="the profiled table a table-model plan was made with")
+    v.set_defaults(func=cmd_validate)
+    sh = sub.add_parser("show", help="a plan JSON as a table and a Gantt chart")
+    sh.add_argument("plan")
+    sh.add_argument("--png", help="write a Gantt chart here")
+    sh.set_defaults(func=cmd_show)
+    lt = sub.add_parser("latency", help="the step model's table for every (TP, CP)")
+    _add_cluster(lt)
+    lt.add_argument("--at", help="lengths to price, comma-separated (default 1K,8K,32K,128K)")
+    lt.add_argument("--max-cp", type=int, default=8, help="list CP degrees up to this (default 8)")
+    lt.set_defaults(func=cmd_latency)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except ValueError as exc:
+        err.print(f"hetero-sched: error: {exc}", markup=False, soft_wrap=True)
+        return 2
+    except KeyboardInterrupt:
+        err.print("hetero-sched: interrupted; nothing half-written")
+        return 128 + signal.SIGINT
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,37 @@
+"""The seed document's batches on the default model (llama3-8b, H100)."""
+import pytest
+
+import hetero_sched as hs
+from hetero_sched.baselines.wlb_llm import wlb_llm_best
+from hetero_sched.seeds import SEED_CASES
+
+
+@pytest.fixture(scope="module")
+def results():
+    out = {}
+    for name, case in SEED_CASES.items():
+        cluster = hs.Cluster(gpus=case["gpus"])
+        lat = hs.latency_model(hs.ModelSpec.preset("llama3-8b"), cluster)
+        plan = hs.solve(case["lengths"], cluster, lat, backend="cpsat", time_limit_s=10)
+        out[name] = (plan, wlb_llm_best(case["lengths"], cluster, lat))
+    return out
+
+
+@pytest.mark.parametrize("name", ["case2", "case3"])
+def test_clear_win_on_cases_2_and_3(results, name):
+    plan, wlb = results[name]
+    assert wlb.makespan_ms / plan.makespan_ms >= 1.10
+    assert len({(g.tp, g.cp) for g in plan.groups}) >= 2  # the win comes from heterogeneous groups
+
+
+def test_case1_ties_the_best_homogeneous_plan(results):
+    plan, wlb = results["case1"]
+    assert plan.makespan_ms == pytest.approx(wlb.makespan_ms, rel=1e-9)
+
+
+@pytest.mark.parametrize("name", list(SEED_CASES))
+def test_seed_cases_are_proven_optimal_and_valid(results, name):
+    plan, _ = results[name]
+    assert plan.solver.status == "optimal"
+    assert plan.solver.wall_s < 5
+    assert plan.validate() == []

@@ -1,0 +1,115 @@
+import numpy as np
+import pytest
+
+import hetero_sched as hs
+from hetero_sched._data import model_data_path
+from hetero_sched.latency import calibrate
+
+
+class TestMemory:
+    def test_seed_configs_fit(self, lat16):
+        assert lat16.max_tokens(1, 1) >= 32768  # the seed's WLB TP1·CP1·DP16 holds 32K on one GPU
+        assert lat16.max_tokens(4, 4) >= 65536
+        assert lat16.memory_gb(32768, 1, 1) <= 80
+
+    def test_70b_on_16_gpus_does_not_fit(self):
+        with pytest.raises(ValueError, match="cannot fit"):
+            hs.latency_model(hs.ModelSpec.preset("llama2-70b"), hs.Cluster(gpus=16))
+
+    def test_70b_fits_on_64_gpus_only_with_tp(self):
+        lat = hs.latency_model(hs.ModelSpec.preset("llama3-70b"), hs.Cluster(gpus=64))
+        assert lat.max_tokens(1, 1) == 0 and lat.max_tokens(8, 1) > 0
+
+    def test_capacity_grows_with_cp(self, lat16):
+        assert lat16.max_tokens(2, 4) == 4 * lat16.max_tokens(2, 1)
+
+
+class TestLatency:
+    def test_group_latency_is_additive(self, lat16):
+        lengths = [32768, 1024, 4096]
+        total = lat16.overhead_ms(4, 2) + sum(lat16.seq_latency_ms(x, 4, 2) for x in lengths)
+        assert lat16.group_latency_ms(lengths, 4, 2) == pytest.approx(total, rel=1e-12)
+
+    def test_longer_sequences_cost_more(self, lat16):
+        costs = lat16.seq_latency_array(np.array([512, 1024, 4096, 16384, 32768]), 2, 2)
+        assert np.all(np.diff(costs) > 0)
+
+    def test_attention_is_superlinear(self, lat16):
+        assert lat16.seq_latency_ms(32768, 1, 1) > 8 * lat16.seq_latency_ms(4096, 1, 1)
+
+    def test_more_cp_ranks_speed_up_a_long_sequence(self, lat16):
+        times = [lat16.seq_latency_ms(32768, 1, cp) for cp in (1, 2, 4, 8)]
+        assert all(a > b for a, b in zip(times, times[1:]))
+
+    def test_tiny_document_on_many_cp_ranks_is_wasteful(self, lat16):
+        # per-tile charging: a 1K document on 16 CP ranks costs more GPU-time than on one GPU
+        assert 16 * lat16.seq_latency_ms(1024, 1, 16) > 2 * lat16.seq_latency_ms(1024, 1, 1)
+
+    def test_cross_node_ring_is_slower(self, lat16):
+        assert lat16.seq_latency_ms(32768, 1, 8, cross_node=True) > lat16.seq_latency_ms(32768, 1, 8, False)
+
+    def test_bad_config_and_lengths(self, lat16):
+        with pytest.raises(ValueError, match="tp=3"):
+            lat16.seq_latency_ms(1024, 3, 1)
+        with pytest.raises(ValueError, match="cp=17"):
+            lat16.seq_latency_ms(1024, 1, 17)
+        with pytest.raises(ValueError, match="-5"):
+            lat16.group_latency_ms([1024, -5], 1, 1)
+        with pytest.raises(ValueError, match="exceeds max_tokens"):
+            lat16.group_latency_ms([10**6], 1, 1)
+
+
+class TestSync:
+    def test_higher_tp_syncs_faster(self, lat16):
+        assert lat16.sync_ms([8, 8]) < lat16.sync_ms([4] * 4) < lat16.sync_ms([1] * 16)
+
+    def test_mixed_tp_pays_an_all_gather(self, lat16):
+        assert lat16.sync_ms([4, 1, 1, 1, 1]) > lat16.sync_ms([1] * 5)
+
+    def test_single_gpu_has_nothing_to_sync(self):
+        small = hs.ModelSpec(layers=4, hidden=1024, heads=8, kv_heads=8, ffn=4096, vocab=32000)
+        lat = hs.latency_model(small, hs.Cluster(gpus=1))
+        assert lat.sync_ms([1]) == 0.0
+
+
+@pytest.fixture(scope="module")
+def pair():
+    model, cluster = hs.ModelSpec.preset("llama2-7b"), hs.Cluster(gpus=16)
+    table = hs.latency_model(model, cluster, table=model_data_path("h100", "Llama-2-7b-hf.csv"))
+    return table, hs.latency_model(model, cluster)
+
+
+class TestTableModel:
+    def test_table_and_analytic_agree_on_the_training_model(self, pair):
+        table, analytic = pair
+        for tp in (1, 2, 4, 8):
+            t, a = table.linear_fwd_ms(np.array([2048.0]), tp)[0], analytic.linear_fwd_ms(np.array([2048.0]), tp)[0]
+            assert abs(t / a - 1) < 0.15
+
+    def test_linear_beyond_the_measured_range(self, pair):
+        table, _ = pair
+        t4k, t8k = table.linear_fwd_ms(np.array([4096.0, 8192.0]), 1)
+        assert t8k == pytest.approx(2 * t4k)
+
+    def test_sha_and_kind(self, pair):
+        table, _ = pair
+        assert table.describe()["kind"] == "table" and len(table.table_sha256) == 64
+
+    def test_shape_mismatch(self):
+        with pytest.raises(ValueError, match="does not match"):
+            hs.latency_model(hs.ModelSpec.preset("llama3-8b"), hs.Cluster(gpus=16),
+                             table=model_data_path("h100", "Llama-2-7b-hf.csv"))
+
+    def test_malformed_table(self, tmp_path):
+        bad = tmp_path / "t.csv"
+        bad.write_text("num_tokens,tp\n1,1\n")
+        with pytest.raises(ValueError, match="lacks columns"):
+            hs.latency_model(hs.ModelSpec.preset("llama2-7b"), hs.Cluster(gpus=8), table=bad)
+
+
+def test_calibration_holdout_error():
+    """The shipped curves, fitted on Llama-2-7b only, on four models they never saw (tokens ≥ 512)."""
+    errors = calibrate.holdout_errors()
+    gemm = errors[errors.op.isin(calibrate.GEMM_OPS)].rel_error.abs()
+    assert errors.rel_error.abs().median() <= 0.15
+    assert gemm.median() <= 0.10 and gemm.quantile(0.9) <= 0.25
