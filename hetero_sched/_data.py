@@ -22,3 +22,10 @@ def shipped_table_by_sha(gpu: str, sha256: str | None) -> Path | None:
         if not path.name.startswith("nccl_") and file_sha256(path) == sha256:
             return path
     return None
+
+
+def plan_schema() -> dict:
+    """The published JSON Schema of plan files (schema_version 1)."""
+    import json
+
+    return json.loads(resources.files("hetero_sched").joinpath("schema/plan.schema.json").read_text())

@@ -42,7 +42,9 @@ def solve(lengths, cluster: Cluster, lat: LatencyModel, *, backend: str = "cpsat
     size = estimate_size(inst)
     mip_runs = backend != "none" and size <= MAX_MIP_VARIABLES
     share = HEURISTIC_SHARE if mip_runs else 1.0
-    heur = heuristic_solution(inst, lower, makespan(inst, warm_sol), start + share * time_limit_s, seed=seed,
+    # under a deterministic work limit nothing may depend on the clock: no deadline, no restarts
+    h_deadline = start + share * time_limit_s if deterministic_limit is None else float("inf")
+    heur = heuristic_solution(inst, lower, makespan(inst, warm_sol), h_deadline, seed=seed,
                               restarts=deterministic_limit is None)
     candidates = [("heuristic", heur)] if heur else []
     best_known = min([warm_sol] + [s for _, s in candidates], key=lambda s: makespan(inst, s))

@@ -6,7 +6,7 @@ import hetero_sched as hs
 from hetero_sched.baselines.wlb_llm import wlb_llm_best
 from hetero_sched.milp.instance import build_instance
 
-from bruteforce import brute_force_makespan
+from hetero_sched.milp.exhaustive import brute_force_makespan
 from conftest import random_batch
 
 BACKENDS = ["cpsat", "highs", "cbc"]

@@ -1,4 +1,5 @@
-"""Exhaustive optimum over set partitions × configurations (≤ 7 sequences)."""
+"""Exhaustive optimum over set partitions × configurations: an oracle for tiny instances (≤ 7 sequences;
+Bell(7) = 877 partitions), used by the tests and the fuzzer to check the solvers and their bounds."""
 from __future__ import annotations
 
 
