@@ -74,6 +74,21 @@ def best_homogeneous_config(inst: Instance) -> tuple[int, float]:
     return best, best_ms
 
 
+def best_homogeneous_step_config(inst: Instance, lat: LatencyModel) -> tuple[int, float]:
+    """The homogeneous configuration with the least step time (makespan + its sync)."""
+    best, best_ms = -1, np.inf
+    for c in range(len(inst.configs)):
+        if not np.isfinite(inst.cost[:, c]).all():
+            continue
+        tp = inst.configs[c][0]
+        step = homogeneous_makespan(inst, c) + lat.sync_ms([tp] * (inst.total_gpus // int(inst.gpus[c])))
+        if step < best_ms:
+            best, best_ms = c, step
+    if best < 0:
+        raise ValueError("no homogeneous (TP, CP) configuration holds every sequence of the batch")
+    return best, best_ms
+
+
 def _plan(inst: Instance, c: int, lat: LatencyModel) -> Plan:
     tp, cp = inst.configs[c]
     dp = inst.total_gpus // (tp * cp)

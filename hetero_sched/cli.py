@@ -47,6 +47,8 @@ def _add_solver(p: argparse.ArgumentParser) -> None:
     p.add_argument("--time-limit", type=float, default=10.0, help="seconds, model building included")
     p.add_argument("--threads", type=int, default=2, help="solver threads (default 2)")
     p.add_argument("--seed", type=int, default=0, help="the solver's random seed")
+    p.add_argument("--objective", default="makespan", choices=["makespan", "step"],
+                   help="minimise the slowest group (default) or makespan + gradient sync")
 
 
 def _lengths(args) -> list[int]:
@@ -85,7 +87,7 @@ def cmd_solve(args) -> int:
     lengths = _lengths(args)
     lat = _setup(args)
     plan = solve(lengths, lat.cluster, lat, backend=args.backend, time_limit_s=args.time_limit,
-                 threads=args.threads, seed=args.seed)
+                 threads=args.threads, seed=args.seed, objective=args.objective)
     if args.json:
         out.print(plan.to_json(), markup=False, soft_wrap=True)
     else:
@@ -147,7 +149,7 @@ def cmd_compare(args) -> int:
 
     _check_solver_args(args)
     if args.seed_cases:
-        rows = seed_case_rows(args.model, args.backend, args.time_limit, args.threads)
+        rows = seed_case_rows(args.model, args.backend, args.time_limit, args.threads, args.objective)
         t = Table(title="seed cases: hetero-sched vs the best WLB-LLM config (llama3-8b by default)")
         for col in ("case", "hetero-sched groups", "WLB-LLM best", "makespan speed-up", "step speed-up",
                     "seed's ratio", "status"):
@@ -160,7 +162,7 @@ def cmd_compare(args) -> int:
         return 0
     lat = _setup(args)
     lengths = _lengths(args)
-    rows, plan = compare_batch(lengths, lat, args.backend, args.time_limit, args.threads, args.seed)
+    rows, plan = compare_batch(lengths, lat, args.backend, args.time_limit, args.threads, args.seed, args.objective)
     t = Table(title=f"{len(lengths)} sequences, {sum(lengths):,} tokens on {lat.cluster.gpus} GPUs")
     for col in ("plan", "TP", "CP", "DP", "makespan ms", "step ms", "hetero speed-up (makespan / step)"):
         t.add_column(col, justify="right" if col not in ("plan",) else "left")

@@ -11,10 +11,12 @@ from .specs import Cluster, ModelSpec
 ALL_CONFIGS_UP_TO = 64  # GPUs; beyond, only power-of-two CP degrees are listed (plus the best)
 
 
-def compare_batch(lengths, lat: LatencyModel, backend: str, time_limit_s: float, threads: int, seed: int):
+def compare_batch(lengths, lat: LatencyModel, backend: str, time_limit_s: float, threads: int, seed: int,
+                  objective: str = "makespan"):
     """Rows for each homogeneous config (or why it does not fit), Megatron's best, and the planner's plan."""
     cluster = lat.cluster
-    plan = solve(lengths, cluster, lat, backend=backend, time_limit_s=time_limit_s, threads=threads, seed=seed)
+    plan = solve(lengths, cluster, lat, backend=backend, time_limit_s=time_limit_s, threads=threads, seed=seed,
+                 objective=objective)
     rows = []
     for tp, cp in cluster.configs(lat.model):
         if cluster.gpus > ALL_CONFIGS_UP_TO and cp & (cp - 1) and (tp, cp) != (plan.baseline["tp"],
@@ -43,12 +45,14 @@ def _shape_counts(plan) -> dict:
     return counts
 
 
-def seed_case_rows(model_name: str, backend: str, time_limit_s: float, threads: int) -> list[dict]:
+def seed_case_rows(model_name: str, backend: str, time_limit_s: float, threads: int,
+                   objective: str = "makespan") -> list[dict]:
     rows = []
     for name, case in SEED_CASES.items():
         cluster = Cluster(gpus=case["gpus"])
         lat = latency_model(ModelSpec.preset(model_name), cluster)
-        plan = solve(case["lengths"], cluster, lat, backend=backend, time_limit_s=time_limit_s, threads=threads)
+        plan = solve(case["lengths"], cluster, lat, backend=backend, time_limit_s=time_limit_s, threads=threads,
+                     objective=objective)
         b = plan.baseline
         rows.append(dict(case=name, title=case["title"],
                          groups=" + ".join(f"{n}x(TP{tp}xCP{cp})" for (tp, cp), n in _shape_counts(plan).items()),

@@ -54,17 +54,28 @@ def cover(inst: Instance, T: float, order: np.ndarray, rule: str = "smallest") -
         if used > inst.total_gpus:
             return None
         unplaced[i] = False
-        members = [i]
         room = T - inst.overhead[c] - inst.cost[i, c]
-        rest = order[unplaced[order]]
-        costs = inst.cost[rest, c]
-        for j, a in zip(rest, costs):
-            if a <= room:
-                members.append(int(j))
-                unplaced[j] = False
-                room -= a
+        members = [i] + _fill(order[unplaced[order]], inst.cost[:, c], room)
+        unplaced[members] = False
         sol.append((c, np.array(members)))
     return sol
+
+
+def _fill(candidates: np.ndarray, cost: np.ndarray, room: float) -> list[int]:
+    """Scan candidates in order, taking each that still fits in the room (first-fit). Vectorised: jump
+    to the next candidate that fits; room only shrinks, so skipped candidates never fit later."""
+    taken: list[int] = []
+    costs = cost[candidates]
+    pos = 0
+    while pos < candidates.size:
+        fits = np.flatnonzero(costs[pos:] <= room)
+        if fits.size == 0:
+            break
+        k = pos + int(fits[0])
+        taken.append(int(candidates[k]))
+        room -= costs[k]
+        pos = k + 1
+    return taken
 
 
 def default_order(inst: Instance) -> np.ndarray:

@@ -19,53 +19,41 @@ MAX_MIP_VARIABLES = 60_000  # beyond this the slot MIP is not built: heuristic +
 HEURISTIC_SHARE = 0.3       # of the time limit, when the MIP runs after it
 
 
+OBJECTIVES = ("makespan", "step")
+
+
 def solve(lengths, cluster: Cluster, lat: LatencyModel, *, backend: str = "cpsat", time_limit_s: float = 10.0,
           threads: int = 2, seed: int = 0, rel_gap: float = OPTIMAL_GAP / 10,
-          deterministic_limit: float | None = None) -> Plan:
+          deterministic_limit: float | None = None, objective: str = "makespan") -> Plan:
     """Plan one step: groups of different (TP, CP), sequences assigned, makespan minimised.
 
     The returned plan is the better of the solver's and the warm start's (the best homogeneous
-    WLB-LLM plan), both priced by the step model: never worse than WLB-LLM."""
+    WLB-LLM plan), both priced by the step model: never worse than WLB-LLM on the objective.
+    objective='step' minimises makespan + sync instead: the search runs once per smallest TP degree
+    allowed (sync depends on it) and keeps the plan with the least step time; bound and gap still
+    refer to the makespan."""
     start = time.monotonic()
-    _check_args(cluster, lat, backend, time_limit_s, threads, seed, rel_gap)
-    deadline = start + time_limit_s
-    from ..baselines.wlb_llm import _plan as wlb_plan, best_homogeneous_config
+    _check_args(cluster, lat, backend, time_limit_s, threads, seed, rel_gap, objective)
+    from ..baselines.wlb_llm import _plan as wlb_plan, best_homogeneous_config, best_homogeneous_step_config
 
     full = build_instance(lengths, lat, prune=False)
-    c_warm, _ = best_homogeneous_config(full)
-    warm = wlb_plan(full, c_warm, lat)
-    keep = _undominated(full.gpus, full.overhead, full.cost)
-    inst = _subset(full, keep)
-    warm_sol = _warm_solution(full, inst, keep, warm)
-    lower = overhead_area_bound(inst, makespan(inst, warm_sol))
-    messages = []
-    size = estimate_size(inst)
-    mip_runs = backend != "none" and size <= MAX_MIP_VARIABLES
-    share = HEURISTIC_SHARE if mip_runs else 1.0
-    # under a deterministic work limit nothing may depend on the clock: no deadline, no restarts
-    h_deadline = start + share * time_limit_s if deterministic_limit is None else float("inf")
-    heur = heuristic_solution(inst, lower, makespan(inst, warm_sol), h_deadline, seed=seed,
-                              restarts=deterministic_limit is None)
-    candidates = [("heuristic", heur)] if heur else []
-    best_known = min([warm_sol] + [s for _, s in candidates], key=lambda s: makespan(inst, s))
-    bound, backend_status = lower, "not run"
-    if backend != "none" and not mip_runs:
-        messages.append(f"exact MIP not built ({size} assignment variables > {MAX_MIP_VARIABLES}): "
-                        "heuristic plan with proven bounds")
-    elif backend != "none":
-        remaining = deadline - time.monotonic()
-        if remaining > 0.02 or deterministic_limit is not None:
-            sol, b, backend_status = run_mip(inst, backend, best_known, lower, remaining, threads, seed,
-                                              rel_gap, deterministic_limit)
-            bound = max(bound, b)
-            if sol is not None:
-                candidates.append((backend, sol))
-            else:
-                messages.append(f"{backend} returned no incumbent ({backend_status}): best known plan kept")
-        else:
-            messages.append("no time left for the MIP after the heuristic")
-    plans = [("warm start", warm)] + [(who, _to_plan(inst, s, lat)) for who, s in candidates]
-    who, plan = min(plans, key=lambda wp: (wp[1].makespan_ms, wp[1].step_ms, wp[0] != "warm start"))
+    if objective == "makespan":
+        warm = wlb_plan(full, best_homogeneous_config(full)[0], lat)
+        slices = [(1, start + time_limit_s)]
+    else:
+        warm = wlb_plan(full, best_homogeneous_step_config(full, lat)[0], lat)
+        tps = lat.cluster.tp_degrees(lat.model)
+        slices = [(t, start + time_limit_s * (k + 1) / len(tps)) for k, t in enumerate(tps)]
+    plans, bound, notes = [("warm start", warm)], 0.0, []
+    for min_tp, deadline in slices:
+        found, b, note = _search(full, lat, warm, min_tp, deadline, backend, threads, seed, rel_gap,
+                                 deterministic_limit)
+        plans += found
+        bound = max(bound, b) if min_tp == 1 else bound  # only the unrestricted search bounds the makespan
+        notes.append(note)
+    key = (lambda p: (p.makespan_ms, p.step_ms)) if objective == "makespan" else (lambda p: (p.step_ms,
+                                                                                            p.makespan_ms))
+    who, plan = min(plans, key=lambda wp: (*key(wp[1]), wp[0] != "warm start"))
     plan.baseline = dict(warm.baseline)
     plan.solver = SolveResult(backend=backend, status="feasible", time_limit_s=time_limit_s, threads=threads,
                               seed=seed, bound_ms=bound)
@@ -73,14 +61,57 @@ def solve(lengths, cluster: Cluster, lat: LatencyModel, *, backend: str = "cpsat
     s = plan.solver
     s.objective_ms = plan.makespan_ms
     s.status = "optimal" if s.gap <= OPTIMAL_GAP else ("baseline" if who == "warm start" else "feasible")
-    messages.insert(0, f"plan from {who}; backend status: {backend_status}; {full.configs.__len__()} configs, "
-                       f"{len(full.configs) - len(keep)} pruned as dominated")
-    s.message = "; ".join(messages)
+    s.message = f"objective {objective}; plan from {who}; " + " | ".join(notes)
     s.wall_s = time.monotonic() - start
     return plan
 
 
-def _check_args(cluster, lat, backend, time_limit_s, threads, seed, rel_gap) -> None:
+def _search(full: Instance, lat, warm: Plan, min_tp: int, deadline: float, backend, threads, seed, rel_gap,
+            det_limit):
+    """Heuristic then MIP over configurations with tp ≥ min_tp; returns (named plans, bound, note)."""
+    allowed = np.array([c for c, (tp, _) in enumerate(full.configs) if tp >= min_tp])
+    sub = _subset(full, allowed)
+    keep = allowed[_undominated(sub.gpus, sub.overhead, sub.cost)]
+    inst = _subset(full, keep)
+    if not np.isfinite(inst.cost).any(axis=1).all():
+        return [], 0.0, f"TP>={min_tp}: some sequence fits no configuration"
+    warm_sol = _warm_solution(full, inst, keep, warm) if min_tp == 1 else None
+    upper = makespan(inst, warm_sol) if warm_sol else np.inf
+    lower = overhead_area_bound(inst, upper if np.isfinite(upper) else 1e12)
+    size = estimate_size(inst)
+    mip_runs = backend != "none" and size <= MAX_MIP_VARIABLES
+    now = time.monotonic()
+    share = HEURISTIC_SHARE if mip_runs else 1.0
+    # under a deterministic work limit nothing may depend on the clock: no deadline, no restarts
+    h_deadline = now + share * (deadline - now) if det_limit is None else float("inf")
+    heur = heuristic_solution(inst, lower, upper if np.isfinite(upper) else 1e12, h_deadline, seed=seed,
+                              restarts=det_limit is None)
+    found = [("heuristic", heur)] if heur else []
+    note = f"TP>={min_tp}: {len(full.configs)} configs, {len(allowed) - len(keep)} dominated"
+    bound, status = lower, "not run"
+    known = [s for s in (warm_sol, heur) if s]
+    if not known:
+        return [], lower, note + "; no plan found"
+    if backend != "none" and not mip_runs:
+        note += f"; exact MIP not built ({size} variables > {MAX_MIP_VARIABLES}): heuristic with bounds"
+    elif backend != "none":
+        remaining = deadline - time.monotonic()
+        if remaining > 0.02 or det_limit is not None:
+            best_known = min(known, key=lambda s: makespan(inst, s))
+            sol, b, status = run_mip(inst, backend, best_known, lower, remaining, threads, seed, rel_gap, det_limit)
+            bound = max(bound, b)
+            if sol is not None:
+                found.append((backend, sol))
+            else:
+                note += f"; {backend} returned no incumbent ({status}): best known plan kept"
+        else:
+            note += "; no time left for the MIP"
+    return [(who, _to_plan(inst, s, lat)) for who, s in found], bound, note + f"; backend status: {status}"
+
+
+def _check_args(cluster, lat, backend, time_limit_s, threads, seed, rel_gap, objective) -> None:
+    if objective not in OBJECTIVES:
+        raise ValueError(f"unknown objective {objective!r}; choose one of {', '.join(OBJECTIVES)}")
     if cluster != lat.cluster:
         raise ValueError(f"cluster {cluster} does not match the latency model's cluster {lat.cluster}")
     if backend not in BACKENDS + ("none",):

@@ -2,7 +2,7 @@
 import pytest
 
 import hetero_sched as hs
-from hetero_sched.baselines.wlb_llm import wlb_llm_best
+from hetero_sched.baselines.wlb_llm import wlb_llm_best, wlb_llm_plan
 from hetero_sched.seeds import SEED_CASES
 
 
@@ -35,3 +35,20 @@ def test_seed_cases_are_proven_optimal_and_valid(results, name):
     assert plan.solver.status == "optimal"
     assert plan.solver.wall_s < 5
     assert plan.validate() == []
+
+
+@pytest.mark.parametrize("name", ["case2", "case3"])
+def test_step_objective_wins_on_step_time(name):
+    case = SEED_CASES[name]
+    cluster = hs.Cluster(gpus=case["gpus"])
+    lat = hs.latency_model(hs.ModelSpec.preset("llama3-8b"), cluster)
+    plan = hs.solve(case["lengths"], cluster, lat, objective="step", time_limit_s=8)
+    assert plan.validate() == []
+    homogeneous_steps = []
+    for tp, cp in cluster.configs(lat.model):
+        try:
+            homogeneous_steps.append(wlb_llm_plan(case["lengths"], cluster, lat, tp=tp, cp=cp).step_ms)
+        except ValueError:
+            pass
+    assert plan.step_ms <= min(homogeneous_steps) + 1e-9
+    assert min(homogeneous_steps) / plan.step_ms >= 1.05
