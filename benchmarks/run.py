@@ -45,14 +45,16 @@ def lat_for(gpus: int):
     return hs.latency_model(hs.ModelSpec.preset(MODEL), hs.Cluster(gpus=gpus))
 
 
-def solve_row(lengths, gpus, backend="cpsat", limit=10.0, seed=0, megatron=True, **extra) -> dict:
+def solve_row(lengths, gpus, backend="cpsat", limit=10.0, seed=0, megatron=True, objective="makespan",
+              **extra) -> dict:
     lat = lat_for(gpus)
     t = time.monotonic()
-    plan = hs.solve(lengths, lat.cluster, lat, backend=backend, time_limit_s=limit, threads=THREADS, seed=seed)
+    plan = hs.solve(lengths, lat.cluster, lat, backend=backend, time_limit_s=limit, threads=THREADS, seed=seed,
+                    objective=objective)
     wall = time.monotonic() - t
     b = plan.baseline
     row = dict(extra, gpus=gpus, sequences=len(lengths), tokens=int(sum(lengths)), longest=int(max(lengths)),
-               backend=backend, time_limit_s=limit, seed=seed, makespan_ms=plan.makespan_ms, step_ms=plan.step_ms,
+               backend=backend, objective=objective, time_limit_s=limit, seed=seed, makespan_ms=plan.makespan_ms, step_ms=plan.step_ms,
                sync_ms=plan.sync_ms, bound_ms=plan.solver.bound_ms, gap=plan.solver.gap, status=plan.solver.status,
                wall_s=wall, groups=len(plan.groups), shapes=len({(g.tp, g.cp) for g in plan.groups}),
                wlb_config=f"TP{b['tp']}xCP{b['cp']}xDP{b['dp']}", wlb_makespan_ms=b["makespan_ms"],
@@ -73,7 +75,7 @@ def md_table(frame: pd.DataFrame, cols: list[str]) -> str:
             return f"{v:.4f}" if abs(v) < 10 else f"{v:,.1f}"
         return str(v)
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-    lines += ["| " + " | ".join(fmt(r[c]) for c in cols) + " |" for _, r in frame.iterrows()]
+    lines += ["| " + " | ".join(fmt(r[c]) for c in cols) + " |" for _, r in frame.astype(object).iterrows()]
     return "\n".join(lines)
 
 
@@ -95,28 +97,34 @@ def geomean(x) -> float:
 # ---- suites -------------------------------------------------------------------------------------------
 def suite_seed(progress) -> None:
     rows = []
-    task = progress.add_task("seed", total=9)
+    runs = [(b, "makespan") for b in ("cpsat", "highs", "cbc")] + [("cpsat", "step")]
+    task = progress.add_task("seed", total=len(runs) * len(SEED_CASES))
     for name, case in SEED_CASES.items():
-        for backend in ("cpsat", "highs", "cbc"):
+        for backend, objective in runs:
             row, plan = solve_row(case["lengths"], case["gpus"], backend=backend, limit=10, case=name,
-                                  title=case["title"], seed_ratio=case["seed_ratio"])
+                                  title=case["title"], seed_ratio=case["seed_ratio"], objective=objective)
             row["plan"] = " + ".join(sorted({f"TP{g.tp}xCP{g.cp}" for g in plan.groups}))
             rows.append(row)
             progress.advance(task)
     f = pd.DataFrame(rows)
-    cp = f[f.backend == "cpsat"]
+    cp = f[(f.backend == "cpsat") & (f.objective == "makespan")]
+    st = f[f.objective == "step"]
     fig, ax = plt.subplots(figsize=(8, 4))
     x = np.arange(len(cp))
-    ax.bar(x - 0.2, cp.speedup_makespan, 0.2, label="ours: makespan speed-up")
-    ax.bar(x, cp.speedup_step, 0.2, label="ours: step speed-up (sync included)")
-    ax.bar(x + 0.2, cp.seed_ratio, 0.2, label="seed document's ratio (sum, other units)")
+    ax.bar(x - 0.3, cp.speedup_makespan, 0.2, label="objective makespan: makespan speed-up")
+    ax.bar(x - 0.1, cp.speedup_step, 0.2, label="objective makespan: step speed-up")
+    ax.bar(x + 0.1, st.speedup_step.to_numpy(), 0.2, label="objective step: step speed-up")
+    ax.bar(x + 0.3, cp.seed_ratio, 0.2, label="seed document's ratio (sum, other units)")
     ax.axhline(1, color="black", lw=0.8)
     ax.set_xticks(x, cp.title, fontsize=8)
     ax.set_ylabel("speed-up over the best WLB-LLM config")
     ax.legend(fontsize=8)
     body = [f"# Seed cases ({dt.date.today():%Y-%m})", "", environment("cpsat, highs, cbc", "10 s", "0"), "",
-            md_table(f, ["title", "backend", "plan", "wlb_config", "makespan_ms", "wlb_makespan_ms",
-                         "speedup_makespan", "speedup_step", "seed_ratio", "status", "gap", "wall_s"]), "",
+            md_table(f, ["title", "backend", "objective", "plan", "wlb_config", "makespan_ms", "wlb_makespan_ms",
+                         "step_ms", "wlb_step_ms", "speedup_makespan", "speedup_step", "seed_ratio", "status",
+                         "gap", "wall_s"]), "",
+            "With `objective=step` the baseline is the homogeneous config with the least step time, and the "
+            "gap still refers to the makespan bound (so such plans are rarely 'optimal').", "",
             "All three backends reach the same proven optimum on every case. The seed's ratios (1.43, 1.15, "
             "1.40) are computed on its own numbers, which look like one layer's forward pass, and in cases 2-3 "
             "add two group latencies where the step's makespan is their maximum: they are shown beside ours, "
@@ -129,8 +137,8 @@ def suite_seed(progress) -> None:
             "ones run on TP1 groups that pack them at the best GPU efficiency. The step-time speed-up is "
             "smaller (case 3: below 1) because mixing TP1 groups with a TP4 group makes the modelled gradient "
             "synchronisation gather to the TP1 layout, and our sync is charged without overlap with backward "
-            "(an upper bound). The planner minimises the makespan, as designed; the step figure is reported "
-            "honestly beside it."]
+            "(an upper bound). With `--objective step` the planner searches once per smallest TP degree and "
+            "keeps the least step time: it then wins on step time too (rows `objective = step`)."]
     write("seed", f, body, fig)
 
 
@@ -156,12 +164,16 @@ def suite_realistic(progress, quick=False) -> None:
         limit = 30.0 if gpus >= 1024 else 10.0
         row, _ = solve_row(lengths, gpus, limit=limit, seed=seed, family=family, context=context,
                            megatron=gpus <= 256)
+        step_row, _ = solve_row(lengths, gpus, limit=limit, seed=seed, megatron=False, objective="step")
+        row["step_objective_speedup_step"] = step_row["speedup_step"]
+        row["step_objective_speedup_makespan"] = step_row["speedup_makespan"]
         rows.append(row)
         progress.advance(task)
     f = pd.DataFrame(rows)
     summary = (f.groupby(["family", "context"])
                 .agg(batches=("gpus", "size"), geomean_speedup_makespan=("speedup_makespan", geomean),
                      geomean_speedup_step=("speedup_step", geomean), min_speedup=("speedup_makespan", "min"),
+                     geomean_step_objective_speedup_step=("step_objective_speedup_step", geomean),
                      worst_makespan_over_bound=("makespan_over_bound", "max"),
                      median_wall_s=("wall_s", "median")).reset_index())
     per_cluster = (f.groupby(["family", "context", "gpus"])
@@ -185,6 +197,9 @@ def suite_realistic(progress, quick=False) -> None:
             f"(minimum makespan speed-up {f.speedup_makespan.min():.3f}).", "",
             "## Per family and context", "", md_table(summary, list(summary.columns)), "",
             "## Per cluster size", "", md_table(per_cluster, list(per_cluster.columns)), "",
+            "`geomean_speedup_step`: the step-time speed-up of the makespan-minimising plan (sync included, not "
+            "overlapped); `geomean_step_objective_speedup_step`: the same batch planned with `objective=step` "
+            "against the homogeneous config with the least step time.", "",
             "Megatron packing is evaluated up to 256 GPUs (column `speedup_vs_megatron` in the CSV)."]
     write("realistic", f, body, fig)
 

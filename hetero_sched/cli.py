@@ -47,6 +47,9 @@ def _add_solver(p: argparse.ArgumentParser) -> None:
     p.add_argument("--time-limit", type=float, default=10.0, help="seconds, model building included")
     p.add_argument("--threads", type=int, default=2, help="solver threads (default 2)")
     p.add_argument("--seed", type=int, default=0, help="the solver's random seed")
+    p.add_argument("--work-limit", type=float, help="deterministic work limit instead of wall-clock luck: "
+                   "CP-SAT deterministic seconds, HiGHS/CBC branch-and-bound nodes; with --threads 1 the plan "
+                   "is reproducible byte for byte (wall-time fields aside)")
     p.add_argument("--objective", default="makespan", choices=["makespan", "step"],
                    help="minimise the slowest group (default) or makespan + gradient sync")
 
@@ -75,6 +78,10 @@ def _check_solver_args(args) -> None:
         raise ValueError(f"unknown backend {args.backend!r}; choose one of {', '.join(BACKENDS + ('none',))}")
     if args.time_limit < 0:
         raise ValueError(f"--time-limit must be >= 0, got {args.time_limit}")
+    if getattr(args, "work_limit", None) is not None and args.work_limit <= 0:
+        raise ValueError(f"--work-limit must be > 0, got {args.work_limit}")
+    if args.threads < 1:
+        raise ValueError(f"--threads must be >= 1, got {args.threads}")
 
 
 # ---- commands --------------------------------------------------------------------------------------------
@@ -87,7 +94,8 @@ def cmd_solve(args) -> int:
     lengths = _lengths(args)
     lat = _setup(args)
     plan = solve(lengths, lat.cluster, lat, backend=args.backend, time_limit_s=args.time_limit,
-                 threads=args.threads, seed=args.seed, objective=args.objective)
+                 threads=args.threads, seed=args.seed, objective=args.objective,
+                 deterministic_limit=args.work_limit)
     if args.json:
         out.print(plan.to_json(), markup=False, soft_wrap=True)
     else:
@@ -286,6 +294,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    # Ctrl-C always interrupts, even when started from a shell that ignores SIGINT for background jobs
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)

@@ -47,9 +47,23 @@ class AnalyticLatency(LatencyModel):
     kind = "analytic"
     version = "1.0"
 
+    def __init__(self, model, cluster) -> None:
+        self._affine: dict = {}
+        super().__init__(model, cluster)
+
     def linear_fwd_ms(self, tokens, tp: int):
+        """Affine in tokens (every fitted curve is): intercept + slope·tokens, coefficients cached per tp."""
+        if tp not in self._affine:
+            self._affine[tp] = self._affine_coefficients(tp)
+        intercept, slope = self._affine[tp]
+        return intercept + slope * np.asarray(tokens, dtype=float)
+
+    def _affine_coefficients(self, tp: int) -> tuple[float, float]:
         m = self.model
         gemms = block_gemm_shapes(m.hidden, m.heads, m.kv_heads, m.ffn, m.gated_mlp, tp)
-        total = sum(gemm_fit_ms(tokens, n, k) for n, k in gemms.values())
         widths = pointwise_widths(m.hidden, m.heads, m.kv_heads, m.ffn, tp)
-        return total + sum(pointwise_fit_ms(op, tokens, w) for op, w in widths.items())
+
+        def at(tokens: float) -> float:
+            return float(sum(gemm_fit_ms(tokens, n, k) for n, k in gemms.values())
+                         + sum(pointwise_fit_ms(op, tokens, w) for op, w in widths.items()))
+        return at(0.0), at(1.0) - at(0.0)

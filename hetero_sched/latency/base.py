@@ -35,6 +35,8 @@ class LatencyModel(ABC):
     def __init__(self, model: ModelSpec, cluster: Cluster) -> None:
         self.model = model
         self.cluster = cluster
+        self._overheads: dict = {}
+        self._intercepts: dict = {}
         self._check_fits()
 
     # ---- what subclasses provide ----------------------------------------------------------------
@@ -54,6 +56,12 @@ class LatencyModel(ABC):
     def overhead_ms(self, tp: int, cp: int, cross_node: bool | None = None) -> float:
         """What one micro-batch costs whatever its size: the intercept of every token-linear kernel
         (launch floors, GEMM ramp-up), the attention launch floor and the ring's per-step latency."""
+        key = (tp, cp, cross_node)
+        if key not in self._overheads:
+            self._overheads[key] = self._overhead(tp, cp, cross_node)
+        return self._overheads[key]
+
+    def _overhead(self, tp: int, cp: int, cross_node: bool | None) -> float:
         m = self.model
         linear0 = float(self._linear_intercept(tp))
         tpc0 = self._tp_allreduce(tp).floor_ms * K.TP_ALLREDUCES_PER_LAYER_FWD if tp > 1 else 0.0
@@ -75,14 +83,30 @@ class LatencyModel(ABC):
     def seq_latency_array(self, lengths: np.ndarray, tp: int, cp: int, cross_node: bool | None = None) -> np.ndarray:
         """Vectorised seq_latency_ms over many lengths for one configuration."""
         self._check_config(tp, cp)
+        cross = self._default_cross(tp, np.array([cp])) if cross_node is None else np.array([cross_node])
+        return self._seq_costs(np.asarray(lengths, dtype=float), tp, np.array([cp]), cross)
+
+    def cost_table(self, lengths: np.ndarray, tp: int, cps: np.ndarray) -> np.ndarray:
+        """seq_latency_ms of every length (rows) on TP tp and each CP degree of cps (columns), each
+        group placed as compactly as possible (crossing nodes only when tp·cp > gpus_per_node)."""
+        cps = np.asarray(cps)
+        for cp in cps:
+            self._check_config(tp, int(cp))
+        L = np.asarray(lengths, dtype=float)[:, None]
+        return self._seq_costs(L, tp, cps[None, :], self._default_cross(tp, cps)[None, :])
+
+    def _default_cross(self, tp: int, cps: np.ndarray) -> np.ndarray:
+        return tp * cps > self.cluster.gpus_per_node
+
+    def _seq_costs(self, L: np.ndarray, tp: int, cp: np.ndarray, cross: np.ndarray) -> np.ndarray:
+        """Cost of lengths L on (tp, cp) with broadcasting: L (n,) with cp (1,), or L (n,1) with cp (1,k)."""
         m = self.model
-        L = np.asarray(lengths, dtype=float)
         T = L / cp  # tokens per CP rank
         linear = (self.linear_fwd_ms(T, tp) - self._linear_intercept(tp)) * (PASSES_FWD + K.LINEAR_BWD_RATIO)
         tpc = self._tp_comm_var(T, tp) * (PASSES_FWD + 1)  # backward moves as much as a forward
         attn_fwd = self._attention_fwd_ms(L, tp, cp)
         attn_bwd = attn_fwd * K.FA_BWD_FLOP_RATIO / K.FA_BWD_RATE
-        ring_fwd = self._ring_var(T, tp, cp, cross_node)
+        ring_fwd = self._ring_var(T, tp, cp, cross)
         ring_bwd = 2 * ring_fwd  # backward circulates K,V and their gradients
         # ring transfers overlap the attention they feed: each pass costs max(compute, transfer)
         attn = PASSES_FWD * np.maximum(attn_fwd, ring_fwd) + np.maximum(attn_bwd, ring_bwd)
@@ -176,15 +200,18 @@ class LatencyModel(ABC):
             cross_node = tp * cp > self.cluster.gpus_per_node
         return nccl_curve(self.cluster.gpu, "send_recv", 2, 1 if cross_node else 2)
 
-    def _ring_var(self, T: np.ndarray, tp: int, cp: int, cross_node: bool | None) -> np.ndarray:
-        """Forward ring: each rank passes its K,V block (T·2·kv_heads/tp·head_dim·2 bytes) cp−1 times."""
-        if cp == 1:
-            return np.zeros_like(T)
+    def _ring_var(self, T: np.ndarray, tp: int, cp: np.ndarray, cross: np.ndarray) -> np.ndarray:
+        """Forward ring: each rank passes its K,V block (T·2·kv_heads/tp·head_dim·2 bytes) cp−1 times,
+        over InfiniBand where the group crosses nodes, NVLink otherwise."""
         m = self.model
         kv_heads = max(1.0, m.kv_heads / tp)  # GQA heads are replicated when tp > kv_heads
         nbytes = T * 2 * kv_heads * m.head_dim * m.dtype_bytes
-        curve = self._ring_curve(tp, cp, cross_node)
-        return (cp - 1) * (curve(nbytes) - curve.floor_ms)
+        ib, nvl = (nccl_curve(self.cluster.gpu, "send_recv", 2, d) for d in (1, 2))
+        cross = np.broadcast_to(cross, nbytes.shape)
+        per_step = np.empty_like(nbytes)
+        for curve, where in ((ib, cross), (nvl, ~cross)):  # each element priced on its own link only
+            per_step[where] = curve(nbytes[where]) - curve.floor_ms
+        return (cp - 1) * per_step
 
     def _tp_allreduce(self, tp: int):
         return nccl_curve(self.cluster.gpu, "all_reduce", tp, tp)
@@ -207,6 +234,11 @@ class LatencyModel(ABC):
         return float(self._gemm_ms(0.0, N, Kdim))
 
     def _linear_intercept(self, tp: int) -> float:
+        if tp not in self._intercepts:
+            self._intercepts[tp] = self._compute_linear_intercept(tp)
+        return self._intercepts[tp]
+
+    def _compute_linear_intercept(self, tp: int) -> float:
         return float(self.linear_fwd_ms(np.array([0.0]), tp)[0])
 
     # ---- validation -----------------------------------------------------------------------------

@@ -49,7 +49,7 @@ class TableLatency(LatencyModel):
             times = rows[[f"{op}_ms" for op in OPERATORS]].sum(axis=1).to_numpy()
             self._curves[int(tp)] = (rows["num_tokens"].to_numpy(float), np.maximum.accumulate(times))
         self._sha = file_sha256(self.table_path)
-        super().__init__(model, cluster)
+        super().__init__(model, cluster)  # sets the caches; _check_fits needs no table curve
         missing = [tp for tp in cluster.tp_degrees(model) if tp not in self._curves]
         if missing:
             raise ValueError(f"latency table {str(self.table_path)!r} has no rows for TP {missing}")
@@ -65,7 +65,7 @@ class TableLatency(LatencyModel):
         # below the first measured row: the smallest time (a floor); above the last: linear in tokens
         return np.where(t > x[-1], y[-1] * t / x[-1], inside)
 
-    def _linear_intercept(self, tp: int) -> float:
+    def _compute_linear_intercept(self, tp: int) -> float:
         """What a micro-batch pays whatever its size: the least-squares line through the measured rows of
         the upper half of the range (compute-bound), extrapolated to 0 tokens, kept in [0, one-token time]."""
         x, y = self._curves[tp]

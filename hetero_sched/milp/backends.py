@@ -9,7 +9,9 @@ import math
 import os
 import sys
 import re
+import signal
 import tempfile
+import threading
 from dataclasses import dataclass
 from typing import Callable
 
@@ -70,6 +72,8 @@ def _cpsat(m, time_limit_s, threads, seed, rel_gap, hint, det_limit) -> BackendR
     p.relative_gap_limit = rel_gap
     if det_limit is not None:
         p.max_deterministic_time = det_limit
+    # Ctrl-C is left to Python: KeyboardInterrupt is raised as soon as Solve returns (within the limit)
+    p.catch_sigint_signal = False
     code = solver.Solve(model)
     name = solver.StatusName(code)
     if code in (cp_model.OPTIMAL, cp_model.FEASIBLE):
@@ -78,6 +82,27 @@ def _cpsat(m, time_limit_s, threads, seed, rel_gap, hint, det_limit) -> BackendR
     if code == cp_model.INFEASIBLE:
         return BackendResult(value_of=None, bound_ms=m.ub[m.t_var], proven_optimal=False, status=name)
     return BackendResult(value_of=None, bound_ms=0.0, proven_optimal=False, status=name)  # UNKNOWN, invalid
+
+
+@contextlib.contextmanager
+def _noting_sigint():
+    """Record whether SIGINT arrived (into the yielded list) while still delivering it as before."""
+    seen: list = []
+    previous = signal.getsignal(signal.SIGINT)
+
+    def note(signum, frame):
+        seen.append(signum)
+        if callable(previous):
+            previous(signum, frame)
+
+    if threading.current_thread() is not threading.main_thread():
+        yield seen  # signal handlers can only be set from the main thread
+        return
+    signal.signal(signal.SIGINT, note)
+    try:
+        yield seen
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 @contextlib.contextmanager
@@ -129,7 +154,11 @@ def _highs(m, time_limit_s, threads, seed, rel_gap, hint, det_limit) -> BackendR
         sol.col_value = [float(hint.get(v, 0.0)) for v in range(n)]
         sol.value_valid = True
         h.setSolution(sol)
-    h.run()
+    h.HandleKeyboardInterrupt = True  # highspy cancels the solve on Ctrl-C (and swallows it) ...
+    with _noting_sigint() as interrupted:
+        h.run()
+    if interrupted:
+        raise KeyboardInterrupt  # ... so we pass the interrupt on
     status = h.getModelStatus()
     info = h.getInfo()
     # HiGHS proves bounds up to its tolerances: shave a relative 1e-9 to stay valid.

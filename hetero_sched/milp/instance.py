@@ -13,6 +13,13 @@ import numpy as np
 from ..latency import LatencyModel
 
 
+# Input limits (measured in benchmarks/results/reliability_<yyyymm>.md): beyond them a clear ValueError,
+# never a memory blow-up. The cost matrix holds distinct lengths x configurations float64 cells.
+MAX_SOLVE_SEQUENCES = 65_536
+MAX_SOLVE_GPUS = 4_096
+MAX_COST_CELLS = 40_000_000  # 320 MB per copy of the cost matrix
+
+
 @dataclass(kw_only=True, slots=True)
 class Instance:
     lengths: np.ndarray   # (n,) tokens
@@ -38,21 +45,22 @@ def build_instance(lengths, lat: LatencyModel, prune: bool = True) -> Instance:
     """Price every sequence on every configuration of the cluster; raise when one fits nowhere."""
     lengths = np.asarray(check_lengths(lengths), dtype=np.int64)
     uniq, inverse = np.unique(lengths, return_inverse=True)
-    configs, cost_u, over, g = [], [], [], []
-    for tp, cp in lat.cluster.configs(lat.model):
-        cap = lat.max_tokens(tp, cp)
-        if cap < uniq[0]:
-            continue
-        if cp > 1 and uniq[-1] / cp < 1:  # fewer tokens than ranks: such a group is never useful
-            continue
-        col = np.where(uniq <= cap, lat.seq_latency_array(uniq, tp, cp), np.inf)
-        configs.append((tp, cp))
-        cost_u.append(col)
-        over.append(lat.overhead_ms(tp, cp))
-        g.append(tp * cp)
-    if not configs or not np.isfinite(np.array(cost_u)).any(axis=0).all():
+    check_size(len(lengths), len(uniq), lat)
+    configs, columns, over, g = [], [], [], []
+    for tp in lat.cluster.tp_degrees(lat.model):
+        cps = np.array([cp for t, cp in lat.cluster.configs(lat.model) if t == tp
+                        if lat.max_tokens(t, cp) >= uniq[0] and (cp == 1 or uniq[-1] >= cp)])
+        if cps.size == 0:
+            continue  # nothing fits, or fewer tokens than ranks: such groups are never useful
+        caps = np.array([lat.max_tokens(tp, int(cp)) for cp in cps])
+        table = np.where(uniq[:, None] <= caps[None, :], lat.cost_table(uniq, tp, cps), np.inf)
+        configs += [(tp, int(cp)) for cp in cps]
+        columns.append(table)
+        over += [lat.overhead_ms(tp, int(cp)) for cp in cps]
+        g += [tp * int(cp) for cp in cps]
+    cost_u = np.hstack(columns) if columns else np.zeros((len(uniq), 0))
+    if not configs or not np.isfinite(cost_u).any(axis=1).all():
         raise_no_fit(lengths, lat)
-    cost_u = np.array(cost_u).T
     inst_cfg = np.arange(len(configs))
     pruned = 0
     if prune:
@@ -84,6 +92,18 @@ def _undominated(g: np.ndarray, o: np.ndarray, cost: np.ndarray) -> np.ndarray:
                     dominated[c] = True
                     break
     return np.flatnonzero(~dominated)
+
+
+def check_size(n: int, distinct: int, lat: LatencyModel) -> None:
+    """Refuse instances past the supported size before allocating anything large."""
+    if n > MAX_SOLVE_SEQUENCES:
+        raise ValueError(f"the batch has {n} sequences; at most {MAX_SOLVE_SEQUENCES} are supported")
+    if lat.cluster.gpus > MAX_SOLVE_GPUS:
+        raise ValueError(f"the cluster has {lat.cluster.gpus} GPUs; at most {MAX_SOLVE_GPUS} are supported")
+    cells = distinct * len(lat.cluster.configs(lat.model))
+    if cells > MAX_COST_CELLS:
+        raise ValueError(f"{distinct} distinct lengths x {len(lat.cluster.configs(lat.model))} configurations = "
+                         f"{cells} costs > {MAX_COST_CELLS}: round lengths (e.g. to 64 tokens) or use fewer GPUs")
 
 
 def check_lengths(lengths) -> list[int]:

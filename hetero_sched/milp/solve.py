@@ -147,8 +147,11 @@ def _warm_solution(full: Instance, inst: Instance, keep: np.ndarray, warm: Plan)
 def run_mip(inst, backend, incumbent, lower, remaining, threads, seed, rel_gap, det_limit):
     model = build_milp(inst, upper_ms=makespan(inst, incumbent), lower_ms=lower)
     hint = hint_values(model, inst, incumbent)
-    res = run_backend(backend, model, time_limit_s=remaining, threads=threads, seed=seed, rel_gap=rel_gap,
-                      hint=hint, deterministic_limit=det_limit)
+    try:
+        res = run_backend(backend, model, time_limit_s=remaining, threads=threads, seed=seed, rel_gap=rel_gap,
+                          hint=hint, deterministic_limit=det_limit)
+    except Exception as exc:  # a crashed or missing solver binary must not lose the plan we already have
+        return None, 0.0, f"{backend} failed: {type(exc).__name__}: {str(exc).splitlines()[0][:200]}"
     sol = decode(model, res.value_of) if res.value_of is not None else None
     if sol is not None and not np.isfinite(makespan(inst, sol)):
         sol = None

@@ -1,0 +1,71 @@
+"""Faults and limits through the console script: interrupts, zero time, determinism, input limits."""
+import csv
+import json
+import signal
+import subprocess
+import time
+
+import numpy as np
+import pytest
+
+import hetero_sched as hs
+
+from test_cli import EXE, run
+
+# 40 log-uniform lengths on 16 GPUs: CP-SAT does not close the gap within seconds, so runs use their limit
+HARD = np.exp(np.random.default_rng(7).uniform(np.log(512), np.log(32768), 40)).astype(int)
+BATCH = ["--lengths", ",".join(str(x) for x in HARD), "--gpus", "16"]
+
+
+def test_ctrl_c_during_a_sweep_exits_130_and_leaves_a_whole_csv(tmp_path):
+    out = tmp_path / "s.csv"
+    proc = subprocess.Popen([EXE, "sweep", *BATCH, "--time-limits", "2,3,4,5,6", "--repeat", "3",
+                             "--backends", "cpsat", "--out", str(out)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    time.sleep(5)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err
+    if out.exists():  # every row written is complete and the sweep resumes from it
+        rows = list(csv.DictReader(out.open()))
+        assert all(r["status"] in ("optimal", "feasible", "baseline") for r in rows)
+    assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_zero_time_limit_still_returns_a_valid_plan(tmp_path):
+    r = run("solve", *BATCH, "--time-limit", "0", "--out", str(tmp_path / "p.json"))
+    assert r.returncode == 0, r.stderr
+    plan = hs.Plan.from_json((tmp_path / "p.json").read_text())
+    assert plan.validate() == [] and plan.solver.status in ("baseline", "feasible", "optimal")
+    assert plan.makespan_ms <= plan.baseline["makespan_ms"]
+
+
+@pytest.mark.parametrize("backend", ["cpsat", "highs"])
+def test_work_limit_with_one_thread_is_reproducible(backend):
+    args = ["solve", "--lengths", "32768,16384,8192,4096,2048,2048,1024,1024,1024,700,600,500", "--gpus", "16",
+            "--threads", "1", "--work-limit", "0.5" if backend == "cpsat" else "50", "--backend", backend,
+            "--time-limit", "60", "--json"]
+    a, b = run(*args), run(*args)
+    assert a.returncode == 0 and b.returncode == 0, a.stderr
+    strip = lambda text: {k: v for k, v in json.loads(text).items() if k != "solver"}  # noqa: E731
+    sa, sb = json.loads(a.stdout)["solver"], json.loads(b.stdout)["solver"]
+    assert strip(a.stdout) == strip(b.stdout)
+    assert {k: v for k, v in sa.items() if k != "wall_s"} == {k: v for k, v in sb.items() if k != "wall_s"}
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["--gpus", "5000"], "at most 4096"),
+    (["--threads", "0"], "--threads"),
+    (["--work-limit", "-1"], "--work-limit"),
+])
+def test_input_limits(args, needle):
+    r = run("solve", "--lengths", "1024", *args)
+    assert r.returncode == 2 and needle in r.stderr and r.stderr.count("\n") == 1, r.stderr
+
+
+def test_too_many_sequences_is_refused():
+    from hetero_sched.milp.instance import MAX_SOLVE_SEQUENCES
+    lat = hs.latency_model(hs.ModelSpec.preset("llama3-8b"), hs.Cluster(gpus=16))
+    with pytest.raises(ValueError, match=str(MAX_SOLVE_SEQUENCES)):
+        hs.solve([1024] * (MAX_SOLVE_SEQUENCES + 1), lat.cluster, lat)
