@@ -19,13 +19,13 @@ import numpy as np
 import pandas as pd
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-from rich.progress import Progress  # noqa: E402
+import matplotlib.pyplot as plt
+from hetero_sched.baselines.megatron import megatron_best
+from rich.progress import Progress
 
-import hetero_sched as hs  # noqa: E402
-from hetero_sched.baselines.megatron import megatron_best  # noqa: E402
-from hetero_sched.seeds import SEED_CASES  # noqa: E402
-from hetero_sched.workload import synthetic  # noqa: E402
+import hetero_sched as hs
+from hetero_sched.seeds import SEED_CASES
+from hetero_sched.workload import synthetic
 
 OUT = Path(__file__).resolve().parent / "results"
 STAMP = dt.date.today().strftime("%Y%m")
@@ -123,22 +123,22 @@ def suite_seed(progress) -> None:
             md_table(f, ["title", "backend", "objective", "plan", "wlb_config", "makespan_ms", "wlb_makespan_ms",
                          "step_ms", "wlb_step_ms", "speedup_makespan", "speedup_step", "seed_ratio", "status",
                          "gap", "wall_s"]), "",
-            "With `objective=step` the baseline is the homogeneous config with the least step time, and the "
-            "gap still refers to the makespan bound (so such plans are rarely 'optimal').", "",
-            "All three backends reach the same proven optimum on every case. The seed's ratios (1.43, 1.15, "
+            ("With `objective=step` the baseline is the homogeneous config with the least step time, and the "
+            "gap still refers to the makespan bound (so such plans are rarely 'optimal')."), "",
+            ("All three backends reach the same proven optimum on every case. The seed's ratios (1.43, 1.15, "
             "1.40) are computed on its own numbers, which look like one layer's forward pass, and in cases 2-3 "
             "add two group latencies where the step's makespan is their maximum: they are shown beside ours, "
-            "not as a pass mark.", "",
-            "**Case 1** ties: with one long document the best plan is a single TP4xCP4 group, which the "
+            "not as a pass mark."), "",
+            ("**Case 1** ties: with one long document the best plan is a single TP4xCP4 group, which the "
             "homogeneous search also finds. The seed's 1.43 comes from a WLB-LLM list that omits TP4xCP2xDP2 "
             "and TP4xCP4; no heterogeneous split helps because the 1K document's group would sit idle while "
-            "the 32K one finishes, and removing GPUs from the 32K group slows the makespan.",
-            "", "**Cases 2-3** win on makespan because the long document gets a large CP group while short "
+            "the 32K one finishes, and removing GPUs from the 32K group slows the makespan."),
+            "", ("**Cases 2-3** win on makespan because the long document gets a large CP group while short "
             "ones run on TP1 groups that pack them at the best GPU efficiency. The step-time speed-up is "
             "smaller (case 3: below 1) because mixing TP1 groups with a TP4 group makes the modelled gradient "
             "synchronisation gather to the TP1 layout, and our sync is charged without overlap with backward "
             "(an upper bound). With `--objective step` the planner searches once per smallest TP degree and "
-            "keeps the least step time: it then wins on step time too (rows `objective = step`)."]
+            "keeps the least step time: it then wins on step time too (rows `objective = step`).")]
     write("seed", f, body, fig)
 
 
@@ -191,15 +191,15 @@ def suite_realistic(progress, quick=False) -> None:
     never_slower = bool((f.speedup_makespan >= 1 - 1e-12).all())
     body = [f"# Realistic batches ({dt.date.today():%Y-%m})", "", environment("cpsat", "10 s (30 s at 1024 GPUs)",
                                                                                "0..2 (batch seeds)"), "",
-            "Batches: documents drawn from the ProLong length sample until gpus x 16K tokens, truncated at the "
-            "context; second family: log-normal lengths (median 2K, sigma 1.5), 4 documents per GPU.", "",
-            f"Never slower than the best WLB-LLM config on any of {len(f)} batches: **{never_slower}** "
-            f"(minimum makespan speed-up {f.speedup_makespan.min():.3f}).", "",
+            ("Batches: documents drawn from the ProLong length sample until gpus x 16K tokens, truncated at the "
+            "context; second family: log-normal lengths (median 2K, sigma 1.5), 4 documents per GPU."), "",
+            (f"Never slower than the best WLB-LLM config on any of {len(f)} batches: **{never_slower}** "
+            f"(minimum makespan speed-up {f.speedup_makespan.min():.3f})."), "",
             "## Per family and context", "", md_table(summary, list(summary.columns)), "",
             "## Per cluster size", "", md_table(per_cluster, list(per_cluster.columns)), "",
-            "`geomean_speedup_step`: the step-time speed-up of the makespan-minimising plan (sync included, not "
+            ("`geomean_speedup_step`: the step-time speed-up of the makespan-minimising plan (sync included, not "
             "overlapped); `geomean_step_objective_speedup_step`: the same batch planned with `objective=step` "
-            "against the homogeneous config with the least step time.", "",
+            "against the homogeneous config with the least step time."), "",
             "Megatron packing is evaluated up to 256 GPUs (column `speedup_vs_megatron` in the CSV)."]
     write("realistic", f, body, fig)
 
@@ -229,8 +229,8 @@ def suite_stress(progress) -> None:
     body = [f"# Stress shapes ({dt.date.today():%Y-%m})", "", environment("cpsat", "10 s", "0"), "",
             md_table(f, ["case", "gpus", "sequences", "plan", "wlb_config", "speedup_makespan", "speedup_step",
                          "speedup_vs_megatron", "makespan_over_bound", "status", "wall_s"]), "",
-            "With all lengths equal the planner must match the best homogeneous plan, never lose to it: "
-            "a speed-up of exactly 1.0 (or a small gain from a group shape the homogeneous grid cannot use)."]
+            ("With all lengths equal the planner must match the best homogeneous plan, never lose to it: "
+            "a speed-up of exactly 1.0 (or a small gain from a group shape the homogeneous grid cannot use).")]
     write("stress", f, body, fig)
 
 
@@ -263,8 +263,8 @@ def suite_anytime(progress) -> None:
     body = [f"# Anytime behaviour ({dt.date.today():%Y-%m})", "", environment("cpsat, highs, cbc", "0.1-30 s", "0"),
             "", md_table(f, ["instance", "backend", "time_limit_s", "makespan_ms", "bound_ms", "gap", "status",
                               "wall_s"]), "",
-            "`wall_s` includes model building; the limit is honoured end to end. The 64-GPU instance is too "
-            "large for the slot MIP (the heuristic and the bounds answer for every backend)."]
+            ("`wall_s` includes model building; the limit is honoured end to end. The 64-GPU instance is too "
+            "large for the slot MIP (the heuristic and the bounds answer for every backend).")]
     write("anytime", f, body, fig)
 
 
@@ -287,10 +287,21 @@ def suite_scale(progress) -> None:
     body = [f"# Scale ({dt.date.today():%Y-%m})", "", environment("cpsat", "10-60 s", "0"), "",
             md_table(f, ["gpus", "sequences", "time_limit_s", "wall_s", "makespan_ms", "bound_ms", "gap",
                          "status", "speedup_makespan", "groups"]), "",
-            f"Solve time grows as (GPUs x sequences)^{slope:.2f} over this range (least-squares slope in "
+            (f"Solve time grows as (GPUs x sequences)^{slope:.2f} over this range (least-squares slope in "
             "log-log), bounded by the time limit: past the MIP's size the heuristic stops after 200 restarts "
-            "without improvement or at the limit."]
+            "without improvement or at the limit.")]
     write("scale", f, body, fig)
+
+
+def perturbed(plan, factor: dict, rng, noise: float) -> float:
+    """Makespan with each configuration's group latency scaled by a factor drawn once per draw."""
+    worst = 0.0
+    for g in plan.groups:
+        key = (g.tp, g.cp)
+        if key not in factor:
+            factor[key] = rng.uniform(1 - noise, 1 + noise)
+        worst = max(worst, g.latency_ms * factor[key])
+    return worst
 
 
 def suite_robustness(progress) -> None:
@@ -308,18 +319,9 @@ def suite_robustness(progress) -> None:
             rng = np.random.default_rng(1000 * gpus + seed)
             for draw in range(50):
                 factor: dict = {}
-
-                def perturbed(p):
-                    worst = 0.0
-                    for g in p.groups:
-                        key = (g.tp, g.cp)
-                        if key not in factor:
-                            factor[key] = rng.uniform(1 - noise, 1 + noise)
-                        worst = max(worst, g.latency_ms * factor[key])
-                    return worst
-                rows.append(dict(gpus=gpus, batch_seed=seed, noise=noise, draw=draw,
-                                 speedup=perturbed(base) / perturbed(plan),
-                                 nominal=base.makespan_ms / plan.makespan_ms))
+                rows.append({"gpus": gpus, "batch_seed": seed, "noise": noise, "draw": draw,
+                                 "speedup": perturbed(base, factor, rng, noise) / perturbed(plan, factor, rng, noise),
+                                 "nominal": base.makespan_ms / plan.makespan_ms})
         progress.advance(task)
     f = pd.DataFrame(rows)
     summary = (f.groupby(["gpus", "noise"]).speedup
@@ -336,9 +338,9 @@ def suite_robustness(progress) -> None:
     ax.set_ylabel("makespan speed-up under perturbed latencies")
     body = [f"# Robustness to step-model error ({dt.date.today():%Y-%m})", "",
             environment("cpsat", "10 s", "0 (noise seeded per batch)"), "",
-            "Each plan and its best-WLB-LLM baseline are re-priced with every (TP, CP) configuration's group "
+            ("Each plan and its best-WLB-LLM baseline are re-priced with every (TP, CP) configuration's group "
             "latency multiplied by a factor drawn uniformly in [1-e, 1+e] (one factor per configuration and "
-            "draw, shared by both plans; 50 draws per batch), and the makespan speed-up recomputed.", "",
+            "draw, shared by both plans; 50 draws per batch), and the makespan speed-up recomputed."), "",
             md_table(summary, list(summary.columns))]
     write("robustness", f, body, fig)
 

@@ -6,5 +6,17 @@ from .plan import Group, Plan, SolveResult
 from .specs import Cluster, GpuSpec, ModelSpec
 
 __version__ = "0.1.0"
-__all__ = ["AnalyticLatency", "BACKENDS", "Cluster", "GpuSpec", "Group", "LatencyModel", "ModelSpec", "Plan",
-           "SolveResult", "TableLatency", "latency_model", "solve"]
+__all__ = [
+           "BACKENDS",
+           "AnalyticLatency",
+           "Cluster",
+           "GpuSpec",
+           "Group",
+           "LatencyModel",
+           "ModelSpec",
+           "Plan",
+           "SolveResult",
+           "TableLatency",
+           "latency_model",
+           "solve",
+]

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import argparse
-import json
+import os
 import signal
 import sys
 from pathlib import Path
@@ -16,10 +16,8 @@ from .latency import latency_model
 from .milp.backends import BACKENDS
 from .specs import DEFAULT_MODEL, Cluster, ModelSpec
 
-import os  # noqa: E402
-
 # Pipes and CI logs get 120 columns instead of rich's 80, so tables are not squeezed.
-_WIDTH = None if sys.stdout.isatty() else int(os.environ.get("COLUMNS", 120))
+_WIDTH = None if sys.stdout.isatty() else int(os.environ.get("COLUMNS", "120"))
 out = Console(highlight=False, width=_WIDTH)
 err = Console(stderr=True, highlight=False, width=_WIDTH)
 

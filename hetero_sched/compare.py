@@ -25,16 +25,16 @@ def compare_batch(lengths, lat: LatencyModel, backend: str, time_limit_s: float,
         dp = cluster.gpus // (tp * cp)
         try:
             p = wlb_llm_plan(lengths, cluster, lat, tp=tp, cp=cp)
-            rows.append(dict(name="WLB-LLM", tp=tp, cp=cp, dp=dp, makespan_ms=p.makespan_ms, step_ms=p.step_ms))
+            rows.append({"name": "WLB-LLM", "tp": tp, "cp": cp, "dp": dp, "makespan_ms": p.makespan_ms, "step_ms": p.step_ms})
         except ValueError as exc:
-            rows.append(dict(name="WLB-LLM", tp=tp, cp=cp, dp=dp, error=str(exc).split(":")[0]
-                             if "cannot hold" in str(exc) else str(exc)))
+            rows.append({"name": "WLB-LLM", "tp": tp, "cp": cp, "dp": dp, "error": str(exc).split(":")[0]
+                             if "cannot hold" in str(exc) else str(exc)})
     meg = megatron_best(lengths, cluster, lat)
-    rows.append(dict(name="Megatron (best)", tp=meg.baseline["tp"], cp=meg.baseline["cp"], dp=meg.baseline["dp"],
-                     makespan_ms=meg.makespan_ms, step_ms=meg.step_ms))
+    rows.append({"name": "Megatron (best)", "tp": meg.baseline["tp"], "cp": meg.baseline["cp"], "dp": meg.baseline["dp"],
+                     "makespan_ms": meg.makespan_ms, "step_ms": meg.step_ms})
     shapes = " + ".join(f"{n}x(TP{tp}xCP{cp})" for (tp, cp), n in _shape_counts(plan).items())
-    rows.append(dict(name=f"hetero-sched [{plan.solver.status}] {shapes}", tp="", cp="", dp="",
-                     makespan_ms=plan.makespan_ms, step_ms=plan.step_ms))
+    rows.append({"name": f"hetero-sched [{plan.solver.status}] {shapes}", "tp": "", "cp": "", "dp": "",
+                     "makespan_ms": plan.makespan_ms, "step_ms": plan.step_ms})
     return rows, plan
 
 
@@ -54,11 +54,11 @@ def seed_case_rows(model_name: str, backend: str, time_limit_s: float, threads: 
         plan = solve(case["lengths"], cluster, lat, backend=backend, time_limit_s=time_limit_s, threads=threads,
                      objective=objective)
         b = plan.baseline
-        rows.append(dict(case=name, title=case["title"],
-                         groups=" + ".join(f"{n}x(TP{tp}xCP{cp})" for (tp, cp), n in _shape_counts(plan).items()),
-                         wlb=f"TP{b['tp']}xCP{b['cp']}xDP{b['dp']}", makespan_ms=plan.makespan_ms,
-                         step_ms=plan.step_ms, wlb_makespan_ms=b["makespan_ms"], wlb_step_ms=b["step_ms"],
-                         speedup_makespan=b["makespan_ms"] / plan.makespan_ms,
-                         speedup_step=b["step_ms"] / plan.step_ms, seed_ratio=case["seed_ratio"],
-                         status=plan.solver.status, gap=plan.solver.gap, wall_s=plan.solver.wall_s))
+        rows.append({"case": name, "title": case["title"],
+                         "groups": " + ".join(f"{n}x(TP{tp}xCP{cp})" for (tp, cp), n in _shape_counts(plan).items()),
+                         "wlb": f"TP{b['tp']}xCP{b['cp']}xDP{b['dp']}", "makespan_ms": plan.makespan_ms,
+                         "step_ms": plan.step_ms, "wlb_makespan_ms": b["makespan_ms"], "wlb_step_ms": b["step_ms"],
+                         "speedup_makespan": b["makespan_ms"] / plan.makespan_ms,
+                         "speedup_step": b["step_ms"] / plan.step_ms, "seed_ratio": case["seed_ratio"],
+                         "status": plan.solver.status, "gap": plan.solver.gap, "wall_s": plan.solver.wall_s})
     return rows

@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import asdict, dataclass, field
 from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
 
 from .latency import LatencyModel, latency_model
 from .packing import pack_micro_batches
@@ -69,7 +69,7 @@ class Plan:
     # ---- construction ---------------------------------------------------------------------------
     @classmethod
     def build(cls, lengths: Sequence[int], assignment: Sequence[tuple[int, int, Sequence[int]]],
-              lat: LatencyModel, solver: SolveResult | None = None, baseline: dict | None = None) -> "Plan":
+              lat: LatencyModel, solver: SolveResult | None = None, baseline: dict | None = None) -> Plan:
         """Place (tp, cp, sequence ids) groups on ranks, pack micro-batches, price everything."""
         lengths = [int(x) for x in lengths]
         assignment = [(tp, cp, sorted(int(i) for i in ids)) for tp, cp, ids in assignment if len(ids)]
@@ -176,7 +176,7 @@ class Plan:
         return json.dumps(self.to_dict(), indent=indent, allow_nan=False)
 
     @classmethod
-    def from_json(cls, text: str) -> "Plan":
+    def from_json(cls, text: str) -> Plan:
         try:
             data = json.loads(text)
         except json.JSONDecodeError as exc:
@@ -184,7 +184,7 @@ class Plan:
         return cls.from_dict(data)
 
     @classmethod
-    def from_dict(cls, data) -> "Plan":
+    def from_dict(cls, data) -> Plan:
         if not isinstance(data, dict):
             raise ValueError("plan JSON must be an object")
         version = data.get("schema_version")

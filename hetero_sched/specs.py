@@ -7,11 +7,11 @@ from pathlib import Path
 
 # Transformer shapes from the models' published Hugging Face config.json files.
 _MODEL_PRESETS: dict[str, dict] = {
-    "llama2-7b": dict(layers=32, hidden=4096, heads=32, kv_heads=32, ffn=11008, vocab=32000),
-    "llama2-13b": dict(layers=40, hidden=5120, heads=40, kv_heads=40, ffn=13824, vocab=32000),
-    "llama2-70b": dict(layers=80, hidden=8192, heads=64, kv_heads=8, ffn=28672, vocab=32000),
-    "llama3-8b": dict(layers=32, hidden=4096, heads=32, kv_heads=8, ffn=14336, vocab=128256),
-    "llama3-70b": dict(layers=80, hidden=8192, heads=64, kv_heads=8, ffn=28672, vocab=128256),
+    "llama2-7b": {"layers": 32, "hidden": 4096, "heads": 32, "kv_heads": 32, "ffn": 11008, "vocab": 32000},
+    "llama2-13b": {"layers": 40, "hidden": 5120, "heads": 40, "kv_heads": 40, "ffn": 13824, "vocab": 32000},
+    "llama2-70b": {"layers": 80, "hidden": 8192, "heads": 64, "kv_heads": 8, "ffn": 28672, "vocab": 32000},
+    "llama3-8b": {"layers": 32, "hidden": 4096, "heads": 32, "kv_heads": 8, "ffn": 14336, "vocab": 128256},
+    "llama3-70b": {"layers": 80, "hidden": 8192, "heads": 64, "kv_heads": 8, "ffn": 28672, "vocab": 128256},
 }
 DEFAULT_MODEL = "llama3-8b"
 
@@ -65,7 +65,7 @@ class ModelSpec:
         return self.layers * self.params_per_layer + 2 * self.vocab * self.hidden + self.hidden
 
     @classmethod
-    def preset(cls, name: str) -> "ModelSpec":
+    def preset(cls, name: str) -> ModelSpec:
         if name not in _MODEL_PRESETS:
             known = ", ".join(sorted(_MODEL_PRESETS))
             raise ValueError(f"unknown model preset {name!r}; known: {known}")
@@ -76,7 +76,7 @@ class ModelSpec:
         return sorted(_MODEL_PRESETS)
 
     @classmethod
-    def from_hf_config(cls, path: str | Path) -> "ModelSpec":
+    def from_hf_config(cls, path: str | Path) -> ModelSpec:
         """Read a Hugging Face ``config.json`` (Llama/Mistral/Qwen2 field names)."""
         path = Path(path)
         try:
@@ -105,7 +105,7 @@ class ModelSpec:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict) -> "ModelSpec":
+    def from_dict(cls, data: dict) -> ModelSpec:
         return cls(**data)
 
 
@@ -165,5 +165,5 @@ class Cluster:
         return {"gpus": self.gpus, "gpus_per_node": self.gpus_per_node, "gpu": self.gpu}
 
     @classmethod
-    def from_dict(cls, data: dict) -> "Cluster":
+    def from_dict(cls, data: dict) -> Cluster:
         return cls(gpus=data["gpus"], gpus_per_node=data.get("gpus_per_node", 8), gpu=data.get("gpu", "h100"))

@@ -54,9 +54,9 @@ def run_sweep(lengths, lat, backends, limits, repeat, threads, csv_path, png_pat
             progress.update(task, description=f"{backend} {limit:g}s seed {seed}")
             plan = solve(lengths, lat.cluster, lat, backend=backend, time_limit_s=limit, threads=threads, seed=seed)
             s = plan.solver
-            rows.append(dict(backend=backend, time_limit_s=float(limit), threads=threads, seed=seed,
-                             makespan_ms=plan.makespan_ms, bound_ms=s.bound_ms, gap=s.gap, status=s.status,
-                             wall_s=s.wall_s, step_ms=plan.step_ms, baseline_ms=plan.baseline["makespan_ms"]))
+            rows.append({"backend": backend, "time_limit_s": float(limit), "threads": threads, "seed": seed,
+                             "makespan_ms": plan.makespan_ms, "bound_ms": s.bound_ms, "gap": s.gap, "status": s.status,
+                             "wall_s": s.wall_s, "step_ms": plan.step_ms, "baseline_ms": plan.baseline["makespan_ms"]})
             write_atomic(csv_path, _csv_text(rows))
             progress.advance(task)
     if png_path:

@@ -79,7 +79,7 @@ def _read_parquet(path, column):
         frame = pd.read_parquet(path)
     except ImportError:
         raise ValueError("reading parquet needs pyarrow: pip install 'hetero-sched[parquet]'") from None
-    except Exception as exc:  # pyarrow raises its own error types for corrupt files
+    except Exception as exc:  # noqa: BLE001 — pyarrow raises its own error types for corrupt files
         raise ValueError(f"cannot read parquet {str(path)!r}: {exc}") from None
     return _column(frame, path, column)
 

@@ -46,7 +46,7 @@ def fit(rows: pd.DataFrame) -> dict:
     params = {"gemm": tuple(float(x) for x in res.x), "pointwise": {}}
     for op in POINTWISE_OPS:
         p = rows[rows.op == op]
-        res = least_squares(lambda q: np.log(q[0] + q[1] * 1e-9 * p.tokens * p.width) - np.log(p.measured_ms),
+        res = least_squares(lambda q, p=p: np.log(q[0] + q[1] * 1e-9 * p.tokens * p.width) - np.log(p.measured_ms),
                             x0=[0.003, 5.0], bounds=([1e-5, 0], [1, 1e4]))
         params["pointwise"][op] = (float(res.x[0]), float(res.x[1]) * 1e-9)
     return params

@@ -1,7 +1,7 @@
 """Measured NCCL timings (vidur H100 tables), interpolated in log-size."""
 from __future__ import annotations
 
-from functools import lru_cache
+from functools import cache
 
 import numpy as np
 import pandas as pd
@@ -32,7 +32,7 @@ class NcclCurve:
         return float(self.times[0])
 
 
-@lru_cache(maxsize=None)
+@cache
 def nccl_curve(gpu: str, kind: str, workers: int, devices_per_node: int) -> NcclCurve:
     table = _nccl_table(gpu, kind)
     rows = table[(table.num_workers == workers) & (table.devices_per_node == devices_per_node)]
@@ -41,6 +41,6 @@ def nccl_curve(gpu: str, kind: str, workers: int, devices_per_node: int) -> Nccl
     return NcclCurve(rows["bytes"].to_numpy(), rows["time_ms"].to_numpy())
 
 
-@lru_cache(maxsize=None)
+@cache
 def _nccl_table(gpu: str, kind: str) -> pd.DataFrame:
     return pd.read_csv(model_data_path(gpu, f"nccl_{kind}.csv"))

@@ -70,7 +70,7 @@ class TableLatency(LatencyModel):
         the upper half of the range (compute-bound), extrapolated to 0 tokens, kept in [0, one-token time]."""
         x, y = self._curves[tp]
         upper = x >= x[-1] / 2
-        slope, intercept = np.polyfit(x[upper], y[upper], 1)
+        _, intercept = np.polyfit(x[upper], y[upper], 1)
         return float(np.clip(intercept, 0.0, y[0]))
 
     @staticmethod

@@ -7,13 +7,13 @@ from __future__ import annotations
 import contextlib
 import math
 import os
-import sys
 import re
 import signal
+import sys
 import tempfile
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 from .formulation import MilpModel
 
@@ -63,7 +63,7 @@ def _cpsat(m, time_limit_s, threads, seed, rel_gap, hint, det_limit) -> BackendR
                 model.Add(expr <= math.floor(row.ub))
     model.Minimize(xs[m.t_var])
     for v, val in hint.items():
-        model.AddHint(xs[v], int(round(val / unit)) if v == m.t_var else int(round(val)))
+        model.AddHint(xs[v], round(val / unit) if v == m.t_var else round(val))
     solver = cp_model.CpSolver()
     p = solver.parameters
     p.max_time_in_seconds = time_limit_s
@@ -201,7 +201,8 @@ def _cbc(m, time_limit_s, threads, seed, rel_gap, hint, det_limit) -> BackendRes
         solver = pulp.PULP_CBC_CMD(timeLimit=time_limit_s, threads=max(1, threads), gapRel=rel_gap,
                                    warmStart=bool(hint), msg=False, logPath=log, options=options)
         prob.solve(solver)
-        text = open(log).read()
+        with open(log) as fh:
+            text = fh.read()
     finally:
         os.unlink(log)
     # PuLP may say "Optimal" after a time limit: trust CBC's own result line and bound instead.

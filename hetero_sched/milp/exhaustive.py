@@ -2,7 +2,6 @@
 Bell(7) = 877 partitions), used by the tests and the fuzzer to check the solvers and their bounds."""
 from __future__ import annotations
 
-
 import numpy as np
 
 from hetero_sched.milp.instance import Instance

@@ -68,7 +68,7 @@ def aggregate(inst: Instance) -> tuple[list, np.ndarray, np.ndarray]:
 
 def estimate_size(inst: Instance) -> int:
     """Number of x variables the formulation would create."""
-    members, counts, cost = aggregate(inst)
+    _, counts, cost = aggregate(inst)
     ks = slot_counts(inst, counts, cost)
     fits = np.isfinite(cost)
     return int(sum(ks[c] * fits[:, c].sum() for c in range(len(ks))))
@@ -146,7 +146,7 @@ def decode(m: MilpModel, value_of) -> list[tuple[int, np.ndarray]]:
     pools = [list(mem) for mem in m.item_members]
     groups: dict[int, list[int]] = {}
     for (j, s), v in sorted(m.x.items()):
-        take = int(round(value_of(v)))
+        take = round(value_of(v))
         if take > 0:
             groups.setdefault(s, []).extend(pools[j][:take])
             del pools[j][:take]

@@ -12,7 +12,6 @@ import numpy as np
 
 from ..latency import LatencyModel
 
-
 # Input limits (measured in benchmarks/results/reliability_<yyyymm>.md): beyond them a clear ValueError,
 # never a memory blow-up. The cost matrix holds distinct lengths x configurations float64 cells.
 MAX_SOLVE_SEQUENCES = 65_536

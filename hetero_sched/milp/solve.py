@@ -34,7 +34,8 @@ def solve(lengths, cluster: Cluster, lat: LatencyModel, *, backend: str = "cpsat
     refer to the makespan."""
     start = time.monotonic()
     _check_args(cluster, lat, backend, time_limit_s, threads, seed, rel_gap, objective)
-    from ..baselines.wlb_llm import _plan as wlb_plan, best_homogeneous_config, best_homogeneous_step_config
+    from ..baselines.wlb_llm import _plan as wlb_plan
+    from ..baselines.wlb_llm import best_homogeneous_config, best_homogeneous_step_config
 
     full = build_instance(lengths, lat, prune=False)
     if objective == "makespan":
@@ -150,7 +151,7 @@ def run_mip(inst, backend, incumbent, lower, remaining, threads, seed, rel_gap, 
     try:
         res = run_backend(backend, model, time_limit_s=remaining, threads=threads, seed=seed, rel_gap=rel_gap,
                           hint=hint, deterministic_limit=det_limit)
-    except Exception as exc:  # a crashed or missing solver binary must not lose the plan we already have
+    except Exception as exc:  # noqa: BLE001 — a crashed or missing solver binary must not lose the plan we already have
         return None, 0.0, f"{backend} failed: {type(exc).__name__}: {str(exc).splitlines()[0][:200]}"
     sol = decode(model, res.value_of) if res.value_of is not None else None
     if sol is not None and not np.isfinite(makespan(inst, sol)):

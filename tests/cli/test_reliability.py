@@ -7,10 +7,9 @@ import time
 
 import numpy as np
 import pytest
+from test_cli import EXE, run
 
 import hetero_sched as hs
-
-from test_cli import EXE, run
 
 # 40 log-uniform lengths on 16 GPUs: CP-SAT does not close the gap within seconds, so runs use their limit
 HARD = np.exp(np.random.default_rng(7).uniform(np.log(512), np.log(32768), 40)).astype(int)
@@ -48,7 +47,7 @@ def test_work_limit_with_one_thread_is_reproducible(backend):
             "--time-limit", "60", "--json"]
     a, b = run(*args), run(*args)
     assert a.returncode == 0 and b.returncode == 0, a.stderr
-    strip = lambda text: {k: v for k, v in json.loads(text).items() if k != "solver"}  # noqa: E731
+    strip = lambda text: {k: v for k, v in json.loads(text).items() if k != "solver"}
     sa, sb = json.loads(a.stdout)["solver"], json.loads(b.stdout)["solver"]
     assert strip(a.stdout) == strip(b.stdout)
     assert {k: v for k, v in sa.items() if k != "wall_s"} == {k: v for k, v in sb.items() if k != "wall_s"}

@@ -3,14 +3,13 @@ import json
 
 import numpy as np
 import pytest
+from hetero_sched.baselines.wlb_llm import wlb_llm_best
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import hetero_sched as hs
-from hetero_sched.baselines.wlb_llm import wlb_llm_best
-from hetero_sched.milp.instance import build_instance
-
 from hetero_sched.milp.exhaustive import brute_force_makespan
+from hetero_sched.milp.instance import build_instance
 
 SMALL = hs.ModelSpec(name="small-1b", layers=24, hidden=2048, heads=16, kv_heads=16, ffn=5632, vocab=32000)
 _LAT = {}
@@ -69,6 +68,6 @@ def test_same_seed_and_one_thread_give_identical_plans(seed):
     lat = lat_for(16, 8)
     a = hs.solve(lengths, lat.cluster, lat, threads=1, seed=seed, time_limit_s=30, deterministic_limit=1.0)
     b = hs.solve(lengths, lat.cluster, lat, threads=1, seed=seed, time_limit_s=30, deterministic_limit=1.0)
-    strip = lambda p: {k: v for k, v in json.loads(p.to_json())["solver"].items() if k != "wall_s"}  # noqa: E731
+    strip = lambda p: {k: v for k, v in json.loads(p.to_json())["solver"].items() if k != "wall_s"}
     assert strip(a) == strip(b)
     assert [g for g in json.loads(a.to_json())["groups"]] == [g for g in json.loads(b.to_json())["groups"]]

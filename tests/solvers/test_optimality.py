@@ -1,13 +1,12 @@
 """Every backend reaches the exhaustive optimum and never claims a bound above it."""
 import numpy as np
 import pytest
+from conftest import random_batch
+from hetero_sched.baselines.wlb_llm import wlb_llm_best
 
 import hetero_sched as hs
-from hetero_sched.baselines.wlb_llm import wlb_llm_best
-from hetero_sched.milp.instance import build_instance
-
 from hetero_sched.milp.exhaustive import brute_force_makespan
-from conftest import random_batch
+from hetero_sched.milp.instance import build_instance
 
 BACKENDS = ["cpsat", "highs", "cbc"]
 # CP-SAT works on costs floored to 2^-30 of the incumbent: its optimum can differ from the true one by at

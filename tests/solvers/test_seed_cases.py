@@ -1,8 +1,8 @@
 """The seed document's batches on the default model (llama3-8b, H100)."""
 import pytest
+from hetero_sched.baselines.wlb_llm import wlb_llm_best, wlb_llm_plan
 
 import hetero_sched as hs
-from hetero_sched.baselines.wlb_llm import wlb_llm_best, wlb_llm_plan
 from hetero_sched.seeds import SEED_CASES
 
 

@@ -1,10 +1,10 @@
 import json
 
 import pytest
-
-import hetero_sched as hs
 from hetero_sched.baselines.megatron import megatron_best
 from hetero_sched.baselines.wlb_llm import wlb_llm_best, wlb_llm_plan
+
+import hetero_sched as hs
 from hetero_sched.placement import nodes_spanned, place_groups
 
 

@@ -34,15 +34,15 @@ class TestModelSpec:
 
     @pytest.mark.parametrize("field,value", [("layers", 0), ("hidden", -1), ("heads", 3.5), ("kv_heads", 5)])
     def test_invalid_shape_names_the_value(self, field, value):
-        kwargs = dict(layers=2, hidden=64, heads=4, kv_heads=2, ffn=128, vocab=100)
+        kwargs = {"layers": 2, "hidden": 64, "heads": 4, "kv_heads": 2, "ffn": 128, "vocab": 100}
         kwargs[field] = value
         with pytest.raises(ValueError, match=str(value).replace(".", r"\.")):
             hs.ModelSpec(**kwargs)
 
 
 class TestCluster:
-    @pytest.mark.parametrize("kwargs,bad", [(dict(gpus=0), "0"), (dict(gpus=-4), "-4"),
-                                            (dict(gpus=8, gpus_per_node=0), "0"), (dict(gpus=8, gpu="tpu"), "tpu")])
+    @pytest.mark.parametrize("kwargs,bad", [({"gpus": 0}, "0"), ({"gpus": -4}, "-4"),
+                                            ({"gpus": 8, "gpus_per_node": 0}, "0"), ({"gpus": 8, "gpu": "tpu"}, "tpu")])
     def test_invalid(self, kwargs, bad):
         with pytest.raises(ValueError, match=bad):
             hs.Cluster(**kwargs)
