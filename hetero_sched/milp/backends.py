@@ -52,7 +52,8 @@ def _cpsat(m, time_limit_s, threads, seed, rel_gap, hint, det_limit) -> BackendR
             lo, hi = int(m.lb[v]), int(m.ub[v])
         xs.append(model.NewIntVar(lo, hi, m.names[v]))
     for row in m.rows:
-        coefs = [_scaled(a, unit) if row.timed and v != m.t_var else int(a) for v, a in zip(row.idx, row.coef)]
+        coefs = [(row.t_coef if v == m.t_var else _scaled(a, unit)) if row.timed else int(a)
+                 for v, a in zip(row.idx, row.coef)]
         expr = sum(c * xs[v] for v, c in zip(row.idx, coefs))
         if row.lb == row.ub:
             model.Add(expr == int(row.lb))

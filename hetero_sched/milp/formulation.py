@@ -10,6 +10,9 @@ Items j are distinct lengths with multiplicity m_j (identical sequences aggregat
     Σ_s gpus_c · y[s] ≤ N                               — GPU budget (placement then always succeeds)
     y[c,k] ≥ y[c,k+1]                                   — symmetry: a config's slots open in order
     Σ_j cost[j,c]·x[j,c,k] ≥ Σ_j cost[j,c]·x[j,c,k+1]   — symmetry: a config's slots sorted by load
+    Σ_s gpus_c·(overhead_c·y[s] + Σ_j cost[j,c]·x[j,s]) ≤ N·T
+                                                        — GPU-time: open slots hold ≤ N GPUs busy ≤ T
+                                                          (implied for integers, tightens the LP)
     T ≥ lower bound                                     — a valid bound, given to the solver
 """
 from __future__ import annotations
@@ -28,6 +31,7 @@ class Row:
     lb: float
     ub: float
     timed: bool = False  # coefficients (other than T's) are costs in ms
+    t_coef: int = -1     # T's (integer) coefficient in a timed row
 
 
 @dataclass(kw_only=True, slots=True)
@@ -101,6 +105,14 @@ def build_milp(inst: Instance, upper_ms: float, lower_ms: float) -> MilpModel:
         m.rows.append(Row(idx=[m.y[s]] + [m.x[(j, s)] for j in items] + [m.t_var],
                           coef=[float(inst.overhead[c])] + [float(cost[j, c]) for j in items] + [-1.0],
                           lb=-np.inf, ub=0.0, timed=True))
+    # Σ_s gpus_c·(overhead_c·y[s] + Σ_j cost·x[j,s]) − N·T ≤ 0
+    area_idx, area_coef = [], []
+    for s, (c, _) in enumerate(m.slots):
+        g = float(inst.gpus[c])
+        area_idx += [m.y[s]] + [m.x[(j, s)] for j in by_slot.get(s, [])]
+        area_coef += [g * float(inst.overhead[c])] + [g * float(cost[j, c]) for j in by_slot.get(s, [])]
+    m.rows.append(Row(idx=area_idx + [m.t_var], coef=area_coef + [-float(inst.total_gpus)], lb=-np.inf, ub=0.0,
+                      timed=True, t_coef=-inst.total_gpus))
     # Σ_s gpus_c·y[s] ≤ N
     m.rows.append(Row(idx=list(m.y), coef=[float(inst.gpus[c]) for c, _ in m.slots], lb=-np.inf,
                       ub=float(inst.total_gpus)))
