@@ -124,8 +124,8 @@ class GpuSpec:
     """Inter-node point-to-point bandwidth per GPU, GB/s."""
 
 
-# H100 SXM5: 80 GB HBM3 and 989 TFLOP/s dense bf16 (NVIDIA datasheet); bus bandwidths are the
-# measured large-message medians of shared/reference/vidur-h100/network (see latency/constants.py).
+# H100 SXM5: 80 GB HBM3 and 989 TFLOP/s dense bf16 (NVIDIA datasheet); bandwidths are the measured
+# large-message medians of the shipped vidur NCCL tables (latency/constants.py: NVLINK_BUS_GBPS, IB_GBPS).
 _GPU_PRESETS = {
     "h100": GpuSpec(name="h100", memory_gb=80.0, peak_tflops=989.0, nvlink_gbps=364.7, ib_gbps=35.9),
 }

@@ -137,17 +137,17 @@ class LatencyModel(ABC):
         tps = list(tps)
         if not tps:
             return 0.0
-        n = self.cluster.gpus
+        n, gpu = self.cluster.gpus, self.cluster.spec
         grad_bytes = 2.0 * self.model.params
         t_l = min(tps)
         gather = 0.0
         for tp in set(tps):
             if tp > t_l:
                 k = tp // t_l
-                gather = max(gather, (k - 1) / k * grad_bytes / t_l / (K.NVLINK_BUS_GBPS * GB) * 1e3)
+                gather = max(gather, (k - 1) / k * grad_bytes / t_l / (gpu.nvlink_gbps * GB) * 1e3)
         if n <= 1:
             return gather
-        bw = K.IB_GBPS if n > self.cluster.gpus_per_node else K.NVLINK_BUS_GBPS
+        bw = gpu.ib_gbps if n > self.cluster.gpus_per_node else gpu.nvlink_gbps
         shard = grad_bytes / t_l
         return gather + 2 * shard * (1 - t_l / n) / (bw * GB) * 1e3
 

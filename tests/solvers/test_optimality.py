@@ -72,3 +72,16 @@ def test_cpsat_scaling_regression():
     for backend in BACKENDS:
         plan = hs.solve(lengths, lat.cluster, lat, backend=backend, time_limit_s=10, threads=1, seed=73)
         assert plan.solver.bound_ms <= optimum * (1 + 1e-9), backend
+
+
+def test_a_crashing_backend_still_returns_the_best_plan(lat16, monkeypatch):
+    from hetero_sched.milp import solve as solve_module
+
+    def crash(*args, **kwargs):
+        raise RuntimeError("solver binary vanished")
+
+    monkeypatch.setattr(solve_module, "run_backend", crash)
+    lengths = [32768] + [1024] * 8
+    plan = hs.solve(lengths, lat16.cluster, lat16, backend="cbc", time_limit_s=2)
+    assert plan.validate() == [] and "solver binary vanished" in plan.solver.message
+    assert plan.makespan_ms <= wlb_llm_best(lengths, lat16.cluster, lat16).makespan_ms

@@ -115,3 +115,9 @@ def test_calibration_holdout_error():
     gemm = errors[errors.op.isin(calibrate.GEMM_OPS)].rel_error.abs()
     assert errors.rel_error.abs().median() <= 0.15
     assert gemm.median() <= 0.10 and gemm.quantile(0.9) <= 0.25
+
+
+def test_gpu_preset_matches_the_cited_constants():
+    from hetero_sched.latency import constants as K
+    spec = hs.Cluster(gpus=8).spec
+    assert (spec.nvlink_gbps, spec.ib_gbps) == (K.NVLINK_BUS_GBPS, K.IB_GBPS)
