@@ -26,8 +26,9 @@ def test_data_is_found_from_another_directory(tmp_path):
                        check=False)
     assert r.returncode == 0, r.stderr
     where = Path(r.stdout.strip()).resolve()
-    if "site-packages" in str(where):  # a non-editable install (CI): nothing may come from the checkout
-        assert REPO not in where.parents
+    if "site-packages" in str(where):  # a non-editable install (CI): the code is not the checkout's
+        assert where.parent != REPO / "hetero_sched"
+        assert (where.parent / "models" / "h100" / "Llama-2-7b-hf.csv").is_file()  # data installed beside it
 
 
 def test_tests_use_the_installed_package_in_ci():
