@@ -32,7 +32,7 @@ def wlb_llm_plan(lengths, cluster: Cluster, lat: LatencyModel, *, tp: int, cp: i
         i = int(np.flatnonzero(~np.isfinite(inst.cost[:, c]))[0])
         raise ValueError(f"TP{tp}xCP{cp} cannot hold sequence {i} ({int(inst.lengths[i])} tokens > "
                          f"max_tokens {lat.max_tokens(tp, cp)})")
-    return _plan(inst, c, lat)
+    return plan_for_config(inst, c, lat)
 
 
 def wlb_llm_best(lengths, cluster: Cluster, lat: LatencyModel) -> Plan:
@@ -40,7 +40,7 @@ def wlb_llm_best(lengths, cluster: Cluster, lat: LatencyModel) -> Plan:
     _check_cluster(cluster, lat)
     inst = build_instance(lengths, lat, prune=False)
     c, _ = best_homogeneous_config(inst)
-    return _plan(inst, c, lat)
+    return plan_for_config(inst, c, lat)
 
 
 def homogeneous_makespan(inst: Instance, c: int) -> float:
@@ -89,7 +89,8 @@ def best_homogeneous_step_config(inst: Instance, lat: LatencyModel) -> tuple[int
     return best, best_ms
 
 
-def _plan(inst: Instance, c: int, lat: LatencyModel) -> Plan:
+def plan_for_config(inst: Instance, c: int, lat: LatencyModel) -> Plan:
+    """The WLB-LLM plan of configuration c of a priced instance (least-loaded packing on its DP replicas)."""
     tp, cp = inst.configs[c]
     dp = inst.total_gpus // (tp * cp)
     bins = least_loaded_assignment(inst.cost[:, c].tolist(), dp)

@@ -34,8 +34,8 @@ def solve(lengths, cluster: Cluster, lat: LatencyModel, *, backend: str = "cpsat
     refer to the makespan."""
     start = time.monotonic()
     _check_args(cluster, lat, backend, time_limit_s, threads, seed, rel_gap, objective)
-    from ..baselines.wlb_llm import _plan as wlb_plan
     from ..baselines.wlb_llm import best_homogeneous_config, best_homogeneous_step_config
+    from ..baselines.wlb_llm import plan_for_config as wlb_plan
 
     full = build_instance(lengths, lat, prune=False)
     if objective == "makespan":
