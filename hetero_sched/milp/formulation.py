@@ -45,7 +45,6 @@ class MilpModel:
     y: list[int] = field(default_factory=list)                    # var of slot s
     x: dict = field(default_factory=dict)                         # (item, slot) -> var
     item_members: list = field(default_factory=list)              # item -> sequence indices
-    counts: np.ndarray | None = None
 
     def add_var(self, name: str, lb: float, ub: float) -> int:
         self.lb.append(lb)
@@ -81,7 +80,7 @@ def estimate_size(inst: Instance) -> int:
 def build_milp(inst: Instance, upper_ms: float, lower_ms: float) -> MilpModel:
     members, counts, cost = aggregate(inst)
     ks = slot_counts(inst, counts, cost)
-    m = MilpModel(item_members=members, counts=counts)
+    m = MilpModel(item_members=members)
     m.t_var = m.add_var("T", lower_ms, upper_ms)
     for c, k_c in enumerate(ks):
         for k in range(k_c):

@@ -123,7 +123,7 @@ def local_search(inst: Instance, sol: Solution, deadline: float, max_rounds: int
     for _ in range(max_rounds):
         if time.monotonic() > deadline or not _improve(inst, cfg, where, loads):
             break
-    return [(int(c), np.flatnonzero(where == g)) for g, c in enumerate(cfg) if True]
+    return [(int(c), np.flatnonzero(where == g)) for g, c in enumerate(cfg)]
 
 
 def _improve(inst: Instance, cfg: np.ndarray, where: np.ndarray, loads: np.ndarray) -> bool:
