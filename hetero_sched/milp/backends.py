@@ -58,13 +58,9 @@ def _cpsat(m, time_limit_s, threads, seed, rel_gap, hint, det_limit) -> BackendR
         coefs = [(row.t_coef if v == m.t_var else _scaled(a, unit)) if row.timed else int(a)
                  for v, a in zip(row.idx, row.coef)]
         expr = sum(c * xs[v] for v, c in zip(row.idx, coefs))
-        if row.lb == row.ub:
-            model.Add(expr == int(row.lb))
-        else:
-            if row.lb > -math.inf:
-                model.Add(expr >= math.ceil(row.lb))
-            if row.ub < math.inf:
-                model.Add(expr <= math.floor(row.ub))
+        for sense, rhs in _senses(row):  # integer rows: round the bounds inwards
+            rhs = math.ceil(rhs) if sense == ">=" else math.floor(rhs) if sense == "<=" else int(rhs)
+            model.Add(_compare(expr, sense, rhs))
     model.Minimize(xs[m.t_var])
     for v, val in hint.items():
         model.AddHint(xs[v], round(val / unit) if v == m.t_var else round(val))
@@ -121,6 +117,17 @@ def _quiet_stdout():
     finally:
         os.dup2(saved, 1)
         os.close(saved)
+
+
+def _senses(row) -> list[tuple[str, float]]:
+    """A row lb ≤ expr ≤ ub as the comparisons it needs: '==' when lb = ub, else '>=' and/or '<='."""
+    if row.lb == row.ub:
+        return [("==", row.lb)]
+    return [(s, b) for s, b in ((">=", row.lb), ("<=", row.ub)) if math.isfinite(b)]
+
+
+def _compare(expr, sense: str, rhs):
+    return expr == rhs if sense == "==" else expr >= rhs if sense == ">=" else expr <= rhs
 
 
 def _scaled(cost_ms: float, unit: float) -> int:
@@ -187,13 +194,8 @@ def _cbc(m, time_limit_s, threads, seed, rel_gap, hint, det_limit) -> BackendRes
     prob += xs[m.t_var]
     for r, row in enumerate(m.rows):
         expr = pulp.lpSum(a * xs[v] for v, a in zip(row.idx, row.coef))
-        if row.lb == row.ub:
-            prob += (expr == row.lb), f"r{r}"
-        else:
-            if row.lb > -math.inf:
-                prob += (expr >= row.lb), f"r{r}l"
-            if row.ub < math.inf:
-                prob += (expr <= row.ub), f"r{r}u"
+        for sense, rhs in _senses(row):
+            prob += _compare(expr, sense, rhs), f"r{r}{'elu'[('==', '>=', '<=').index(sense)]}"
     for v, val in hint.items():
         xs[v].setInitialValue(val)
     fd, log = tempfile.mkstemp(suffix=".log")
