@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from .formulation import MilpModel
 
 BACKENDS = ("cpsat", "highs", "cbc")
+SENSE_TAG = {"==": "e", ">=": "l", "<=": "u"}  # suffix of a row's name in the CBC model
 
 
 @dataclass(kw_only=True, slots=True)
@@ -195,7 +196,7 @@ def _cbc(m, time_limit_s, threads, seed, rel_gap, hint, det_limit) -> BackendRes
     for r, row in enumerate(m.rows):
         expr = pulp.lpSum(a * xs[v] for v, a in zip(row.idx, row.coef))
         for sense, rhs in _senses(row):
-            prob += _compare(expr, sense, rhs), f"r{r}{'elu'[('==', '>=', '<=').index(sense)]}"
+            prob += _compare(expr, sense, rhs), f"r{r}{SENSE_TAG[sense]}"
     for v, val in hint.items():
         xs[v].setInitialValue(val)
     fd, log = tempfile.mkstemp(suffix=".log")
