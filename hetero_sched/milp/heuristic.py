@@ -78,9 +78,14 @@ def _fill(candidates: np.ndarray, cost: np.ndarray, room: float) -> list[int]:
     return taken
 
 
+def least_gpu_time(inst: Instance) -> np.ndarray:
+    """Each sequence's least GPU-time over configurations: how hard it is to place."""
+    return np.min(inst.cost * inst.gpus[None, :], axis=1)
+
+
 def default_order(inst: Instance) -> np.ndarray:
     """Sequences by decreasing least GPU-time (the hardest first)."""
-    return np.argsort(-np.min(inst.cost * inst.gpus[None, :], axis=1), kind="stable")
+    return np.argsort(-least_gpu_time(inst), kind="stable")
 
 
 def binary_search_cover(inst: Instance, lo: float, hi: float, deadline: float, rel_tol: float = 1e-4,
@@ -174,28 +179,28 @@ def heuristic_solution(inst: Instance, lower: float, upper: float, deadline: flo
                        restarts: bool = True) -> Solution | None:
     """Binary-searched covers under both opening rules, polished; then, until the deadline, restarts
     with the order perturbed (seeded). Returns the best found, or None when no cover fits."""
-    best = None
+    best, best_ms = None, np.inf
     for rule in RULES:
         sol = binary_search_cover(inst, lower, upper, deadline, rule=rule)
         if sol is not None:
             sol = polish(inst, sol, deadline)
-            if best is None or makespan(inst, sol) < makespan(inst, best):
-                best = sol
+            if makespan(inst, sol) < best_ms:
+                best, best_ms = sol, makespan(inst, sol)
     if best is None or not restarts:
         return best
     rng = np.random.default_rng(seed)
-    key = np.min(inst.cost * inst.gpus[None, :], axis=1)
+    key = least_gpu_time(inst)
     stale = 0
     for attempt in range(10_000):
-        if time.monotonic() >= deadline or stale >= MAX_STALE_RESTARTS or makespan(inst, best) <= lower:
+        if time.monotonic() >= deadline or stale >= MAX_STALE_RESTARTS or best_ms <= lower:
             break
         stale += 1
         order = np.argsort(-key * rng.lognormal(0, 0.3, size=inst.n), kind="stable")
-        sol = binary_search_cover(inst, lower, makespan(inst, best), deadline, order=order,
-                                  rule=RULES[attempt % 2])
+        sol = binary_search_cover(inst, lower, best_ms, deadline, order=order, rule=RULES[attempt % 2])
         if sol is None:
             continue
         sol = polish(inst, sol, deadline)
-        if makespan(inst, sol) < makespan(inst, best):
-            best, stale = sol, 0
+        ms = makespan(inst, sol)
+        if ms < best_ms:
+            best, best_ms, stale = sol, ms, 0
     return best

@@ -33,8 +33,17 @@ class Instance:
     def n(self) -> int:
         return len(self.lengths)
 
-    def fits(self) -> np.ndarray:
-        return np.isfinite(self.cost)
+    def subset(self, keep) -> Instance:
+        """The same sequences on the configurations `keep` only."""
+        keep = np.asarray(keep)
+        return Instance(lengths=self.lengths, configs=[self.configs[c] for c in keep], gpus=self.gpus[keep],
+                        overhead=self.overhead[keep], cost=self.cost[:, keep], total_gpus=self.total_gpus,
+                        pruned=self.pruned + len(self.configs) - len(keep))
+
+    def dominates(self, d: int, c: int) -> bool:
+        """Config d is no worse than c: no more GPUs, no more overhead, no more cost on any sequence."""
+        return bool(self.gpus[d] <= self.gpus[c] and self.overhead[d] <= self.overhead[c]
+                    and (self.cost[:, d] <= self.cost[:, c]).all())
 
     def group_load(self, c: int, items) -> float:
         return float(self.overhead[c] + self.cost[list(items), c].sum())
@@ -60,15 +69,10 @@ def build_instance(lengths, lat: LatencyModel, prune: bool = True) -> Instance:
     cost_u = np.hstack(columns) if columns else np.zeros((len(uniq), 0))
     if not configs or not np.isfinite(cost_u).any(axis=1).all():
         raise_no_fit(lengths, lat)
-    inst_cfg = np.arange(len(configs))
-    pruned = 0
-    if prune:
-        keep = _undominated(np.array(g), np.array(over), cost_u)
-        pruned = len(configs) - keep.size
-        inst_cfg = keep
-    return Instance(lengths=lengths, configs=[configs[c] for c in inst_cfg], gpus=np.array(g)[inst_cfg],
-                    overhead=np.array(over)[inst_cfg], cost=cost_u[inverse][:, inst_cfg],
-                    total_gpus=lat.cluster.gpus, pruned=pruned)
+    full = Instance(lengths=lengths, configs=configs, gpus=np.array(g), overhead=np.array(over),
+                    cost=cost_u[inverse], total_gpus=lat.cluster.gpus)
+    # dominance is decided on the distinct lengths' costs: the same answer, fewer rows
+    return full.subset(_undominated(full.gpus, full.overhead, cost_u)) if prune else full
 
 
 def _undominated(g: np.ndarray, o: np.ndarray, cost: np.ndarray) -> np.ndarray:

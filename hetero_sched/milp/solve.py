@@ -71,22 +71,21 @@ def _search(full: Instance, lat, warm: Plan, min_tp: int, deadline: float, backe
             det_limit):
     """Heuristic then MIP over configurations with tp ≥ min_tp; returns (named plans, bound, note)."""
     allowed = np.array([c for c, (tp, _) in enumerate(full.configs) if tp >= min_tp])
-    sub = _subset(full, allowed)
+    sub = full.subset(allowed)
     keep = allowed[_undominated(sub.gpus, sub.overhead, sub.cost)]
-    inst = _subset(full, keep)
+    inst = full.subset(keep)
     if not np.isfinite(inst.cost).any(axis=1).all():
         return [], 0.0, f"TP>={min_tp}: some sequence fits no configuration"
     warm_sol = _warm_solution(full, inst, keep, warm) if min_tp == 1 else None
-    upper = makespan(inst, warm_sol) if warm_sol else np.inf
-    lower = overhead_area_bound(inst, upper if np.isfinite(upper) else 1e12)
+    upper = makespan(inst, warm_sol) if warm_sol else 1e12  # no warm start in a restricted search
+    lower = overhead_area_bound(inst, upper)
     size = estimate_size(inst)
     mip_runs = backend != "none" and size <= MAX_MIP_VARIABLES
     now = time.monotonic()
     share = HEURISTIC_SHARE if mip_runs else 1.0
     # under a deterministic work limit nothing may depend on the clock: no deadline, no restarts
     h_deadline = now + share * (deadline - now) if det_limit is None else float("inf")
-    heur = heuristic_solution(inst, lower, upper if np.isfinite(upper) else 1e12, h_deadline, seed=seed,
-                              restarts=det_limit is None)
+    heur = heuristic_solution(inst, lower, upper, h_deadline, seed=seed, restarts=det_limit is None)
     found = [("heuristic", heur)] if heur else []
     note = f"TP>={min_tp}: {len(full.configs)} configs, {len(allowed) - len(keep)} dominated"
     bound, status = lower, "not run"
@@ -127,20 +126,13 @@ def _check_args(cluster, lat, backend, time_limit_s, threads, seed, rel_gap, obj
         raise ValueError(f"rel_gap must be in [0, 1), got {rel_gap!r}")
 
 
-def _subset(full: Instance, keep: np.ndarray) -> Instance:
-    return Instance(lengths=full.lengths, configs=[full.configs[c] for c in keep], gpus=full.gpus[keep],
-                    overhead=full.overhead[keep], cost=full.cost[:, keep], total_gpus=full.total_gpus,
-                    pruned=len(full.configs) - len(keep))
-
-
 def _warm_solution(full: Instance, inst: Instance, keep: np.ndarray, warm: Plan) -> list:
     """The warm-start plan in the pruned instance: a dropped config is swapped for one dominating it."""
     sol = []
     for g in warm.groups:
         c = full.configs.index((g.tp, g.cp))
-        if c not in keep:
-            c = next(d for d in keep if full.gpus[d] <= full.gpus[c] and full.overhead[d] <= full.overhead[c]
-                     and (full.cost[:, d] <= full.cost[:, c]).all())
+        if c not in keep:  # a kept configuration dominating it exists (dominance is transitive)
+            c = next(d for d in keep if full.dominates(d, c))
         sol.append((int(np.flatnonzero(keep == c)[0]), np.array(g.sequence_ids)))
     return sol
 
