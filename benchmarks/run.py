@@ -24,6 +24,7 @@ from hetero_sched.baselines.megatron import megatron_best
 from rich.progress import Progress
 
 import hetero_sched as hs
+from hetero_sched.compare import shape_summary
 from hetero_sched.seeds import SEED_CASES
 from hetero_sched.workload import synthetic
 
@@ -219,8 +220,7 @@ def suite_stress(progress) -> None:
     task = progress.add_task("stress", total=len(cases))
     for name, (lengths, gpus) in cases.items():
         row, plan = solve_row(lengths, gpus, limit=10, case=name)
-        row["plan"] = " + ".join(f"{sum(1 for g in plan.groups if (g.tp, g.cp) == s)}x(TP{s[0]}xCP{s[1]})"
-                                 for s in sorted({(g.tp, g.cp) for g in plan.groups}, reverse=True))
+        row["plan"] = shape_summary(plan)
         rows.append(row)
         progress.advance(task)
     f = pd.DataFrame(rows)

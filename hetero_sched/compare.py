@@ -32,17 +32,18 @@ def compare_batch(lengths, lat: LatencyModel, backend: str, time_limit_s: float,
     meg = megatron_best(lengths, cluster, lat)
     rows.append({"name": "Megatron (best)", "tp": meg.baseline["tp"], "cp": meg.baseline["cp"], "dp": meg.baseline["dp"],
                      "makespan_ms": meg.makespan_ms, "step_ms": meg.step_ms})
-    shapes = " + ".join(f"{n}x(TP{tp}xCP{cp})" for (tp, cp), n in _shape_counts(plan).items())
+    shapes = shape_summary(plan)
     rows.append({"name": f"hetero-sched [{plan.solver.status}] {shapes}", "tp": "", "cp": "", "dp": "",
                      "makespan_ms": plan.makespan_ms, "step_ms": plan.step_ms})
     return rows, plan
 
 
-def _shape_counts(plan) -> dict:
+def shape_summary(plan) -> str:
+    """'1x(TP4xCP7) + 2x(TP1xCP4)': group shapes with their counts, largest groups first."""
     counts: dict = {}
     for g in sorted(plan.groups, key=lambda g: (-g.tp * g.cp, -g.tp)):
         counts[(g.tp, g.cp)] = counts.get((g.tp, g.cp), 0) + 1
-    return counts
+    return " + ".join(f"{n}x(TP{tp}xCP{cp})" for (tp, cp), n in counts.items())
 
 
 def seed_case_rows(model_name: str, backend: str, time_limit_s: float, threads: int,
@@ -55,7 +56,7 @@ def seed_case_rows(model_name: str, backend: str, time_limit_s: float, threads: 
                      objective=objective)
         b = plan.baseline
         rows.append({"case": name, "title": case["title"],
-                         "groups": " + ".join(f"{n}x(TP{tp}xCP{cp})" for (tp, cp), n in _shape_counts(plan).items()),
+                         "groups": shape_summary(plan),
                          "wlb": f"TP{b['tp']}xCP{b['cp']}xDP{b['dp']}", "makespan_ms": plan.makespan_ms,
                          "step_ms": plan.step_ms, "wlb_makespan_ms": b["makespan_ms"], "wlb_step_ms": b["step_ms"],
                          "speedup_makespan": b["makespan_ms"] / plan.makespan_ms,
