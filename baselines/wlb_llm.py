@@ -1,105 +1,153 @@
-"""WLB-LLM (Wang et al., OSDI'25, arXiv 2503.17924) as a homogeneous baseline.
+"""WLB-LLM (Wang et al., OSDI'25, arXiv 2503.17924) as a homogeneous baseline, placed honestly.
 
-Implemented from the paper: one (TP, CP) for every data-parallel replica, DP = gpus // (TP·CP) (idle
-GPUs allowed); workload-aware variable-length packing — sequences ordered by their step-model cost
-(attention's quadratic term included), longest first, each placed on the least-loaded replica; inside a
-replica, micro-batches packed up to the memory cap (max_tokens). A configuration is infeasible when any
-sequence exceeds max_tokens. Not implemented: the paper's multi-step outlier delay (holding very long
-documents back to later steps) — a single step is planned here — and its per-document CP sharding
-variants (our step model charges every document split over all CP ranks).
+Implemented from the paper: one (TP, CP) for every data-parallel replica; workload-aware variable-length
+packing — sequences ordered by their step-model cost (attention's quadratic term included), longest
+first, each placed on the replica where it finishes first; inside a replica, micro-batches packed up to
+the memory cap (max_tokens). A configuration is infeasible when any sequence exceeds max_tokens.
+
+Placement: replicas are placed on nodes as they would really be — inside a node while one holds them,
+the rest across nodes (ring on InfiniBand, so slower: hence earliest-finish, not identical replicas).
+Two replica counts are evaluated for each (TP, CP): every replica that can be placed (up to
+⌊N/(TP·CP)⌋), and only those that fit inside nodes; the better on the objective is the config's plan.
+Not implemented: the paper's multi-step outlier delay (a single step is planned here) and its
+per-document CP sharding variants (our step model charges every document split over all CP ranks).
 """
 from __future__ import annotations
+
+import heapq
 
 import numpy as np
 
 from hetero_sched.latency import LatencyModel
 from hetero_sched.milp.instance import Instance, build_instance
-from hetero_sched.packing import least_loaded_assignment
+from hetero_sched.placement import NodePacker, ranks_from_nodes
 from hetero_sched.plan import Plan
 from hetero_sched.specs import Cluster
 
+OBJECTIVES = ("step", "makespan")
 
-def wlb_llm_plan(lengths, cluster: Cluster, lat: LatencyModel, *, tp: int, cp: int) -> Plan:
-    """The WLB-LLM plan for one homogeneous (tp, cp); ValueError when a sequence does not fit."""
-    _check_cluster(cluster, lat)
-    inst = build_instance(lengths, lat, prune=False)
-    if (tp, cp) not in inst.configs:
-        lat._check_config(tp, cp)
-        raise ValueError(f"TP{tp}xCP{cp} cannot hold the batch: max_tokens {lat.max_tokens(tp, cp)} < "
-                         f"longest sequence {int(inst.lengths.max())}")
-    c = inst.configs.index((tp, cp))
-    if not np.isfinite(inst.cost[:, c]).all():
-        i = int(np.flatnonzero(~np.isfinite(inst.cost[:, c]))[0])
+
+def wlb_llm_plan(lengths, cluster: Cluster, lat: LatencyModel, *, tp: int, cp: int,
+                 objective: str = "step") -> Plan:
+    """The WLB-LLM plan for one homogeneous (tp, cp), placed; ValueError when a sequence does not fit."""
+    _check(cluster, lat, objective)
+    lat._check_config(tp, cp)
+    inst = build_instance(lengths, lat, prune=False, only=(tp, cp))
+    too_long = np.flatnonzero(inst.lengths > lat.max_tokens(tp, cp))
+    if too_long.size:
+        i = int(too_long[0])
         raise ValueError(f"TP{tp}xCP{cp} cannot hold sequence {i} ({int(inst.lengths[i])} tokens > "
                          f"max_tokens {lat.max_tokens(tp, cp)})")
-    return plan_for_config(inst, c, lat)
+    options = replica_options(inst, tp, cp)
+    if not options:
+        raise ValueError(f"TP{tp}xCP{cp} cannot be placed on {cluster.gpus} GPUs of {cluster.gpus_per_node} per node")
+    plans = [plan_for_replicas(inst, tp, cp, reps, lat) for reps in options]
+    return min(plans, key=lambda p: objective_key(p, objective))
 
 
-def wlb_llm_best(lengths, cluster: Cluster, lat: LatencyModel) -> Plan:
-    """The best homogeneous WLB-LLM plan over the whole configuration space (min makespan, then step)."""
-    _check_cluster(cluster, lat)
+def wlb_llm_best(lengths, cluster: Cluster, lat: LatencyModel, objective: str = "step") -> Plan:
+    """The best placed homogeneous WLB-LLM plan over every (TP, CP) and both replica counts."""
+    _check(cluster, lat, objective)
     inst = build_instance(lengths, lat, prune=False)
-    c, _ = best_homogeneous_config(inst)
-    return plan_for_config(inst, c, lat)
+    return best_homogeneous_plan(inst, lat, objective)
 
 
-def homogeneous_makespan(inst: Instance, c: int) -> float:
-    """Makespan of WLB-LLM's least-loaded packing on dp = N // gpus_c replicas of configuration c."""
-    costs = inst.cost[:, c]
-    if not np.isfinite(costs).all():
-        return np.inf
-    dp = inst.total_gpus // int(inst.gpus[c])
-    bins = least_loaded_assignment(costs.tolist(), dp)
-    return float(inst.overhead[c] + max(costs[b].sum() for b in bins if b))
+def objective_key(plan: Plan, objective: str) -> tuple[float, float]:
+    return (plan.step_ms, plan.makespan_ms) if objective == "step" else (plan.makespan_ms, plan.step_ms)
 
 
-def best_homogeneous_config(inst: Instance) -> tuple[int, float]:
-    """Search configurations in order of a lower bound, skipping those that cannot beat the best."""
-    feasible = [c for c in range(len(inst.configs)) if np.isfinite(inst.cost[:, c]).all()]
-    if not feasible:
-        raise ValueError("no homogeneous (TP, CP) configuration holds every sequence of the batch")
-
-    def bound(c):
-        dp = inst.total_gpus // int(inst.gpus[c])
-        col = inst.cost[:, c]
-        return inst.overhead[c] + max(col.max(), col.sum() / dp)
-
-    best, best_ms = -1, np.inf
-    for c in sorted(feasible, key=lambda c: (bound(c), c)):
-        if bound(c) >= best_ms:
-            break
-        ms = homogeneous_makespan(inst, c)
-        if ms < best_ms:
-            best, best_ms = c, ms
-    return best, best_ms
+def replica_options(inst: Instance, tp: int, cp: int) -> list[list[bool]]:
+    """Replica lists (True = crosses nodes) worth evaluating for (tp, cp): every replica that can be placed,
+    and the intra-node ones alone. Empty when a sequence fits neither variant."""
+    fits = {cross: _column(inst, tp, cp, cross) is not None for cross in (False, True)}
+    packer = NodePacker(inst.node_caps)
+    most = inst.total_gpus // (tp * cp)
+    reps = []
+    while fits[False] and len(reps) < most and packer.take(tp, cp, False) is not None:
+        reps.append(False)
+    intra = list(reps)
+    while fits[True] and len(reps) < most and packer.take(tp, cp, True) is not None:
+        reps.append(True)
+    return [r for r in ([reps, intra] if intra and len(intra) < len(reps) else [reps]) if r]
 
 
-def best_homogeneous_step_config(inst: Instance, lat: LatencyModel) -> tuple[int, float]:
-    """The homogeneous configuration with the least step time (makespan + its sync)."""
-    best, best_ms = -1, np.inf
-    for c in range(len(inst.configs)):
-        if not np.isfinite(inst.cost[:, c]).all():
-            continue
-        tp = inst.configs[c][0]
-        step = homogeneous_makespan(inst, c) + lat.sync_ms([tp] * (inst.total_gpus // int(inst.gpus[c])))
-        if step < best_ms:
-            best, best_ms = c, step
-    if best < 0:
-        raise ValueError("no homogeneous (TP, CP) configuration holds every sequence of the batch")
-    return best, best_ms
+def _column(inst: Instance, tp: int, cp: int, cross: bool) -> int | None:
+    """Instance column of (tp, cp, cross) when every sequence fits it, else None."""
+    try:
+        c = inst.index(tp, cp, cross)
+    except ValueError:
+        return None
+    return c if np.isfinite(inst.cost[:, c]).all() else None
 
 
-def plan_for_config(inst: Instance, c: int, lat: LatencyModel) -> Plan:
-    """The WLB-LLM plan of configuration c of a priced instance (least-loaded packing on its DP replicas)."""
-    tp, cp = inst.configs[c]
-    dp = inst.total_gpus // (tp * cp)
-    bins = least_loaded_assignment(inst.cost[:, c].tolist(), dp)
-    plan = Plan.build(inst.lengths, [(tp, cp, b) for b in bins], lat)
-    plan.baseline = {"name": "wlb-llm", "tp": tp, "cp": cp, "dp": dp,
-                     "makespan_ms": plan.makespan_ms, "step_ms": plan.step_ms}
+def earliest_finish(inst: Instance, tp: int, cp: int, reps: list[bool]) -> tuple[list[list[int]], float]:
+    """Sequences by decreasing cost, each to the replica where it finishes first (one heap per variant:
+    replicas of a variant are alike). Returns the sequences of each replica and the makespan."""
+    cols = {cross: _column(inst, tp, cp, cross) for cross in set(reps)}
+    heaps = {cross: [] for cross in cols}
+    for r, cross in enumerate(reps):
+        heaps[cross].append((float(inst.overhead[cols[cross]]), r))
+    for h in heaps.values():
+        heapq.heapify(h)
+    key = inst.cost[:, cols[reps[0]]]
+    out: list[list[int]] = [[] for _ in reps]
+    for i in np.lexsort((np.arange(inst.n), -key)):
+        best = min(cols, key=lambda x: (heaps[x][0][0] + inst.cost[i, cols[x]], x))
+        load, r = heapq.heappop(heaps[best])
+        out[r].append(int(i))
+        heapq.heappush(heaps[best], (load + float(inst.cost[i, cols[best]]), r))
+    makespan = max(load for h in heaps.values() for load, r in h if out[r])
+    return out, makespan
+
+
+def plan_for_replicas(inst: Instance, tp: int, cp: int, reps: list[bool], lat: LatencyModel) -> Plan:
+    """The WLB-LLM plan of (tp, cp) on these replicas, placed as the packer places them."""
+    bins, _ = earliest_finish(inst, tp, cp, reps)
+    packer = NodePacker(inst.node_caps)
+    shares = [packer.take(tp, cp, cross) for cross in reps]
+    ranks = ranks_from_nodes([tp] * len(reps), shares, lat.cluster.gpus_per_node)
+    plan = Plan.build(inst.lengths, [(tp, cp, b) for b in bins], lat, ranks=ranks)
+    plan.baseline = {"name": "wlb-llm", "tp": tp, "cp": cp, "dp": len(reps),
+                     "cross_node_replicas": int(sum(reps)), "makespan_ms": plan.makespan_ms,
+                     "step_ms": plan.step_ms}
     return plan
 
 
-def _check_cluster(cluster: Cluster, lat: LatencyModel) -> None:
+def homogeneous_pairs(inst: Instance) -> list[tuple[int, int]]:
+    return sorted({(tp, cp) for tp, cp, _ in inst.configs})
+
+
+def best_homogeneous_plan(inst: Instance, lat: LatencyModel, objective: str = "step") -> Plan:
+    """Every (tp, cp) and replica count in order of a lower bound on the objective; stop when the bound
+    cannot beat the best plan built (so the answer equals the exhaustive search's)."""
+    candidates = []
+    for tp, cp in homogeneous_pairs(inst):
+        for reps in replica_options(inst, tp, cp):
+            candidates.append((_lower_bound(inst, lat, tp, cp, reps, objective), tp, cp, reps))
+    if not candidates:
+        raise ValueError("no homogeneous (TP, CP) configuration holds every sequence of the batch")
+    best = None
+    for bound, tp, cp, reps in sorted(candidates, key=lambda t: (t[0], t[1], t[2], len(t[3]))):
+        if best is not None and bound >= objective_key(best, objective)[0] * (1 - 1e-12):
+            break
+        plan = plan_for_replicas(inst, tp, cp, reps, lat)
+        if best is None or objective_key(plan, objective) < objective_key(best, objective):
+            best = plan
+    return best
+
+
+def _lower_bound(inst: Instance, lat: LatencyModel, tp: int, cp: int, reps: list[bool], objective: str) -> float:
+    """overhead + max(longest, total / replicas) on the cheaper variant; plus the least exposed sync."""
+    cols = [_column(inst, tp, cp, cross) for cross in set(reps)]
+    col = np.min([inst.cost[:, c] for c in cols], axis=0)
+    ms = float(min(inst.overhead[c] for c in cols) + max(col.max(), col.sum() / len(reps)))
+    if objective == "makespan":
+        return ms
+    return ms + lat.sync_exposed_lower_ms(tp, ms)
+
+
+def _check(cluster: Cluster, lat: LatencyModel, objective: str) -> None:
     if cluster != lat.cluster:
         raise ValueError(f"cluster {cluster} does not match the latency model's {lat.cluster}")
+    if objective not in OBJECTIVES:
+        raise ValueError(f"unknown objective {objective!r}; choose one of {', '.join(OBJECTIVES)}")

@@ -43,12 +43,21 @@ class SolveResult:
     time_limit_s: float | None = None
     threads: int = 1
     seed: int = 0
+    objective: str = "step"
+    """What was minimised: 'step' (makespan + exposed sync) or 'makespan'."""
     objective_ms: float = math.nan
+    """The plan's value on the objective, recomputed from the placed plan."""
     bound_ms: float = 0.0
+    """A valid lower bound on the objective."""
     gap: float = 1.0
+    """(objective_ms − bound_ms) / objective_ms."""
+    makespan_bound_ms: float = 0.0
+    """A valid lower bound on the makespan (whatever the objective)."""
+    step_bound_ms: float = 0.0
+    """A valid lower bound on the step (makespan + exposed sync)."""
     wall_s: float = 0.0
     message: str = ""
-    """Why the status is what it is (e.g. 'backend found no incumbent in time')."""
+    """What ran and why the status is what it is (e.g. 'exact MIP not built ...')."""
 
 
 @dataclass(kw_only=True, slots=True)
@@ -60,23 +69,34 @@ class Plan:
     groups: list[Group]
     makespan_ms: float
     sync_ms: float
+    """Gradient sync the step pays once overlapped with the slowest groups' backward."""
     step_ms: float
+    """makespan_ms + sync_ms."""
     solver: SolveResult | None = None
     baseline: dict | None = None
     extra: dict = field(default_factory=dict)
+    sync_ms_upper: float = 0.0
+    """Gradient sync without any overlap: an upper bound on sync_ms."""
 
     # ---- construction ---------------------------------------------------------------------------
     @classmethod
     def build(cls, lengths: Sequence[int], assignment: Sequence[tuple[int, int, Sequence[int]]],
-              lat: LatencyModel, solver: SolveResult | None = None, baseline: dict | None = None) -> Plan:
-        """Place (tp, cp, sequence ids) groups on ranks, pack micro-batches, price everything."""
+              lat: LatencyModel, solver: SolveResult | None = None, baseline: dict | None = None,
+              ranks: Sequence[Sequence[int]] | None = None) -> Plan:
+        """Place (tp, cp, sequence ids) groups on ranks (given, or placed greedily inside nodes where
+        possible), pack micro-batches (the largest runs last: it opens the longest window for the
+        gradient sync to overlap), price everything. Groups without sequences are dropped."""
         lengths = [int(x) for x in lengths]
-        assignment = [(tp, cp, sorted(int(i) for i in ids)) for tp, cp, ids in assignment if len(ids)]
         cluster = lat.cluster
-        ranks = place_groups([(tp, cp) for tp, cp, _ in assignment], cluster.gpus, cluster.gpus_per_node)
+        if ranks is None:
+            assignment = [(tp, cp, ids) for tp, cp, ids in assignment if len(ids)]
+            ranks = place_groups([(tp, cp) for tp, cp, _ in assignment], cluster.gpus, cluster.gpus_per_node)
+        kept = [(a, list(r)) for a, r in zip(assignment, ranks) if len(a[2])]
         groups = []
-        for (tp, cp, ids), rk in zip(assignment, ranks):
+        for (tp, cp, ids), rk in kept:
+            ids = sorted(int(i) for i in ids)
             batches = pack_micro_batches(lengths, ids, lat.max_tokens(tp, cp))
+            batches.sort(key=lambda mb: sum(lengths[i] for i in mb))
             groups.append(Group(tp=tp, cp=cp, ranks=rk, sequence_ids=ids, micro_batches=batches,
                                 latency_ms=0.0, memory_gb=0.0))
         plan = cls(model=lat.model, cluster=cluster, latency_model=lat.describe(), lengths=lengths,
@@ -93,12 +113,22 @@ class Plan:
             biggest = max(sum(self.lengths[i] for i in mb) for mb in g.micro_batches)
             g.memory_gb = lat.memory_gb(biggest, g.tp, g.cp)
         self.makespan_ms = max((g.latency_ms for g in self.groups), default=0.0)
-        self.sync_ms = lat.sync_ms([g.tp for g in self.groups])
+        tps = [g.tp for g in self.groups]
+        self.sync_ms_upper = lat.sync_upper_ms(tps)
+        self.sync_ms = lat.sync_exposed_ms(tps, [(g.latency_ms, self._last_micro_batch_ms(g, lat, gpn))
+                                                 for g in self.groups])
         self.step_ms = self.makespan_ms + self.sync_ms
         if self.solver is not None:
             s = self.solver
-            s.bound_ms = min(s.bound_ms, self.makespan_ms)
-            s.gap = (self.makespan_ms - s.bound_ms) / self.makespan_ms if self.makespan_ms > 0 else 0.0
+            s.makespan_bound_ms = min(s.makespan_bound_ms, self.makespan_ms)
+            s.step_bound_ms = min(s.step_bound_ms, self.step_ms)
+            s.objective_ms = self.step_ms if s.objective == "step" else self.makespan_ms
+            s.bound_ms = s.step_bound_ms if s.objective == "step" else s.makespan_bound_ms
+            s.gap = (s.objective_ms - s.bound_ms) / s.objective_ms if s.objective_ms > 0 else 0.0
+
+    def _last_micro_batch_ms(self, g: Group, lat: LatencyModel, gpn: int) -> float:
+        cross = nodes_spanned(g.ranks, gpn) > 1
+        return lat.group_latency_ms([self.lengths[i] for i in g.micro_batches[-1]], g.tp, g.cp, cross)
 
     @property
     def gpus_used(self) -> int:
@@ -145,7 +175,7 @@ class Plan:
         pairs += [(f"group {k} memory_gb", a.memory_gb, b.memory_gb) for k, (a, b) in
                   enumerate(zip(self.groups, copy.groups))]
         pairs += [("makespan_ms", self.makespan_ms, copy.makespan_ms), ("sync_ms", self.sync_ms, copy.sync_ms),
-                  ("step_ms", self.step_ms, copy.step_ms)]
+                  ("sync_ms_upper", self.sync_ms_upper, copy.sync_ms_upper), ("step_ms", self.step_ms, copy.step_ms)]
         for name, stated, true in pairs:
             if not math.isclose(stated, true, rel_tol=REL_TOL, abs_tol=REL_TOL):
                 problems.append(f"{name} is {stated!r} but the step model gives {true!r}")
@@ -160,7 +190,8 @@ class Plan:
             "latency_model": dict(self.latency_model),
             "sequences": [{"id": i, "length": x} for i, x in enumerate(self.lengths)],
             "groups": [asdict(g) for g in self.groups],
-            "makespan_ms": self.makespan_ms, "sync_ms": self.sync_ms, "step_ms": self.step_ms,
+            "makespan_ms": self.makespan_ms, "sync_ms": self.sync_ms, "sync_ms_upper": self.sync_ms_upper,
+            "step_ms": self.step_ms,
             "solver": asdict(self.solver) if self.solver else None,
             "baseline": self.baseline,
         }
@@ -198,7 +229,7 @@ class Plan:
                        latency_model=dict(data["latency_model"]), lengths=[s["length"] for s in seqs],
                        groups=groups, makespan_ms=float(data["makespan_ms"]), sync_ms=float(data["sync_ms"]),
                        step_ms=float(data["step_ms"]), solver=solver, baseline=data.get("baseline"),
-                       extra=data.get("extra", {}))
+                       extra=data.get("extra", {}), sync_ms_upper=float(data.get("sync_ms_upper", data["sync_ms"])))
         except (KeyError, TypeError) as exc:
             raise ValueError(f"malformed plan JSON: missing or wrong field {exc}") from None
 

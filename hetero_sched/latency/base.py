@@ -86,14 +86,16 @@ class LatencyModel(ABC):
         cross = self._default_cross(tp, np.array([cp])) if cross_node is None else np.array([cross_node])
         return self._seq_costs(np.asarray(lengths, dtype=float), tp, np.array([cp]), cross)
 
-    def cost_table(self, lengths: np.ndarray, tp: int, cps: np.ndarray) -> np.ndarray:
-        """seq_latency_ms of every length (rows) on TP tp and each CP degree of cps (columns), each
-        group placed as compactly as possible (crossing nodes only when tp·cp > gpus_per_node)."""
+    def cost_table(self, lengths: np.ndarray, tp: int, cps: np.ndarray, cross_node: bool | None = None) -> np.ndarray:
+        """seq_latency_ms of every length (rows) on TP tp and each CP degree of cps (columns): across
+        nodes when cross_node is True, inside one when False, and when None as compactly as possible
+        (crossing only when tp·cp > gpus_per_node)."""
         cps = np.asarray(cps)
         for cp in cps:
             self._check_config(tp, int(cp))
         L = np.asarray(lengths, dtype=float)[:, None]
-        return self._seq_costs(L, tp, cps[None, :], self._default_cross(tp, cps)[None, :])
+        cross = self._default_cross(tp, cps) if cross_node is None else np.full(cps.shape, bool(cross_node))
+        return self._seq_costs(L, tp, cps[None, :], cross[None, :])
 
     def _default_cross(self, tp: int, cps: np.ndarray) -> np.ndarray:
         return tp * cps > self.cluster.gpus_per_node
@@ -126,17 +128,22 @@ class LatencyModel(ABC):
         return (self._static_bytes(tp) + per_rank * self._bytes_per_token(tp)) / GB
 
     def sync_ms(self, tps: Sequence[int]) -> float:
-        """Once-per-step gradient synchronisation for groups of these TP degrees.
+        """Non-overlapped gradient synchronisation for groups of these TP degrees: an upper bound on
+        what the step pays (`sync_upper_ms`); `sync_exposed_ms` is what is left after overlap."""
+        return sum(self.sync_parts(tps))
+
+    sync_upper_ms = sync_ms
+
+    def sync_parts(self, tps: Sequence[int]) -> tuple[float, float, float]:
+        """(layout gather, gradient reduce-scatter, parameter all-gather), ms, not overlapped.
 
         Layout = the smallest TP degree t_L among groups. A group with tp > t_L first all-gathers its
         gradient shards on NVLink (tp/t_L ranks, 2P/t_L bytes each ending); then the cluster
-        reduce-scatters the 2P/t_L-byte shards (ZeRO-1) and all-gathers the updated weights:
-        2 · (2P/t_L)·(1 − t_L/N) / bw, bw = InfiniBand when the cluster spans nodes. Not overlapped
-        with backward (an upper bound on what a real overlapped schedule pays).
-        """
+        reduce-scatters the 2P/t_L-byte shards (ZeRO-1) and, after the optimizer step, all-gathers the
+        updated weights: each (2P/t_L)·(1 − t_L/N) / bw, bw = InfiniBand when the cluster spans nodes."""
         tps = list(tps)
         if not tps:
-            return 0.0
+            return 0.0, 0.0, 0.0
         n, gpu = self.cluster.gpus, self.cluster.spec
         grad_bytes = 2.0 * self.model.params
         t_l = min(tps)
@@ -146,10 +153,67 @@ class LatencyModel(ABC):
                 k = tp // t_l
                 gather = max(gather, (k - 1) / k * grad_bytes / t_l / (gpu.nvlink_gbps * GB) * 1e3)
         if n <= 1:
-            return gather
+            return gather, 0.0, 0.0
         bw = gpu.ib_gbps if n > self.cluster.gpus_per_node else gpu.nvlink_gbps
-        shard = grad_bytes / t_l
-        return gather + 2 * shard * (1 - t_l / n) / (bw * GB) * 1e3
+        one_way = grad_bytes / t_l * (1 - t_l / n) / (bw * GB) * 1e3
+        return gather, one_way, one_way
+
+    def gradient_buckets(self, groups: int) -> list[tuple[float, float]]:
+        """Buckets in the order backward produces them: (share of the gradient bytes, share of the
+        backward sweep done when the bucket is complete). Bucket size: Megatron-LM's DDP default,
+        max(40M, 1M·dp) parameters (megatron/core/distributed/distributed_data_parallel_config.py,
+        `bucket_size`); order: LM head, blocks L−1 … 0, embedding (reverse of the forward)."""
+        m = self.model
+        cap = max(K.BUCKET_PARAMS_MIN, K.BUCKET_PARAMS_PER_DP * max(1, groups))
+        buckets, size, done = [], 0, 0.0
+        for params, done in self._gradient_pieces():
+            size += params
+            if size >= cap:
+                buckets.append((size / m.params, done))
+                size = 0
+        if size:
+            buckets.append((size / m.params, done))
+        return buckets
+
+    def _gradient_pieces(self) -> list[tuple[int, float]]:
+        """(parameters, share of the backward sweep done when their gradient is complete), in order."""
+        m = self.model
+        pieces = [(m.vocab * m.hidden + m.hidden, 0.0)]
+        pieces += [(m.params_per_layer, (j + 1) / m.layers) for j in range(m.layers)]
+        return pieces + [(m.vocab * m.hidden, 1.0)]
+
+    def sync_exposed_ms(self, tps: Sequence[int], finishes: Sequence[tuple[float, float]]) -> float:
+        """Sync time the step pays once overlap with backward is counted.
+
+        finishes: (end_ms, last micro-batch ms) of each group. A group's last micro-batch spends
+        BACKWARD_SHARE of its time in the backward sweep (recompute + backward), producing the layers'
+        gradients evenly in reverse order; a bucket may be reduced once every group has produced it
+        (earlier micro-batches only accumulate), buckets go one after another on the network, and the
+        fast groups wait. Exposed = (last bucket reduced − makespan)⁺ + the parameter all-gather, which
+        follows the optimizer step and is never hidden here."""
+        if not finishes:
+            return 0.0
+        gather, reduce, allgather = self.sync_parts(tps)
+        makespan = max(end for end, _ in finishes)
+        starts = [(end, K.BACKWARD_SHARE * last) for end, last in finishes]
+        clock = -math.inf
+        for share, done in self.gradient_buckets(len(finishes)):
+            ready = max(end - window * (1.0 - done) for end, window in starts)
+            clock = max(clock, ready) + (gather + reduce) * share
+        return max(0.0, clock - makespan) + allgather
+
+    def sync_exposed_lower_ms(self, t_layout: int, makespan_lower_ms: float) -> float:
+        """A lower bound on makespan + exposed sync − makespan_lower over plans whose smallest TP is
+        t_layout and whose makespan is ≥ makespan_lower_ms: no layout gather, one bucket per layer (any
+        real bucketing merges them, which only delays), and the slowest group's whole makespan taken as
+        its backward window. makespan + exposed grows with the makespan (each ready time rises by
+        1 − BACKWARD_SHARE·(1 − done) ≥ 0 per ms), so the bound holds for every makespan above."""
+        _, reduce, allgather = self.sync_parts([t_layout])
+        T = makespan_lower_ms
+        clock = -math.inf
+        for params, done in self._gradient_pieces():
+            clock = max(clock, T - K.BACKWARD_SHARE * T * (1.0 - done)) + reduce * params / self.model.params
+        return max(0.0, clock - T) + allgather
 
     def describe(self) -> dict:
         return {"kind": self.kind, "version": self.version, "table_sha256": self.table_sha256}

@@ -58,6 +58,18 @@ IB_GBPS = 35.9
 # Intra-node all-reduce bus bandwidth: vidur all_reduce, 8 GPUs, 64 MiB in 0.322 ms = 364.7 GB/s.
 NVLINK_BUS_GBPS = 364.7
 
+# --- Gradient synchronisation -------------------------------------------------------------------------
+# Gradient bucket size: Megatron-LM DDP default, max(40M, 1M·dp) parameters ("larger DP sizes need larger
+# buckets to ensure collectives do not become latency-bound"; megatron/core/distributed/
+# distributed_data_parallel_config.py, field bucket_size).
+BUCKET_PARAMS_MIN = 40_000_000
+BUCKET_PARAMS_PER_DP = 1_000_000
+# Share of a micro-batch spent in its backward sweep under full recomputation: per block, recompute (one
+# forward) + backward (LINEAR_BWD_RATIO forwards) out of forward + recompute + backward — (1+2)/(1+1+2).
+# Attention's backward is heavier (FA_BWD_FLOP_RATIO / FA_BWD_RATE ≈ 3.4 forwards), so 0.75 understates
+# the window: the exposed sync is, if anything, overstated.
+BACKWARD_SHARE = (RECOMPUTE_FORWARDS + LINEAR_BWD_RATIO) / (1 + RECOMPUTE_FORWARDS + LINEAR_BWD_RATIO)
+
 # --- Memory ---------------------------------------------------------------------------------------
 # Bytes per parameter: bf16 weights + bf16 gradients, sharded over TP, replicated across groups.
 WEIGHT_GRAD_BYTES = 4

@@ -1,6 +1,13 @@
-"""Exhaustive optimum over set partitions × configurations: an oracle for tiny instances (≤ 7 sequences;
-Bell(7) = 877 partitions), used by the tests and the fuzzer to check the solvers and their bounds."""
+"""Exhaustive optimum over set partitions × configurations × placements: an oracle for tiny instances
+(≤ 7 sequences; Bell(7) = 877 partitions), used by the tests and the fuzzer to check the solvers and
+their bounds. Written independently of the MIP: placements are enumerated, not modelled.
+
+A configuration (tp, cp, cross) of an Instance is placeable on the nodes as follows: an intra-node group
+takes tp·cp GPUs of one node; a cross-node group takes its cp TP blocks (tp GPUs each) from nodes
+holding them, at least two nodes (a group inside one node is priced as intra-node)."""
 from __future__ import annotations
+
+from functools import lru_cache
 
 import numpy as np
 
@@ -18,20 +25,65 @@ def set_partitions(items):
         yield [[first]] + part
 
 
+def placeable(groups: tuple, caps: tuple) -> bool:
+    """Can these (tp, cp, cross) groups all be placed on nodes of these capacities? (exhaustive)"""
+    return _placeable(tuple(sorted(groups, key=lambda g: (g[2], -g[0] * g[1], -g[0]))), tuple(caps))
+
+
+@lru_cache(maxsize=200_000)
+def _placeable(groups: tuple, free: tuple) -> bool:
+    if not groups:
+        return True
+    (tp, cp, cross), rest = groups[0], groups[1:]
+    if not cross:
+        for n, f in enumerate(free):
+            if f >= tp * cp and _placeable(rest, _minus(free, {n: tp * cp})):
+                return True
+        return False
+    for split in _block_splits(cp, tuple(f // tp for f in free)):
+        if sum(1 for k in split if k) >= 2 and _placeable(rest, _minus(free, {n: k * tp for n, k in
+                                                                               enumerate(split)})):
+            return True
+    return False
+
+
+def _block_splits(blocks: int, room: tuple):
+    """Every way to take `blocks` TP blocks from nodes holding room[n] blocks each."""
+    if not room:
+        if blocks == 0:
+            yield ()
+        return
+    for k in range(min(blocks, room[0]) + 1):
+        for rest in _block_splits(blocks - k, room[1:]):
+            yield (k,) + rest
+
+
+def _minus(free: tuple, take: dict) -> tuple:
+    return tuple(sorted((f - take.get(n, 0) for n, f in enumerate(free)), reverse=True))
+
+
 def brute_force_makespan(inst: Instance) -> float:
-    """min over partitions of the batch into groups, and a configuration per group, of the makespan,
-    subject to Σ gpus ≤ N. For a partition: the smallest T at which the cheapest-in-GPUs configuration
-    finishing each block by T fits the cluster."""
-    best = np.inf
+    """min over partitions of the batch into groups, a configuration per group and a placement of the
+    groups on the nodes, of the makespan. Depth-first over blocks, configurations cheapest first,
+    pruned by the best makespan found."""
+    caps = tuple(sorted(inst.node_caps, reverse=True))
+    best = [np.inf]
     for part in set_partitions(list(range(inst.n))):
-        loads = np.array([inst.overhead + inst.cost[block].sum(axis=0) for block in part])  # (B, C)
-        for T in sorted(set(loads[np.isfinite(loads)].tolist())):
-            if T >= best:
-                break
-            need = [inst.gpus[row <= T].min() if (row <= T).any() else np.inf for row in loads]
-            if sum(need) <= inst.total_gpus:
-                best = T
-                break
-    return best
+        loads = [inst.overhead + inst.cost[block].sum(axis=0) for block in part]  # (C,) per block
+        options = [[c for c in np.argsort(row, kind="stable") if np.isfinite(row[c])] for row in loads]
+        _search(loads, options, 0, [], 0.0, caps, best, inst)
+    return best[0]
 
 
+def _search(loads, options, b, chosen, worst, caps, best, inst) -> None:
+    if b == len(loads):
+        if placeable(tuple(inst.configs[c] for c in chosen), caps):
+            best[0] = worst
+        return
+    for c in options[b]:
+        load = loads[b][c]
+        if max(worst, load) >= best[0]:
+            break  # options are sorted by load: the rest are no better
+        if sum(inst.gpus[k] for k in chosen) + inst.gpus[c] > inst.total_gpus:
+            continue
+        _search(loads, options, b + 1, chosen + [c], max(worst, load), caps, best, inst)

@@ -14,6 +14,12 @@ Items j are distinct lengths with multiplicity m_j (identical sequences aggregat
                                                         — GPU-time: open slots hold ≤ N GPUs busy ≤ T
                                                           (implied for integers, tightens the LP)
     T ≥ lower bound                                     — a valid bound, given to the solver
+
+Nodes n with capacities cap_n (a partial last node included): every solution is placeable as solved.
+    intra slot s (config fits one node):  a[s,n] ∈ {0,1},  Σ_n a[s,n] = y[s]          — one node holds it
+    cross slot s (tp_s, cp_s):            z[s,n] ∈ ℤ≥0,   Σ_n z[s,n] = cp_s · y[s]   — its TP blocks, per node
+    Σ_s gpus_s·a[s,n] + Σ_s tp_s·z[s,n] ≤ cap_n                                      — node capacity
+    used_n ≥ used_n+1 for nodes of equal capacity                                   — symmetry: nodes are alike
 """
 from __future__ import annotations
 
@@ -45,6 +51,7 @@ class MilpModel:
     y: list[int] = field(default_factory=list)                    # var of slot s
     x: dict = field(default_factory=dict)                         # (item, slot) -> var
     item_members: list = field(default_factory=list)              # item -> sequence indices
+    node_vars: dict = field(default_factory=dict)                 # slot -> [(node, var, GPUs per unit)]
 
     def add_var(self, name: str, lb: float, ub: float) -> int:
         self.lb.append(lb)
@@ -70,11 +77,12 @@ def aggregate(inst: Instance) -> tuple[list, np.ndarray, np.ndarray]:
 
 
 def estimate_size(inst: Instance) -> int:
-    """Number of x variables the formulation would create."""
+    """Number of x and node variables the formulation would create."""
     _, counts, cost = aggregate(inst)
     ks = slot_counts(inst, counts, cost)
     fits = np.isfinite(cost)
-    return int(sum(ks[c] * fits[:, c].sum() for c in range(len(ks))))
+    nodes = len(inst.node_caps) if len(inst.node_caps) > 1 else 0
+    return int(sum(ks[c] * (fits[:, c].sum() + nodes) for c in range(len(ks))))
 
 
 def build_milp(inst: Instance, upper_ms: float, lower_ms: float) -> MilpModel:
@@ -115,6 +123,7 @@ def build_milp(inst: Instance, upper_ms: float, lower_ms: float) -> MilpModel:
     # Σ_s gpus_c·y[s] ≤ N
     m.rows.append(Row(idx=list(m.y), coef=[float(inst.gpus[c]) for c, _ in m.slots], lb=-np.inf,
                       ub=float(inst.total_gpus)))
+    _add_nodes(m, inst)
     for s in range(len(m.slots) - 1):
         (c, k), (c2, _) = m.slots[s], m.slots[s + 1]
         if c2 != c:
@@ -127,7 +136,37 @@ def build_milp(inst: Instance, upper_ms: float, lower_ms: float) -> MilpModel:
     return m
 
 
-def hint_values(m: MilpModel, inst: Instance, solution) -> dict[int, float]:
+def _add_nodes(m: MilpModel, inst: Instance) -> None:
+    """Node-assignment variables and rows (see the module docstring); skipped on a single node, where
+    the GPU budget row already is the node's capacity."""
+    caps = inst.node_caps
+    if len(caps) <= 1:
+        return
+    on_node: list[list[tuple[int, float]]] = [[] for _ in caps]
+    for s, (c, k) in enumerate(m.slots):
+        tp, cp, cross = inst.configs[c]
+        unit = tp if cross else tp * cp
+        choices = []
+        for n, cap in enumerate(caps):
+            most = min(cp, cap // tp) if cross else (1 if cap >= unit else 0)
+            if most:
+                v = m.add_var(f"{'z' if cross else 'a'}_c{c}_k{k}_n{n}", 0, most)
+                choices.append((n, v, unit))
+                on_node[n].append((v, float(unit)))
+        m.node_vars[s] = choices
+        # Σ_n a[s,n] = y[s]  (intra)   or   Σ_n z[s,n] = cp·y[s]  (cross)
+        m.rows.append(Row(idx=[v for _, v, _ in choices] + [m.y[s]],
+                          coef=[1.0] * len(choices) + [-float(cp if cross else 1)], lb=0.0, ub=0.0))
+    for n, cap in enumerate(caps):  # Σ gpus·a + Σ tp·z ≤ cap_n
+        m.rows.append(Row(idx=[v for v, _ in on_node[n]], coef=[u for _, u in on_node[n]], lb=-np.inf,
+                          ub=float(cap)))
+    for n in range(len(caps) - 1):  # used_n ≥ used_n+1 on alike nodes
+        if caps[n] == caps[n + 1]:
+            m.rows.append(Row(idx=[v for v, _ in on_node[n]] + [v for v, _ in on_node[n + 1]],
+                              coef=[u for _, u in on_node[n]] + [-u for _, u in on_node[n + 1]], lb=0.0, ub=np.inf))
+
+
+def hint_values(m: MilpModel, inst: Instance, solution, shares=None) -> dict[int, float]:
     """Variable values encoding a solution [(config, sequence indices)] in the slot model."""
     item_of = np.empty(inst.n, dtype=int)
     for j, mem in enumerate(m.item_members):
@@ -149,7 +188,47 @@ def hint_values(m: MilpModel, inst: Instance, solution) -> dict[int, float]:
                 values[m.x[(int(item_of[i]), s)]] += 1.0
             worst = max(worst, inst.group_load(c, items))
     values[m.t_var] = max(worst, m.lb[m.t_var])
+    if m.node_vars and not _hint_nodes(m, inst, solution, shares, values, slot_of):
+        return {}
     return values
+
+
+def _hint_nodes(m, inst, solution, shares, values, slot_of) -> bool:
+    """Node variables of the hint: the solution's node shares, alike nodes renumbered by decreasing use."""
+    if shares is None:
+        return False
+    caps = inst.node_caps
+    used = [0] * len(caps)
+    for share in shares:
+        for n, g in share:
+            used[n] += g
+    rename = {}
+    for cap in set(caps):
+        alike = [n for n in range(len(caps)) if caps[n] == cap]
+        for new, old in zip(alike, sorted(alike, key=lambda n: (-used[n], n))):
+            rename[old] = new
+    order: dict[int, list] = {}
+    for (c, items), share in zip(solution, shares):
+        order.setdefault(c, []).append((-float(inst.cost[np.asarray(items), c].sum()), share))
+    for c, groups in order.items():
+        groups.sort(key=lambda t: t[0])  # the same load order as the slots
+        for k, (_, share) in enumerate(groups):
+            s = slot_of[(c, k)]
+            var_of = {n: (v, unit) for n, v, unit in m.node_vars[s]}
+            for n, g in share:
+                if rename[n] not in var_of:
+                    return False
+                v, unit = var_of[rename[n]]
+                values[v] = g / unit
+    return True
+
+
+def decode_nodes(m: MilpModel, value_of, slots_used: list[int]) -> list | None:
+    """Node shares [(node, GPUs)] of the given slots (None on a single node: any placement works)."""
+    if not m.node_vars:
+        return None
+    return [[(n, round(value_of(v)) * unit) for n, v, unit in m.node_vars[s] if round(value_of(v)) > 0]
+            for s in slots_used]
 
 
 def decode(m: MilpModel, value_of) -> list[tuple[int, np.ndarray]]:
@@ -163,4 +242,4 @@ def decode(m: MilpModel, value_of) -> list[tuple[int, np.ndarray]]:
             del pools[j][:take]
     if any(pools):
         raise RuntimeError("solver solution leaves sequences unassigned")
-    return [(m.slots[s][0], np.array(sorted(items))) for s, items in sorted(groups.items())]
+    return [(m.slots[s][0], np.array(sorted(items))) for s, items in sorted(groups.items())], sorted(groups)

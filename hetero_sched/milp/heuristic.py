@@ -2,9 +2,10 @@
 local search. Used as the MIP's warm start and, at scales the MIP cannot build, as the answer.
 
 cover(T): sequences longest-first; each unplaced one opens a group of the smallest configuration that
-runs it within T, which is then filled, longest-first, with every unplaced sequence that still fits
-before T. Feasible when the groups need ≤ N GPUs. Polishing: spare GPUs become extra groups of the
-most area-efficient configuration; then move/swap local search on the slowest group.
+runs it within T and can still be placed on the nodes (greedy best fit), which is then filled,
+longest-first, with every unplaced sequence that still fits before T. Polishing: spare GPUs become extra
+groups of the most area-efficient configuration that still places; then move/swap local search on the
+slowest group (configurations unchanged, so the placement stays valid).
 """
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import time
 
 import numpy as np
 
+from ..placement import NodePacker
 from .instance import Instance
 
 Solution = list  # [(config index, np.ndarray of item indices)]
@@ -37,21 +39,17 @@ def cover(inst: Instance, T: float, order: np.ndarray, rule: str = "smallest") -
     gpus·cost/(T − overhead))."""
     unplaced = np.ones(inst.n, dtype=bool)
     sol: Solution = []
-    used = 0
+    packer = NodePacker(inst.node_caps)
     by_size = np.lexsort((inst.overhead, inst.gpus))
     room_c = np.maximum(T - inst.overhead, 1e-12)
     for i in order:
         if not unplaced[i]:
             continue
         ok = by_size[inst.overhead[by_size] + inst.cost[i, by_size] <= T]
-        if ok.size == 0:
-            return None
-        if rule == "smallest":
-            c = int(ok[0])
-        else:
-            c = int(ok[np.argmin(inst.gpus[ok] * inst.cost[i, ok] / room_c[ok])])
-        used += int(inst.gpus[c])
-        if used > inst.total_gpus:
+        if rule != "smallest":
+            ok = ok[np.argsort(inst.gpus[ok] * inst.cost[i, ok] / room_c[ok], kind="stable")]
+        c = next((int(c) for c in ok if packer.take(*inst.configs[c]) is not None), None)
+        if c is None:
             return None
         unplaced[i] = False
         room = T - inst.overhead[c] - inst.cost[i, c]
@@ -106,15 +104,21 @@ def binary_search_cover(inst: Instance, lo: float, hi: float, deadline: float, r
 
 
 def add_spare_groups(inst: Instance, sol: Solution) -> Solution:
-    """Spend idle GPUs on empty groups of the configurations that run the batch most cheaply per GPU."""
-    spare = inst.total_gpus - gpus_used(inst, sol)
+    """Spend idle GPUs on empty groups of the configurations that run the batch most cheaply per GPU
+    (placed after the solution's groups, in order, as the cover placed them)."""
+    packer = NodePacker(inst.node_caps)
+    for c, _ in sol:
+        if packer.take(*inst.configs[c]) is None:
+            return list(sol)  # not placeable in this order: add nothing
     finite = np.where(np.isfinite(inst.cost), inst.cost, np.nan)
-    efficiency = np.nanmedian(finite * inst.gpus[None, :], axis=0)
+    with np.errstate(all="ignore"):
+        efficiency = np.array([np.nanmedian(col) if np.isfinite(col).any() else np.inf
+                               for col in (finite * inst.gpus[None, :]).T])
     sol = list(sol)
     for c in np.argsort(efficiency, kind="stable"):
-        while spare >= inst.gpus[c] and np.isfinite(efficiency[c]):
+        while np.isfinite(efficiency[c]) and sum(packer.free) >= inst.gpus[c] \
+                and packer.take(*inst.configs[c]) is not None:
             sol.append((int(c), np.array([], dtype=int)))
-            spare -= int(inst.gpus[c])
     return sol
 
 

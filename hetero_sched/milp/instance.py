@@ -1,8 +1,17 @@
-"""The numbers a solver sees: configurations, GPUs, overheads and per-sequence costs (no model objects).
+"""The numbers a solver sees: configurations, GPUs, nodes, overheads and per-sequence costs.
 
-cost[i, c] = seq_latency_ms(L_i, config c) (inf where L_i > max_tokens(c)); overhead[c]; gpus[c] = tp·cp.
-Dominated configurations are pruned (exactly: c is dropped when another c' has gpus ≤, overhead ≤ and
-cost ≤ on every sequence — swapping c for c' in any plan keeps it feasible and no slower).
+A configuration is (tp, cp, cross): `cross=False` sits inside one node (NVLink prices), `cross=True`
+takes its cp TP blocks from any nodes (ring priced on InfiniBand). A (tp, cp) with tp·cp ≤ the largest
+node exists in both variants; a larger one only crosses; on a single node nothing crosses.
+cost[i, c] = seq_latency_ms(L_i, config c) (inf where L_i > max_tokens(c)); overhead[c]; gpus[c] = tp·cp;
+node_caps = GPUs of each node (a partial last node included).
+
+Pruning (say what was kept, `pruned` counts the rest):
+- CP degrees that cannot help: beyond ⌈L_max/128⌉ (a rank would hold less than one attention tile) and
+  beyond the degree at which the longest sequence stops getting faster on that (tp, variant);
+- dominated configurations: c is dropped when some d has gpus ≤, overhead ≤, cost ≤ on every sequence
+  AND can be placed wherever c was (d intra replacing an intra c; a cross d whose tp divides c's; a
+  cross d inside an intra c's node space) — swapping c for d keeps every plan placeable and no slower.
 """
 from __future__ import annotations
 
@@ -11,6 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..latency import LatencyModel
+from ..placement import node_capacities
 
 # Input limits (measured in benchmarks/results/reliability_<yyyymm>.md): beyond them a clear ValueError,
 # never a memory blow-up. The cost matrix holds distinct lengths x configurations float64 cells.
@@ -22,60 +32,138 @@ MAX_COST_CELLS = 40_000_000  # 320 MB per copy of the cost matrix
 @dataclass(kw_only=True, slots=True)
 class Instance:
     lengths: np.ndarray   # (n,) tokens
-    configs: list         # [(tp, cp)] of the C kept configurations
+    configs: list         # [(tp, cp, cross)] of the C kept configurations
     gpus: np.ndarray      # (C,) tp·cp
     overhead: np.ndarray  # (C,) ms
     cost: np.ndarray      # (n, C) ms, inf where the sequence does not fit
     total_gpus: int
+    node_caps: list = None  # GPUs per node; default: one node holding every GPU
     pruned: int = 0       # configurations removed as dominated or useless
+
+    def __post_init__(self) -> None:
+        if self.node_caps is None:
+            self.node_caps = [self.total_gpus]
+        self.configs = [tuple(c) if len(c) == 3 else (*c, False) for c in self.configs]
 
     @property
     def n(self) -> int:
         return len(self.lengths)
 
+    @property
+    def tp(self) -> np.ndarray:
+        return np.array([c[0] for c in self.configs], dtype=int)
+
+    @property
+    def cross(self) -> np.ndarray:
+        return np.array([c[2] for c in self.configs], dtype=bool)
+
     def subset(self, keep) -> Instance:
         """The same sequences on the configurations `keep` only."""
-        keep = np.asarray(keep)
+        keep = np.asarray(keep, dtype=int)
         return Instance(lengths=self.lengths, configs=[self.configs[c] for c in keep], gpus=self.gpus[keep],
                         overhead=self.overhead[keep], cost=self.cost[:, keep], total_gpus=self.total_gpus,
-                        pruned=self.pruned + len(self.configs) - len(keep))
+                        node_caps=self.node_caps, pruned=self.pruned + len(self.configs) - len(keep))
 
     def dominates(self, d: int, c: int) -> bool:
-        """Config d is no worse than c: no more GPUs, no more overhead, no more cost on any sequence."""
+        """Config d is no worse than c: no more GPUs, overhead or cost on any sequence, placeable where c was."""
         return bool(self.gpus[d] <= self.gpus[c] and self.overhead[d] <= self.overhead[c]
+                    and placeable_instead(self.configs[d], self.configs[c])
                     and (self.cost[:, d] <= self.cost[:, c]).all())
+
+    def index(self, tp: int, cp: int, cross: bool) -> int:
+        """Column of configuration (tp, cp, cross); ValueError when it is not in the instance."""
+        try:
+            return self.configs.index((tp, cp, bool(cross)))
+        except ValueError:
+            raise ValueError(f"TP{tp}xCP{cp} ({'cross-node' if cross else 'intra-node'}) is not a "
+                             "configuration of this instance") from None
 
     def group_load(self, c: int, items) -> float:
         return float(self.overhead[c] + self.cost[list(items), c].sum())
 
 
-def build_instance(lengths, lat: LatencyModel, prune: bool = True) -> Instance:
-    """Price every sequence on every configuration of the cluster; raise when one fits nowhere."""
+def placeable_instead(d: tuple, c: tuple) -> bool:
+    """Group d can take c's GPUs (given gpus_d ≤ gpus_c): both inside a node; or d crosses and its TP
+    blocks tile c's (tp_d | tp_c) or c's node space (c intra: any GPUs of one node hold d's blocks)."""
+    (tp_d, _, cross_d), (tp_c, _, cross_c) = d, c
+    if not cross_d:
+        return not cross_c
+    return (not cross_c) or tp_c % tp_d == 0
+
+
+def build_instance(lengths, lat: LatencyModel, prune: bool = True,
+                   only: tuple[int, int] | None = None, all_cps: bool = False) -> Instance:
+    """Price every sequence on every configuration worth pricing; raise when one fits nowhere.
+
+    prune=False keeps dominated configurations (CP degrees that cannot help are never priced);
+    only=(tp, cp) prices that pair alone (both variants where they exist), whether it helps or not;
+    all_cps=True prices every CP degree (the exhaustive oracle's configuration space).
+    Pricing is vectorised and always completes (a plan, even the warm start, needs it)."""
     lengths = np.asarray(check_lengths(lengths), dtype=np.int64)
     uniq, inverse = np.unique(lengths, return_inverse=True)
-    check_size(len(lengths), len(uniq), lat)
+    check_size(len(lengths), 0, lat)
+    caps_nodes = node_capacities(lat.cluster.gpus, lat.cluster.gpus_per_node)
+    if only is None:
+        kinds = [(tp, cross, useful_cps(lat, tp, cross, uniq, caps_nodes, all_cps))
+                 for tp in lat.cluster.tp_degrees(lat.model) for cross in _variants(caps_nodes)]
+    else:
+        kinds = [(only[0], cross, np.array([only[1]])) for cross in _variants(caps_nodes)
+                 if (only[0] * only[1] <= max(caps_nodes) or cross) and (only[1] > 1 or not cross)]
+    check_size(len(lengths), len(uniq) * sum(k[2].size for k in kinds), lat)
     configs, columns, over, g = [], [], [], []
-    for tp in lat.cluster.tp_degrees(lat.model):
-        cps = np.array([cp for t, cp in lat.cluster.configs(lat.model) if t == tp
-                        if lat.max_tokens(t, cp) >= uniq[0] and (cp == 1 or uniq[-1] >= cp)])
+    for tp, cross, cps in kinds:
         if cps.size == 0:
             continue  # nothing fits, or fewer tokens than ranks: such groups are never useful
         caps = np.array([lat.max_tokens(tp, int(cp)) for cp in cps])
-        table = np.where(uniq[:, None] <= caps[None, :], lat.cost_table(uniq, tp, cps), np.inf)
-        configs += [(tp, int(cp)) for cp in cps]
+        table = np.where(uniq[:, None] <= caps[None, :], lat.cost_table(uniq, tp, cps, cross), np.inf)
+        configs += [(tp, int(cp), cross) for cp in cps]
         columns.append(table)
-        over += [lat.overhead_ms(tp, int(cp)) for cp in cps]
+        over += [lat.overhead_ms(tp, int(cp), cross) for cp in cps]
         g += [tp * int(cp) for cp in cps]
     cost_u = np.hstack(columns) if columns else np.zeros((len(uniq), 0))
-    if not configs or not np.isfinite(cost_u).any(axis=1).all():
+    if only is None and (not configs or not np.isfinite(cost_u).any(axis=1).all()):
         raise_no_fit(lengths, lat)
     full = Instance(lengths=lengths, configs=configs, gpus=np.array(g), overhead=np.array(over),
-                    cost=cost_u[inverse], total_gpus=lat.cluster.gpus)
+                    cost=cost_u[inverse], total_gpus=lat.cluster.gpus, node_caps=caps_nodes,
+                    pruned=_cp_degrees_not_priced(lat, caps_nodes, len(configs)))
+    if not prune:
+        return full
     # dominance is decided on the distinct lengths' costs: the same answer, fewer rows
-    return full.subset(_undominated(full.gpus, full.overhead, cost_u)) if prune else full
+    return full.subset(_undominated(full.gpus, full.overhead, cost_u, full.configs))
 
 
-def _undominated(g: np.ndarray, o: np.ndarray, cost: np.ndarray) -> np.ndarray:
+def _variants(caps_nodes: list[int]) -> tuple[bool, ...]:
+    return (False, True) if len(caps_nodes) > 1 else (False,)
+
+
+def useful_cps(lat: LatencyModel, tp: int, cross: bool, uniq: np.ndarray, caps_nodes: list[int],
+               all_cps: bool = False) -> np.ndarray:
+    """CP degrees of (tp, variant) worth pricing: placeable, holding the shortest sequence, at most
+    ⌈L_max/128⌉ ranks, and no more than the degree at which the longest sequence is fastest."""
+    if cross:
+        most, least = sum(c // tp for c in caps_nodes), 2  # TP blocks the cluster holds; one block never crosses
+    else:
+        most, least = max(caps_nodes) // tp, 1
+    if not all_cps:
+        most = min(most, max(1, -(-int(uniq[-1]) // 128)))
+    cps = np.array([cp for cp in range(least, most + 1) if lat.max_tokens(tp, cp) >= uniq[0]], dtype=int)
+    if cps.size <= 1 or all_cps:
+        return cps
+    fits = np.array([lat.max_tokens(tp, int(cp)) >= uniq[-1] for cp in cps])
+    if not fits.any():
+        return cps
+    longest = lat.cost_table(uniq[-1:], tp, cps[fits], cross)[0] + \
+        np.array([lat.overhead_ms(tp, int(cp), cross) for cp in cps[fits]])
+    best = int(cps[fits][int(np.argmin(longest))])
+    return cps[cps <= best]
+
+
+def _cp_degrees_not_priced(lat: LatencyModel, caps_nodes: list[int], priced: int) -> int:
+    every = sum(len(_variants(caps_nodes)) * (lat.cluster.gpus // tp) for tp in lat.cluster.tp_degrees(lat.model))
+    return max(0, every - priced)
+
+
+def _undominated(g: np.ndarray, o: np.ndarray, cost: np.ndarray, configs: list | None = None) -> np.ndarray:
     """Indices of configurations no other dominates (ties: the lower index survives)."""
     C = len(g)
     big = np.where(np.isfinite(cost), cost, 1e300)
@@ -83,6 +171,8 @@ def _undominated(g: np.ndarray, o: np.ndarray, cost: np.ndarray) -> np.ndarray:
     # cheap filter on a few lengths, then an exact check on all of them
     cand = (g[:, None] <= g[None, :]) & (o[:, None] <= o[None, :]) & \
            (sample[:, :, None] <= sample[:, None, :]).all(axis=0)  # cand[d, c]: d may dominate c
+    if configs is not None:
+        cand &= _placeable_matrix(configs)
     np.fill_diagonal(cand, False)
     dominated = np.zeros(C, dtype=bool)
     for c in range(C):
@@ -97,16 +187,23 @@ def _undominated(g: np.ndarray, o: np.ndarray, cost: np.ndarray) -> np.ndarray:
     return np.flatnonzero(~dominated)
 
 
-def check_size(n: int, distinct: int, lat: LatencyModel) -> None:
+def _placeable_matrix(configs: list) -> np.ndarray:
+    tp = np.array([c[0] for c in configs])
+    cross = np.array([c[2] for c in configs], dtype=bool)
+    d_cross, c_cross = cross[:, None], cross[None, :]
+    divides = (tp[None, :] % tp[:, None]) == 0
+    return np.where(d_cross, ~c_cross | divides, ~c_cross)
+
+
+def check_size(n: int, cells: int, lat: LatencyModel) -> None:
     """Refuse instances past the supported size before allocating anything large."""
     if n > MAX_SOLVE_SEQUENCES:
         raise ValueError(f"the batch has {n} sequences; at most {MAX_SOLVE_SEQUENCES} are supported")
     if lat.cluster.gpus > MAX_SOLVE_GPUS:
         raise ValueError(f"the cluster has {lat.cluster.gpus} GPUs; at most {MAX_SOLVE_GPUS} are supported")
-    cells = distinct * len(lat.cluster.configs(lat.model))
     if cells > MAX_COST_CELLS:
-        raise ValueError(f"{distinct} distinct lengths x {len(lat.cluster.configs(lat.model))} configurations = "
-                         f"{cells} costs > {MAX_COST_CELLS}: round lengths (e.g. to 64 tokens) or use fewer GPUs")
+        raise ValueError(f"{cells} costs (distinct lengths x configurations worth pricing) > {MAX_COST_CELLS}: "
+                         "round the lengths (--round-lengths 64) or use fewer GPUs")
 
 
 def check_lengths(lengths) -> list[int]:

@@ -28,11 +28,12 @@ PROFILE = settings(max_examples=60, deadline=None, suppress_health_check=[Health
 
 
 @PROFILE
-@given(lengths=batches, cluster=clusters, backend=st.sampled_from(["cpsat", "cpsat", "highs", "cbc", "none"]))
-def test_every_plan_is_valid_never_worse_than_wlb_and_honest(lengths, cluster, backend):
+@given(lengths=batches, cluster=clusters, backend=st.sampled_from(["cpsat", "cpsat", "highs", "cbc", "none"]),
+       objective=st.sampled_from(["step", "makespan"]))
+def test_every_plan_is_valid_never_worse_than_wlb_and_honest(lengths, cluster, backend, objective):
     lat = lat_for(*cluster)
     try:
-        plan = hs.solve(lengths, lat.cluster, lat, backend=backend, time_limit_s=2, threads=1)
+        plan = hs.solve(lengths, lat.cluster, lat, backend=backend, time_limit_s=2, threads=1, objective=objective)
     except ValueError as exc:  # only a sequence no configuration can hold may be refused
         assert "sequence" in str(exc) and "fits" in str(exc)
         cap = max(lat.max_tokens(tp, cp) for tp, cp in lat.cluster.configs(SMALL))
@@ -40,21 +41,25 @@ def test_every_plan_is_valid_never_worse_than_wlb_and_honest(lengths, cluster, b
         return
     assert plan.validate() == []
     assert hs.Plan.from_json(plan.to_json()).to_json() == plan.to_json()
-    assert plan.makespan_ms <= wlb_llm_best(lengths, lat.cluster, lat).makespan_ms
+    wlb = wlb_llm_best(lengths, lat.cluster, lat, objective=objective)
+    assert getattr(plan, f"{objective}_ms") <= getattr(wlb, f"{objective}_ms")  # exactly, on the objective
     s = plan.solver
-    assert s.bound_ms <= plan.makespan_ms and 0 <= s.gap <= 1
+    assert s.objective == objective and s.objective_ms == getattr(plan, f"{objective}_ms")
+    assert s.bound_ms <= s.objective_ms and 0 <= s.gap <= 1
+    assert s.makespan_bound_ms <= plan.makespan_ms and s.step_bound_ms <= plan.step_ms
+    assert plan.sync_ms <= plan.sync_ms_upper + 1e-9
     assert (s.status == "optimal") == (s.gap <= 1e-6)
 
 
 @settings(max_examples=25, deadline=None)
 @given(lengths=st.lists(st.integers(min_value=256, max_value=60_000), min_size=1, max_size=5),
-       gpus=st.integers(min_value=1, max_value=12))
-def test_bound_never_exceeds_the_exhaustive_optimum(lengths, gpus):
-    lat = lat_for(gpus, 8)
+       gpus=st.integers(min_value=1, max_value=12), gpn=st.sampled_from([2, 4, 8]))
+def test_bound_never_exceeds_the_exhaustive_optimum(lengths, gpus, gpn):
+    lat = lat_for(gpus, gpn)
     cap = max(lat.max_tokens(tp, cp) for tp, cp in lat.cluster.configs(SMALL))
     lengths = [min(x, cap) for x in lengths]
-    plan = hs.solve(lengths, lat.cluster, lat, backend="cpsat", time_limit_s=5, threads=1)
-    optimum = brute_force_makespan(build_instance(lengths, lat, prune=False))
+    plan = hs.solve(lengths, lat.cluster, lat, backend="cpsat", time_limit_s=5, threads=1, objective="makespan")
+    optimum = brute_force_makespan(build_instance(lengths, lat, prune=False, all_cps=True))
     assert plan.solver.bound_ms <= optimum * (1 + 1e-9)
     assert plan.makespan_ms >= optimum * (1 - 1e-9)
     if plan.solver.status == "optimal":

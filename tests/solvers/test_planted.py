@@ -44,7 +44,7 @@ def test_backends_find_the_planted_optimum(seed, backend):
     inst, optimum = planted(seed)
     incumbent = heuristic_solution(inst, optimum * 0.5, optimum * 10, deadline=1e18, restarts=False)
     assert incumbent is not None and makespan(inst, incumbent) >= optimum * (1 - 1e-9)
-    sol, bound, status = run_mip(inst, backend, incumbent, 0.0, 20.0, 1, 0, 1e-9, None)
-    found = makespan(inst, sol if sol is not None else incumbent)
+    sol, bound, status = run_mip(inst, backend, (incumbent, None), 0.0, 20.0, 1, 0, 1e-9, None)
+    found = makespan(inst, sol[0] if sol is not None else incumbent)
     assert found == pytest.approx(optimum, rel=1e-6), status
     assert bound <= optimum * (1 + 1e-9)
