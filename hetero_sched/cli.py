@@ -34,9 +34,9 @@ def _add_batch(p: argparse.ArgumentParser, required: bool = True) -> None:
 def _add_cluster(p: argparse.ArgumentParser) -> None:
     p.add_argument("--gpus", type=int, default=16, help="GPUs in the cluster (default 16)")
     p.add_argument("--gpus-per-node", type=int, default=8, help="GPUs per NVLink node (default 8)")
-    p.add_argument("--gpu", default="h100", help="GPU preset (default h100)")
-    p.add_argument("--model", default=DEFAULT_MODEL, help=f"model preset: {', '.join(ModelSpec.presets())}")
-    p.add_argument("--hf-config", help="Hugging Face config.json instead of --model")
+    p.add_argument("--gpu", default="h100", help="GPU preset, case-insensitive (default h100)")
+    p.add_argument("--model", help=f"model preset: {', '.join(ModelSpec.presets())} (default {DEFAULT_MODEL})")
+    p.add_argument("--hf-config", help="Hugging Face config.json of a dense model, instead of --model")
     p.add_argument("--table", help="profiled latency table (models/README.md) for the table step model")
 
 
@@ -48,8 +48,11 @@ def _add_solver(p: argparse.ArgumentParser) -> None:
     p.add_argument("--work-limit", type=float, help="deterministic work limit instead of wall-clock luck: "
                    "CP-SAT deterministic seconds, HiGHS/CBC branch-and-bound nodes; with --threads 1 the plan "
                    "is reproducible byte for byte (wall-time fields aside)")
-    p.add_argument("--objective", default="makespan", choices=["makespan", "step"],
-                   help="minimise the slowest group (default) or makespan + gradient sync")
+    p.add_argument("--objective", default="step", choices=["step", "makespan"],
+                   help="minimise the step: makespan + exposed gradient sync (default), or the slowest group")
+    p.add_argument("--round-lengths", type=int, metavar="N",
+                   help="price lengths rounded up to a multiple of N tokens (fewer distinct lengths for huge "
+                        "batches; costs stay upper bounds, the plan is priced on the true lengths)")
 
 
 def _lengths(args) -> list[int]:
@@ -66,7 +69,9 @@ def _lengths(args) -> list[int]:
 
 
 def _setup(args):
-    model = ModelSpec.from_hf_config(args.hf_config) if args.hf_config else ModelSpec.preset(args.model)
+    if args.hf_config and args.model:
+        raise ValueError("give either --model or --hf-config, not both")
+    model = ModelSpec.from_hf_config(args.hf_config) if args.hf_config else ModelSpec.preset(args.model or DEFAULT_MODEL)
     cluster = Cluster(gpus=args.gpus, gpus_per_node=args.gpus_per_node, gpu=args.gpu)
     return latency_model(model, cluster, table=args.table)
 
@@ -80,6 +85,8 @@ def _check_solver_args(args) -> None:
         raise ValueError(f"--work-limit must be > 0, got {args.work_limit}")
     if args.threads < 1:
         raise ValueError(f"--threads must be >= 1, got {args.threads}")
+    if getattr(args, "round_lengths", None) is not None and args.round_lengths < 1:
+        raise ValueError(f"--round-lengths must be >= 1, got {args.round_lengths}")
 
 
 # ---- commands --------------------------------------------------------------------------------------------
@@ -93,7 +100,7 @@ def cmd_solve(args) -> int:
     lat = _setup(args)
     plan = solve(lengths, lat.cluster, lat, backend=args.backend, time_limit_s=args.time_limit,
                  threads=args.threads, seed=args.seed, objective=args.objective,
-                 deterministic_limit=args.work_limit)
+                 deterministic_limit=args.work_limit, round_lengths=args.round_lengths)
     if args.json:
         out.print(plan.to_json(), markup=False, soft_wrap=True)
     else:
@@ -115,16 +122,30 @@ def print_plan(plan) -> None:
                   f"{sum(plan.lengths[i] for i in g.sequence_ids):,}", str(len(g.micro_batches)),
                   f"{g.latency_ms:,.1f}", f"{g.memory_gb:.1f}")
     out.print(t)
+    print_summary(plan)
+
+
+def print_summary(plan) -> None:
+    """The lines under a plan's table: step, what the solver did and proved, the baseline."""
     s, b = plan.solver, plan.baseline
-    out.print(f"makespan {plan.makespan_ms:,.1f} ms + sync {plan.sync_ms:,.1f} ms = step {plan.step_ms:,.1f} ms "
+    out.print(f"makespan {plan.makespan_ms:,.1f} ms + sync {plan.sync_ms:,.1f} ms exposed "
+              f"(not overlapped: {plan.sync_ms_upper:,.1f} ms) = step {plan.step_ms:,.1f} ms "
               f"on {plan.gpus_used}/{plan.cluster.gpus} GPUs")
     if s:
-        out.print(f"solver {s.backend}: {s.status}, lower bound {s.bound_ms:,.1f} ms, gap {s.gap:.2%}, "
+        out.print(f"solver {s.backend}, objective {s.objective}: {s.status}, lower bound {s.bound_ms:,.1f} ms "
+                  f"(makespan >= {s.makespan_bound_ms:,.1f}, step >= {s.step_bound_ms:,.1f}), gap {s.gap:.2%}, "
                   f"{s.wall_s:.2f} s (limit {s.time_limit_s} s, {s.threads} threads, seed {s.seed})")
+        for part in s.message.split(" | "):
+            out.print(f"  {part}", markup=False, style="dim")
     if b:
-        out.print(f"best WLB-LLM: TP{b['tp']}xCP{b['cp']}xDP{b['dp']} makespan {b['makespan_ms']:,.1f} ms, "
-                  f"step {b['step_ms']:,.1f} ms -> speed-up {b['makespan_ms'] / plan.makespan_ms:.2f}x makespan, "
-                  f"{b['step_ms'] / plan.step_ms:.2f}x step")
+        obj = s.objective if s else "step"
+        other = "makespan" if obj == "step" else "step"
+        ratio = {m: b[f"{m}_ms"] / getattr(plan, f"{m}_ms") for m in ("step", "makespan")}
+        out.print(f"best WLB-LLM on the {obj}: TP{b['tp']}xCP{b['cp']}xDP{b['dp']} makespan {b['makespan_ms']:,.1f} ms, "
+                  f"step {b['step_ms']:,.1f} ms -> speed-up {ratio[obj]:.2f}x {obj}, {ratio[other]:.2f}x {other}")
+        if ratio[other] < 1 - 1e-9:
+            out.print(f"note: this plan is {1 / ratio[other]:.2f}x slower than that WLB-LLM plan on the {other} "
+                      f"(the {obj} is what was minimised)")
 
 
 def _ranks(ranks) -> str:
@@ -134,29 +155,57 @@ def _ranks(ranks) -> str:
 
 
 def cmd_latency(args) -> int:
+    from .workload import parse_length
+
+    if args.max_cp < 1:
+        raise ValueError(f"--max-cp must be >= 1, got {args.max_cp}")
+    if args.csv:
+        check_writable(args.csv)
     lat = _setup(args)
-    lengths = [int(x) for x in args.at.split(",")] if args.at else [1024, 8192, 32768, 131072]
-    t = Table(title=f"step model ({lat.kind}) for {lat.model.name} on {lat.cluster.gpus} x {lat.cluster.gpu}: "
-                    "fwd+recompute+bwd, all layers, ms")
-    for col in ["TP", "CP", "max tokens", "overhead ms"] + [f"{x:,} tok" for x in lengths]:
-        t.add_column(col, justify="right")
+    lengths = [parse_length(x) for x in args.at.split(",")] if args.at else [1024, 8192, 32768, 131072]
+    header = ["TP", "CP", "max tokens", "overhead ms"] + [f"{x:,} tok" for x in lengths]
+    rows = []
     for tp, cp in lat.cluster.configs(lat.model):
         if cp > args.max_cp:
             continue
         cap = lat.max_tokens(tp, cp)
-        cells = [f"{lat.seq_latency_ms(x, tp, cp):,.1f}" if x <= cap else "-" for x in lengths]
-        t.add_row(str(tp), str(cp), f"{cap:,}", f"{lat.overhead_ms(tp, cp):.1f}", *cells)
+        rows.append([tp, cp, cap, lat.overhead_ms(tp, cp)] + [lat.seq_latency_ms(x, tp, cp) if x <= cap else None
+                                                               for x in lengths])
+    if args.csv:
+        write_atomic(args.csv, _csv(["tp", "cp", "max_tokens", "overhead_ms"] + [f"ms_at_{x}" for x in lengths], rows))
+        err.print(f"latency table written to {args.csv}")
+    t = Table(title=f"step model ({lat.kind}) for {lat.model.name} on {lat.cluster.gpus} x {lat.cluster.gpu}: "
+                    "fwd+recompute+bwd, all layers, ms ('-': does not fit)")
+    for col in header:
+        t.add_column(col, justify="right")
+    for r in rows:
+        t.add_row(str(r[0]), str(r[1]), f"{r[2]:,}", f"{r[3]:.1f}", *("-" if v is None else f"{v:,.1f}" for v in r[4:]))
     out.print(t)
     return 0
+
+
+def _csv(header, rows) -> str:
+    import csv
+    import io
+
+    buf = io.StringIO()
+    w = csv.writer(buf)
+    w.writerow(header)
+    w.writerows(["" if v is None else v for v in r] for r in rows)
+    return buf.getvalue()
 
 
 def cmd_compare(args) -> int:
     from .compare import compare_batch, seed_case_rows
 
     _check_solver_args(args)
+    for path in (args.csv,):
+        if path:
+            check_writable(path)
     if args.seed_cases:
-        rows = seed_case_rows(args.model, args.backend, args.time_limit, args.threads, args.objective)
-        t = Table(title="seed cases: hetero-sched vs the best WLB-LLM config (llama3-8b by default)")
+        rows = seed_case_rows(args.model or DEFAULT_MODEL, args.backend, args.time_limit, args.threads,
+                              args.objective)
+        t = Table(title=f"seed cases: hetero-sched vs the best placed WLB-LLM config on the {args.objective}")
         for col in ("case", "hetero-sched groups", "WLB-LLM best", "makespan speed-up", "step speed-up",
                     "seed's ratio", "status"):
             t.add_column(col)
@@ -168,18 +217,34 @@ def cmd_compare(args) -> int:
         return 0
     lat = _setup(args)
     lengths = _lengths(args)
-    rows, plan = compare_batch(lengths, lat, args.backend, args.time_limit, args.threads, args.seed, args.objective)
-    t = Table(title=f"{len(lengths)} sequences, {sum(lengths):,} tokens on {lat.cluster.gpus} GPUs")
-    for col in ("plan", "TP", "CP", "DP", "makespan ms", "step ms", "hetero speed-up (makespan / step)"):
-        t.add_column(col, justify="right" if col not in ("plan",) else "left")
+    rows, plan = compare_batch(lengths, lat, args.backend, args.time_limit, args.threads, args.seed, args.objective,
+                               round_lengths=args.round_lengths)
+    fields = ["plan", "tp", "cp", "dp", "cross_node_replicas", "fits", "makespan_ms", "sync_ms", "sync_ms_upper",
+              "step_ms", "best", "why_not"]
+    if args.csv:
+        write_atomic(args.csv, _csv(fields, [[r.get(f) for f in fields] for r in rows]))
+        err.print(f"comparison written to {args.csv}")
+    if args.json:
+        import json
+        out.print(json.dumps({"objective": args.objective, "rows": rows, "plan": plan.to_dict()}, indent=1),
+                  markup=False, soft_wrap=True)
+        return 0
+    t = Table(title=f"{len(lengths)} sequences, {sum(lengths):,} tokens on {lat.cluster.gpus} GPUs, sorted by "
+                    f"{args.objective} (* = best)")
+    for col in ("", "plan", "TP", "CP", "DP", "fits", "makespan ms", "sync ms (upper)", "step ms",
+                f"hetero-sched speed-up ({args.objective})"):
+        t.add_column(col, justify="left" if col in ("plan", "fits") else "right")
+    key = f"{args.objective}_ms"
     for r in rows:
-        if r.get("error"):
-            t.add_row(r["name"], str(r["tp"]), str(r["cp"]), str(r["dp"]), "does not fit", r["error"], "")
-        else:
-            t.add_row(r["name"], str(r.get("tp", "")), str(r.get("cp", "")), str(r.get("dp", "")),
-                      f"{r['makespan_ms']:,.1f}", f"{r['step_ms']:,.1f}",
-                      f"{r['makespan_ms'] / plan.makespan_ms:.2f}x / {r['step_ms'] / plan.step_ms:.2f}x")
+        cells = [str(r.get(k) if r.get(k) is not None else "") for k in ("tp", "cp", "dp")]
+        if not r["fits"]:
+            t.add_row("", r["plan"], *cells, "does not fit", "", "", "", r["why_not"])
+            continue
+        t.add_row("*" if r["best"] else "", r["plan"], *cells, "yes", f"{r['makespan_ms']:,.1f}",
+                  f"{r['sync_ms']:,.1f} ({r['sync_ms_upper']:,.1f})", f"{r['step_ms']:,.1f}",
+                  f"{r[key] / getattr(plan, key):.2f}x")
     out.print(t)
+    print_summary(plan)
     return 0
 
 
@@ -212,14 +277,20 @@ def _setup_from_plan(plan, table):
 
 
 def cmd_show(args) -> int:
-    from .viz import gantt_png
+    from .viz import gantt_image
 
     plan = _read_plan(args.plan)
     if args.png:
         check_writable(args.png)
+    problems = plan.validate()
+    if problems:
+        err.print(f"{args.plan}: INVALID ({len(problems)} problems); not shown")
+        for p in problems:
+            err.print(f"  - {p}", markup=False)
+        return 1
     print_plan(plan)
     if args.png:
-        write_atomic(args.png, gantt_png(plan))
+        write_atomic(args.png, gantt_image(plan, Path(args.png).suffix))
         err.print(f"Gantt chart written to {args.png}")
     return 0
 
@@ -244,9 +315,12 @@ def cmd_sweep(args) -> int:
     check_writable(args.out)
     if args.png:
         check_writable(args.png)
+        from .viz import _pyplot
+        _pyplot()  # fail now, before any solve, when matplotlib is missing
     lengths = _lengths(args)
     lat = _setup(args)
-    rows = run_sweep(lengths, lat, backends, limits, args.repeat, args.threads, args.out, args.png, out)
+    rows = run_sweep(lengths, lat, backends, limits, args.repeat, args.threads, args.out, args.png, out,
+                     objective=args.objective)
     out.print(f"{len(rows)} runs in {args.out}" + (f", anytime plot in {args.png}" if args.png else ""))
     return 0
 
@@ -265,6 +339,8 @@ def build_parser() -> argparse.ArgumentParser:
     c = sub.add_parser("compare", help="every homogeneous WLB-LLM config, Megatron and hetero-sched")
     _add_batch(c), _add_cluster(c), _add_solver(c)
     c.add_argument("--seed-cases", action="store_true", help="the seed document's three batches")
+    c.add_argument("--json", action="store_true", help="print the rows and the plan as JSON instead of the table")
+    c.add_argument("--csv", help="also write the rows as CSV here (atomically)")
     c.set_defaults(func=cmd_compare)
     w = sub.add_parser("sweep", help="time limits x backends: CSV and an anytime plot")
     _add_batch(w), _add_cluster(w)
@@ -273,7 +349,8 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--repeat", type=int, default=1, help="runs per (backend, limit), seeds 0..repeat-1")
     w.add_argument("--threads", type=int, default=2)
     w.add_argument("--out", default="sweep.csv", help="CSV (resumed when it exists)")
-    w.add_argument("--png", help="anytime plot")
+    w.add_argument("--png", help="anytime plot (needs the plot extra: pip install 'hetero-sched[plot]')")
+    w.add_argument("--objective", default="step", choices=["step", "makespan"], help="what each run minimises")
     w.set_defaults(func=cmd_sweep)
     v = sub.add_parser("validate", help="re-check a plan JSON: 0 valid, 1 invalid, 2 unreadable")
     v.add_argument("plan")
@@ -281,12 +358,13 @@ def build_parser() -> argparse.ArgumentParser:
     v.set_defaults(func=cmd_validate)
     sh = sub.add_parser("show", help="a plan JSON as a table and a Gantt chart")
     sh.add_argument("plan")
-    sh.add_argument("--png", help="write a Gantt chart here")
+    sh.add_argument("--png", help="write a Gantt chart here: .png, .svg or .pdf by extension (plot extra)")
     sh.set_defaults(func=cmd_show)
     lt = sub.add_parser("latency", help="the step model's table for every (TP, CP)")
     _add_cluster(lt)
-    lt.add_argument("--at", help="lengths to price, comma-separated (default 1K,8K,32K,128K)")
+    lt.add_argument("--at", help="lengths to price, comma-separated, K/M suffixes allowed (default 1K,8K,32K,128K)")
     lt.add_argument("--max-cp", type=int, default=8, help="list CP degrees up to this (default 8)")
+    lt.add_argument("--csv", help="also write the table as CSV here")
     lt.set_defaults(func=cmd_latency)
     return p
 

@@ -12,30 +12,38 @@ ALL_CONFIGS_UP_TO = 64  # GPUs; beyond, only power-of-two CP degrees are listed 
 
 
 def compare_batch(lengths, lat: LatencyModel, backend: str, time_limit_s: float, threads: int, seed: int,
-                  objective: str = "makespan"):
-    """Rows for each homogeneous config (or why it does not fit), Megatron's best, and the planner's plan."""
+                  objective: str = "step", round_lengths: int | None = None):
+    """Rows for each homogeneous WLB-LLM config (placed; or why it does not fit), Megatron's best and the
+    planner's plan, sorted by the objective; the best row is marked."""
     cluster = lat.cluster
     plan = solve(lengths, cluster, lat, backend=backend, time_limit_s=time_limit_s, threads=threads, seed=seed,
-                 objective=objective)
+                 objective=objective, round_lengths=round_lengths)
     rows = []
     for tp, cp in cluster.configs(lat.model):
         if cluster.gpus > ALL_CONFIGS_UP_TO and cp & (cp - 1) and (tp, cp) != (plan.baseline["tp"],
                                                                                 plan.baseline["cp"]):
             continue
-        dp = cluster.gpus // (tp * cp)
         try:
-            p = wlb_llm_plan(lengths, cluster, lat, tp=tp, cp=cp)
-            rows.append({"name": "WLB-LLM", "tp": tp, "cp": cp, "dp": dp, "makespan_ms": p.makespan_ms, "step_ms": p.step_ms})
+            rows.append(_row("WLB-LLM", wlb_llm_plan(lengths, cluster, lat, tp=tp, cp=cp, objective=objective)))
         except ValueError as exc:
-            rows.append({"name": "WLB-LLM", "tp": tp, "cp": cp, "dp": dp, "error": str(exc).split(":")[0]
-                             if "cannot hold" in str(exc) else str(exc)})
-    meg = megatron_best(lengths, cluster, lat)
-    rows.append({"name": "Megatron (best)", "tp": meg.baseline["tp"], "cp": meg.baseline["cp"], "dp": meg.baseline["dp"],
-                     "makespan_ms": meg.makespan_ms, "step_ms": meg.step_ms})
-    shapes = shape_summary(plan)
-    rows.append({"name": f"hetero-sched [{plan.solver.status}] {shapes}", "tp": "", "cp": "", "dp": "",
-                     "makespan_ms": plan.makespan_ms, "step_ms": plan.step_ms})
+            rows.append({"plan": "WLB-LLM", "tp": tp, "cp": cp, "dp": cluster.gpus // (tp * cp), "fits": False,
+                         "why_not": str(exc)})
+    rows.append(_row("Megatron (best)", megatron_best(lengths, cluster, lat, objective=objective)))
+    rows.append(_row(f"hetero-sched [{plan.solver.status}] {shape_summary(plan)}", plan, homogeneous=False))
+    key = f"{objective}_ms"
+    rows.sort(key=lambda r: (not r["fits"], r.get(key, 0.0), r.get("makespan_ms", 0.0)))
+    best = min(r[key] for r in rows if r["fits"])
+    for r in rows:
+        r["best"] = bool(r["fits"] and r[key] <= best * (1 + 1e-12))
     return rows, plan
+
+
+def _row(name: str, p, homogeneous: bool = True) -> dict:
+    b = p.baseline if homogeneous else None
+    return {"plan": name, "tp": b["tp"] if b else None, "cp": b["cp"] if b else None, "dp": b["dp"] if b else None,
+            "cross_node_replicas": b.get("cross_node_replicas") if b else None, "fits": True,
+            "makespan_ms": p.makespan_ms, "sync_ms": p.sync_ms, "sync_ms_upper": p.sync_ms_upper,
+            "step_ms": p.step_ms, "why_not": ""}
 
 
 def shape_summary(plan) -> str:
@@ -47,7 +55,7 @@ def shape_summary(plan) -> str:
 
 
 def seed_case_rows(model_name: str, backend: str, time_limit_s: float, threads: int,
-                   objective: str = "makespan") -> list[dict]:
+                   objective: str = "step") -> list[dict]:
     rows = []
     for name, case in SEED_CASES.items():
         cluster = Cluster(gpus=case["gpus"])

@@ -21,6 +21,7 @@ def write_atomic(path: str | Path, data: str | bytes) -> Path:
         with os.fdopen(fd, mode) as fh:
             fh.write(data)
             fh.flush()
+            os.fchmod(fh.fileno(), 0o666 & ~_umask())  # mkstemp creates 0600; honour the umask as open() would
             os.fsync(fh.fileno())
         os.replace(tmp, path)
     except BaseException:
@@ -28,6 +29,12 @@ def write_atomic(path: str | Path, data: str | bytes) -> Path:
             os.unlink(tmp)
         raise
     return path
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def check_writable(path: str | Path) -> None:

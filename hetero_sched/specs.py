@@ -14,6 +14,9 @@ _MODEL_PRESETS: dict[str, dict] = {
     "llama3-70b": {"layers": 80, "hidden": 8192, "heads": 64, "kv_heads": 8, "ffn": 28672, "vocab": 128256},
 }
 DEFAULT_MODEL = "llama3-8b"
+# Hugging Face config fields that mark a mixture-of-experts model (Mixtral, Qwen-MoE, DeepSeek, DBRX, ...)
+MOE_FIELDS = ("num_local_experts", "num_experts", "n_routed_experts", "moe_num_experts", "num_experts_per_tok",
+              "moe_intermediate_size", "ffn_config")
 
 
 @dataclass(kw_only=True, frozen=True, slots=True)
@@ -85,6 +88,10 @@ class ModelSpec:
             raise ValueError(f"cannot read Hugging Face config {str(path)!r}: {exc}") from None
         if not isinstance(cfg, dict):
             raise ValueError(f"{str(path)!r} is not a JSON object")
+        moe = [k for k in MOE_FIELDS if cfg.get(k)]
+        if moe:
+            raise ValueError(f"{str(path)!r} describes a mixture-of-experts model ({', '.join(moe)}): the step "
+                             "model prices dense MLPs only, so its plans would be wrong")
         required = ("num_hidden_layers", "hidden_size", "num_attention_heads", "intermediate_size", "vocab_size")
         missing = [k for k in required if k not in cfg]
         if missing:
@@ -148,8 +155,9 @@ class Cluster:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
                 raise ValueError(f"Cluster.{name} must be a positive integer, got {value!r}")
-        if self.gpu not in _GPU_PRESETS:
+        if not isinstance(self.gpu, str) or self.gpu.lower() not in _GPU_PRESETS:
             raise ValueError(f"unknown GPU {self.gpu!r}; known: {', '.join(sorted(_GPU_PRESETS))}")
+        object.__setattr__(self, "gpu", self.gpu.lower())
         object.__setattr__(self, "spec", _GPU_PRESETS[self.gpu])
 
     def tp_degrees(self, model: ModelSpec) -> list[int]:

@@ -13,16 +13,26 @@ from .milp.instance import check_lengths
 MAX_SEQUENCES = 1_000_000  # beyond this a batch is refused (a step never holds that many documents)
 
 
+MAX_LENGTH = 2**40  # tokens; far beyond any context, small enough for every integer type downstream
+_SUFFIX = {"k": 1024, "m": 1024**2}
+
+
+def parse_length(t: str) -> int:
+    """'32768', '32K' or '1M' (binary suffixes: 32K = 32768) → a positive integer ≤ MAX_LENGTH."""
+    t = t.strip()
+    scale = _SUFFIX.get(t[-1:].lower(), 1)
+    digits = t[:-1] if scale > 1 else t
+    if not digits.isdigit():
+        raise ValueError(f"sequence length {t!r} is not a positive integer (suffixes K and M allowed)")
+    value = int(digits) * scale
+    if value <= 0 or value > MAX_LENGTH:
+        raise ValueError(f"sequence length {t!r} is out of range 1..{MAX_LENGTH}")
+    return value
+
+
 def parse_lengths(text: str) -> list[int]:
-    """'32768,1024' → [32768, 1024]; each item must be a positive integer."""
-    items = [t.strip() for t in text.split(",")]
-    out = []
-    for t in items:
-        try:
-            out.append(int(t))
-        except ValueError:
-            raise ValueError(f"sequence length {t!r} is not an integer") from None
-    return check_lengths(out)
+    """'32768,1K' → [32768, 1024]; each item a positive integer, optionally with a K or M suffix."""
+    return check_lengths([parse_length(t) for t in text.split(",")])
 
 
 def read_batch(path: str | Path, column: str | None = None) -> list[int]:

@@ -10,7 +10,7 @@ from ..latency import LatencyModel
 from ..placement import nodes_spanned, pack_nodes, ranks_from_nodes
 from ..plan import Plan, SolveResult
 from ..specs import Cluster
-from .backends import BACKENDS, run_backend
+from .backends import BACKENDS, BUILD_SHARE, BuildTimeout, build_seconds, run_backend
 from .bounds import overhead_area_bound
 from .formulation import build_milp, decode, decode_nodes, estimate_size, hint_values
 from .heuristic import heuristic_solution, makespan
@@ -200,11 +200,18 @@ def _greedy_shares(inst: Instance, sol):
 def run_mip(inst, backend, incumbent, lower, remaining, threads, seed, rel_gap, det_limit):
     """The slot MIP warm-started from incumbent (solution, shares); returns ((solution, shares) or None,
     bound, status)."""
+    started = time.monotonic()
     model = build_milp(inst, upper_ms=makespan(inst, incumbent[0]), lower_ms=lower)
+    remaining -= time.monotonic() - started
+    if det_limit is None and build_seconds(backend, model) > BUILD_SHARE * remaining:
+        return None, 0.0, (f"not built: ~{build_seconds(backend, model):.1f} s to hand {model.num_vars:,} variables "
+                           f"to {backend} > {BUILD_SHARE:.0%} of the {max(remaining, 0):.1f} s left")
     hint = hint_values(model, inst, *incumbent)
     try:
         res = run_backend(backend, model, time_limit_s=remaining, threads=threads, seed=seed, rel_gap=rel_gap,
                           hint=hint, deterministic_limit=det_limit)
+    except BuildTimeout as exc:
+        return None, 0.0, f"not solved: {exc}"
     except Exception as exc:  # noqa: BLE001 — a crashed or missing solver binary must not lose the plan we already have
         return None, 0.0, f"{backend} failed: {type(exc).__name__}: {str(exc).splitlines()[0][:200]}"
     if res.value_of is None:

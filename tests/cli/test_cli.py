@@ -91,7 +91,7 @@ def test_sweep_writes_csv_and_plot_and_resumes(tmp_path):
     r = run(*args)
     assert r.returncode == 0, r.stderr
     lines = csv.read_text().splitlines()
-    assert len(lines) == 5 and lines[0].startswith("backend,time_limit_s,threads,seed")
+    assert len(lines) == 5 and lines[0].startswith("problem,objective,backend,time_limit_s,threads,seed")
     assert png.read_bytes()[:4] == b"\x89PNG"
     r = run(*args, "--repeat", "2")  # resumes: only the 4 new seed-1 runs are added
     assert r.returncode == 0 and len(csv.read_text().splitlines()) == 9
@@ -139,6 +139,11 @@ BAD = [
     (["sweep", "--lengths", "1024", "--backends", "cpsat,foo"], "foo"),
     (["sweep", "--lengths", "1024", "--time-limits", "1,x"], "'x'"),
     (["show", "missing.json"], "missing.json"),
+    (["solve", "--lengths", "99999999999999999999"], "99999999999999999999"),
+    (["latency", "--max-cp", "0"], "--max-cp"),
+    (["latency", "--at", "1K,abc"], "abc"),
+    (["solve", "--lengths", "1024", "--model", "llama3-8b", "--hf-config", "c.json"], "not both"),
+    (["solve", "--lengths", "1024", "--round-lengths", "0"], "--round-lengths"),
 ]
 
 
@@ -159,3 +164,88 @@ def test_bad_batch_files_exit_2(tmp_path, name, text):
     r = run("solve", "--batch", str(tmp_path / name), "--out", str(tmp_path / "p.json"))
     assert r.returncode == 2 and "Traceback" not in r.stderr and r.stderr.count("\n") == 1, r.stderr
     assert not (tmp_path / "p.json").exists()
+
+
+def test_solve_says_what_ran_and_the_objective(tmp_path):
+    r = run("solve", "--synthetic", "lognormal:n=400,context=32768,seed=0", "--gpus", "64", "--time-limit", "3")
+    assert r.returncode == 0, r.stderr
+    assert "objective step" in r.stdout and "exact MIP not built" in r.stdout
+
+
+def test_latency_accepts_suffixes_and_writes_csv(tmp_path):
+    r = run("latency", "--at", "1K,32K", "--max-cp", "2", "--csv", str(tmp_path / "l.csv"))
+    assert r.returncode == 0, r.stderr
+    assert "1,024 tok" in r.stdout and "32,768 tok" in r.stdout
+    lines = (tmp_path / "l.csv").read_text().splitlines()
+    assert lines[0] == "tp,cp,max_tokens,overhead_ms,ms_at_1024,ms_at_32768" and len(lines) > 2
+
+
+def test_gpu_names_are_case_insensitive():
+    r = run("solve", "--lengths", "1024,2048", "--gpu", "H100", "--time-limit", "1")
+    assert r.returncode == 0, r.stderr
+
+
+def test_moe_configs_are_refused(tmp_path):
+    cfg = {"num_hidden_layers": 32, "hidden_size": 4096, "num_attention_heads": 32, "num_key_value_heads": 8,
+           "intermediate_size": 14336, "vocab_size": 32000, "num_local_experts": 8, "num_experts_per_tok": 2}
+    (tmp_path / "c.json").write_text(json.dumps(cfg))
+    r = run("solve", "--lengths", "1024", "--hf-config", str(tmp_path / "c.json"))
+    assert r.returncode == 2 and "mixture-of-experts" in r.stderr and r.stderr.count("\n") == 1
+
+
+def test_written_files_honour_the_umask(tmp_path):
+    import stat
+    import subprocess as sp
+    out = tmp_path / "p.json"
+    cmd = f"umask 022 && {EXE} solve --lengths 1024,2048 --time-limit 1 --out {out}"
+    assert sp.run(cmd, shell=True, capture_output=True, check=False).returncode == 0
+    assert stat.S_IMODE(out.stat().st_mode) == 0o644
+
+
+def test_sweep_refuses_a_csv_of_another_problem(tmp_path):
+    csv = tmp_path / "s.csv"
+    base = ["sweep", "--gpus", "8", "--time-limits", "0.2", "--backends", "cpsat", "--out", str(csv)]
+    assert run(*base, "--lengths", "32768,1024").returncode == 0
+    before = csv.read_text()
+    r = run(*base, "--lengths", "32768,2048")
+    assert r.returncode == 2 and "another problem" in r.stderr and r.stderr.count("\n") == 1
+    assert csv.read_text() == before
+
+
+def test_round_lengths_prices_upper_bounds_and_plans_true_lengths(tmp_path):
+    out = tmp_path / "p.json"
+    r = run("solve", "--lengths", "32001,1001,1003,2047", "--gpus", "8", "--round-lengths", "64", "--time-limit", "2",
+            "--out", str(out))
+    assert r.returncode == 0, r.stderr
+    data = json.loads(out.read_text())
+    assert [s["length"] for s in data["sequences"]] == [32001, 1001, 1003, 2047]
+    assert run("validate", str(out)).returncode == 0
+
+
+def test_compare_sorts_marks_the_best_and_exports(tmp_path):
+    r = run("compare", "--lengths", "32768,1024,1024", "--gpus", "8", "--time-limit", "2", "--json",
+            "--csv", str(tmp_path / "c.csv"))
+    assert r.returncode == 0, r.stderr
+    rows = json.loads(r.stdout)["rows"]
+    fits = [x for x in rows if x["fits"]]
+    assert [x["step_ms"] for x in fits] == sorted(x["step_ms"] for x in fits)
+    assert fits[0]["best"] and sum(x["best"] for x in rows) >= 1
+    assert all(not x["fits"] for x in rows[len(fits):])
+    assert (tmp_path / "c.csv").read_text().startswith("plan,tp,cp,dp")
+
+
+def test_show_refuses_an_invalid_plan(plan_file, tmp_path):
+    data = json.loads(plan_file.read_text())
+    data["groups"][0]["latency_ms"] = 1.0
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps(data))
+    r = run("show", str(bad))
+    assert r.returncode == 1 and "latency_ms" in r.stderr and "makespan" not in r.stdout
+
+
+@pytest.mark.parametrize("suffix,magic", [(".svg", b"<?xml"), (".pdf", b"%PDF")])
+def test_show_writes_svg_and_pdf(plan_file, tmp_path, suffix, magic):
+    path = tmp_path / f"g{suffix}"
+    r = run("show", str(plan_file), "--png", str(path))
+    assert r.returncode == 0, r.stderr
+    assert path.read_bytes()[:len(magic)] == magic
