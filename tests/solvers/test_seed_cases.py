@@ -12,8 +12,8 @@ def results():
     for name, case in SEED_CASES.items():
         cluster = hs.Cluster(gpus=case["gpus"])
         lat = hs.latency_model(hs.ModelSpec.preset("llama3-8b"), cluster)
-        plan = hs.solve(case["lengths"], cluster, lat, backend="cpsat", time_limit_s=10)
-        out[name] = (plan, wlb_llm_best(case["lengths"], cluster, lat))
+        plan = hs.solve(case["lengths"], cluster, lat, backend="cpsat", time_limit_s=10, objective="makespan")
+        out[name] = (plan, wlb_llm_best(case["lengths"], cluster, lat, objective="makespan"))
     return out
 
 
@@ -38,12 +38,15 @@ def test_seed_cases_are_proven_optimal_and_valid(results, name):
 
 
 @pytest.mark.parametrize("name", ["case2", "case3"])
-def test_step_objective_wins_on_step_time(name):
+@pytest.mark.parametrize("backend", ["cpsat", "highs", "cbc"])
+def test_step_objective_wins_on_step_time_and_is_proven(name, backend):
     case = SEED_CASES[name]
     cluster = hs.Cluster(gpus=case["gpus"])
     lat = hs.latency_model(hs.ModelSpec.preset("llama3-8b"), cluster)
-    plan = hs.solve(case["lengths"], cluster, lat, objective="step", time_limit_s=8)
+    plan = hs.solve(case["lengths"], cluster, lat, time_limit_s=20, backend=backend)  # step: the default
     assert plan.validate() == []
+    assert plan.solver.objective == "step" and plan.solver.status == "optimal", plan.solver.message
+    assert plan.solver.bound_ms == plan.solver.step_bound_ms <= plan.step_ms
     homogeneous_steps = []
     for tp, cp in cluster.configs(lat.model):
         try:

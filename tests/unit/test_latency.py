@@ -68,6 +68,38 @@ class TestSync:
     def test_mixed_tp_pays_an_all_gather(self, lat16):
         assert lat16.sync_ms([4, 1, 1, 1, 1]) > lat16.sync_ms([1] * 5)
 
+    def test_overlap_hides_part_of_the_sync_never_more_than_all(self, lat16):
+        tps = [1, 1, 4]
+        upper = lat16.sync_upper_ms(tps)
+        long_bwd = lat16.sync_exposed_ms(tps, [(1000.0, 1000.0), (900.0, 300.0), (950.0, 950.0)])
+        no_bwd = lat16.sync_exposed_ms(tps, [(1000.0, 1e-9), (900.0, 1e-9), (950.0, 1e-9)])
+        allgather = lat16.sync_parts(tps)[2]
+        assert allgather <= long_bwd < no_bwd == pytest.approx(upper, rel=1e-6)
+
+    def test_the_slowest_group_gates_every_bucket(self, lat16):
+        # a fast group finishing early adds nothing; one finishing late with a short window delays buckets
+        base = lat16.sync_exposed_ms([1, 1], [(1000.0, 1000.0), (100.0, 100.0)])
+        late = lat16.sync_exposed_ms([1, 1], [(1000.0, 1000.0), (999.0, 1.0)])
+        assert late > base
+
+    def test_buckets_cover_every_parameter_in_backward_order(self, lat16):
+        buckets = lat16.gradient_buckets(groups=4)
+        assert sum(share for share, _ in buckets) == pytest.approx(1.0)
+        assert [done for _, done in buckets] == sorted(done for _, done in buckets) and buckets[-1][1] == 1.0
+
+    def test_step_lower_bound_holds_for_any_finish_profile(self, lat16):
+        rng = np.random.default_rng(0)
+        for _ in range(200):
+            k = int(rng.integers(1, 6))
+            ends = rng.uniform(50, 2000, size=k)
+            lasts = ends * rng.uniform(0.01, 1.0, size=k)
+            tps = [int(x) for x in rng.choice([1, 2, 4, 8], size=k)]
+            t = min(tps)
+            makespan = float(ends.max())
+            lower_ms = makespan * rng.uniform(0.5, 1.0)
+            step = makespan + lat16.sync_exposed_ms(tps, list(zip(ends, lasts)))
+            assert lower_ms + lat16.sync_exposed_lower_ms(t, lower_ms) <= step * (1 + 1e-12)
+
     def test_single_gpu_has_nothing_to_sync(self):
         small = hs.ModelSpec(layers=4, hidden=1024, heads=8, kv_heads=8, ffn=4096, vocab=32000)
         lat = hs.latency_model(small, hs.Cluster(gpus=1))
