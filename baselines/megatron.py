@@ -41,7 +41,7 @@ def _plan(inst, lengths, lat, tp, cp, reps, context) -> Plan:
     replicas = megatron_replicas(lengths, lat.max_tokens(tp, cp), len(reps), context)
     plan = Plan.build(lengths, [(tp, cp, ids) for ids in replicas], lat, ranks=ranks)
     plan.baseline = {"name": "megatron", "tp": tp, "cp": cp, "dp": len(reps), "cross_node_replicas": int(sum(reps)),
-                     "makespan_ms": plan.makespan_ms, "step_ms": plan.step_ms}
+                     "makespan_ms": plan.makespan_ms, "step_ms": plan.step_ms, "sync_ms_upper": plan.sync_ms_upper}
     return plan
 
 

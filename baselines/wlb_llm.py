@@ -109,7 +109,7 @@ def plan_for_replicas(inst: Instance, tp: int, cp: int, reps: list[bool], lat: L
     plan = Plan.build(inst.lengths, [(tp, cp, b) for b in bins], lat, ranks=ranks)
     plan.baseline = {"name": "wlb-llm", "tp": tp, "cp": cp, "dp": len(reps),
                      "cross_node_replicas": int(sum(reps)), "makespan_ms": plan.makespan_ms,
-                     "step_ms": plan.step_ms}
+                     "step_ms": plan.step_ms, "sync_ms_upper": plan.sync_ms_upper}
     return plan
 
 

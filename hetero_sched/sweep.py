@@ -35,7 +35,7 @@ def load_rows(path, key: str | None = None) -> list[dict]:
         rows = [_typed(r) for r in reader]
     other = {r["problem"] for r in rows} - {key}
     if key is not None and other:
-        raise ValueError(f"{str(path)!r} holds a sweep of another problem (key {sorted(other)[0]}, this one {key}: "
+        raise ValueError(f"{str(path)!r} holds a sweep of another problem (key {min(other)}, this one {key}: "
                          "batch, cluster, model, objective or threads differ); use another --out or delete it")
     return rows
 
