@@ -325,6 +325,45 @@ def cmd_sweep(args) -> int:
     return 0
 
 
+def cmd_run(args) -> int:
+    """Spawn gloo workers that run one step of the tiny model on the plan; print the per-group report."""
+    import json
+    import tempfile
+
+    plan = _read_plan(args.plan)
+    problems = plan.validate()
+    if problems:
+        raise ValueError(f"{args.plan} is not a valid plan: {problems[0]}")
+    nproc = args.nproc or plan.cluster.gpus
+    if nproc != plan.cluster.gpus:
+        raise ValueError(f"--nproc {nproc} does not match the plan's {plan.cluster.gpus} GPUs (one process a GPU)")
+    if args.max_tokens < 2:
+        raise ValueError(f"--max-tokens must be >= 2, got {args.max_tokens}")
+    try:
+        from .runtime.launch import demo_step, spawn
+    except ImportError as exc:
+        raise ValueError(f"{exc}") from None
+    with tempfile.TemporaryDirectory() as tmp:
+        out_path = f"{tmp}/report.json"
+        try:
+            spawn(demo_step, nproc, plan.to_json(), args.max_tokens, args.seed, out_path, timeout_s=args.timeout)
+        except Exception as exc:  # noqa: BLE001 — a worker's failure arrives as its traceback text
+            raise ValueError(f"a worker failed: {str(exc).strip().splitlines()[-1]}") from None
+        with open(out_path) as fh:
+            report = json.load(fh)
+    t = Table(title=f"one step of the tiny model on {nproc} gloo processes (documents of <= {args.max_tokens} "
+                    "tokens standing in for the plan's)")
+    for col in ("group", "TP", "CP", "sequences", "tokens", "measured s"):
+        t.add_column(col, justify="right")
+    for g in report["groups"]:
+        t.add_row(str(g["group"]), str(g["tp"]), str(g["cp"]), str(g["sequences"]), f"{g['tokens']:,}",
+                  f"{g['seconds']:.3f}")
+    out.print(t)
+    out.print(f"loss {report['loss']:.6f}; step {report['wall_s']:.3f} s, of which gradient sync "
+              f"{report['sync_s']:.3f} s (after the slowest group; the others wait for it)")
+    return 0
+
+
 # ---- parser and entry point -----------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="hetero-sched", description="Plan heterogeneous TP/CP groups for a "
@@ -360,6 +399,13 @@ def build_parser() -> argparse.ArgumentParser:
     sh.add_argument("plan")
     sh.add_argument("--png", help="write a Gantt chart here: .png, .svg or .pdf by extension (plot extra)")
     sh.set_defaults(func=cmd_show)
+    r = sub.add_parser("run", help="execute a plan: one step of a tiny Llama on local gloo workers (torch extra)")
+    r.add_argument("plan")
+    r.add_argument("--nproc", type=int, help="processes to spawn (default and only valid value: the plan's GPUs)")
+    r.add_argument("--max-tokens", type=int, default=256, help="tokens per stand-in document (default 256)")
+    r.add_argument("--seed", type=int, default=0, help="model and token seed")
+    r.add_argument("--timeout", type=float, default=120, help="seconds before a stuck collective fails")
+    r.set_defaults(func=cmd_run)
     lt = sub.add_parser("latency", help="the step model's table for every (TP, CP)")
     _add_cluster(lt)
     lt.add_argument("--at", help="lengths to price, comma-separated, K/M suffixes allowed (default 1K,8K,32K,128K)")

@@ -28,7 +28,7 @@ def plan_file(tmp_path_factory):
     return path
 
 
-@pytest.mark.parametrize("command", ["", "solve", "compare", "sweep", "validate", "show", "latency"])
+@pytest.mark.parametrize("command", ["", "solve", "compare", "sweep", "validate", "show", "latency", "run"])
 def test_help(command):
     r = run(*([command] if command else []), "--help")
     assert r.returncode == 0 and "usage" in r.stdout
@@ -249,3 +249,22 @@ def test_show_writes_svg_and_pdf(plan_file, tmp_path, suffix, magic):
     r = run("show", str(plan_file), "--png", str(path))
     assert r.returncode == 0, r.stderr
     assert path.read_bytes()[:len(magic)] == magic
+
+
+def test_run_executes_a_plan_on_local_workers(tmp_path):
+    pytest.importorskip("torch")
+    out = tmp_path / "p.json"
+    assert run("solve", "--lengths", "9000,3000,1000", "--gpus", "4", "--model", "llama2-7b", "--time-limit", "2",
+               "--out", str(out)).returncode == 0
+    r = run("run", str(out), "--nproc", "4", "--max-tokens", "64")
+    assert r.returncode == 0, r.stderr
+    assert "loss" in r.stdout and "measured s" in r.stdout
+    r = run("run", str(out), "--nproc", "3")
+    assert r.returncode == 2 and "--nproc 3" in r.stderr
+
+
+def test_module_entry_for_torchrun_has_help():
+    pytest.importorskip("torch")
+    r = subprocess.run([sys.executable, "-m", "hetero_sched.runtime", "--help"], capture_output=True, text=True,
+                       check=False)
+    assert r.returncode == 0 and "torchrun" in r.stdout

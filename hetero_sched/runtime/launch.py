@@ -1,0 +1,84 @@
+"""Starting ranks: `spawn` (local gloo workers, used by `hetero-sched run` and the tests) and
+`from_environment` (torchrun: RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT; NCCL when CUDA is there)."""
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import socket
+import time
+
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+from ..plan import Plan
+from .model import TinyConfig, TinyLlama
+from .parallel import init_groups, run_step
+
+DEFAULT_TIMEOUT_S = 120  # collectives that wait longer fail with torch's timeout message instead of hanging
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def spawn(worker, nproc: int, *args, timeout_s: float = DEFAULT_TIMEOUT_S) -> None:
+    """Run worker(rank, *args) in nproc processes joined by a gloo process group on this machine."""
+    port = free_port()
+    mp.spawn(_entry, args=(worker, nproc, port, timeout_s, args), nprocs=nproc, join=True)
+
+
+def _entry(rank: int, worker, nproc: int, port: int, timeout_s: float, args) -> None:
+    os.environ["MASTER_ADDR"], os.environ["MASTER_PORT"] = "127.0.0.1", str(port)
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", rank=rank, world_size=nproc, timeout=dt.timedelta(seconds=timeout_s))
+    try:
+        worker(rank, *args)
+    finally:
+        dist.destroy_process_group()
+
+
+def from_environment(timeout_s: float = DEFAULT_TIMEOUT_S) -> int:
+    """Join the process group torchrun describes; returns this rank."""
+    backend = "nccl" if torch.cuda.is_available() else "gloo"
+    dist.init_process_group(backend, timeout=dt.timedelta(seconds=timeout_s))
+    return dist.get_rank()
+
+
+def demo_tokens(plan: Plan, max_tokens: int, seed: int, vocab: int) -> list[torch.Tensor]:
+    """Random documents standing in for the plan's sequences: each min(length, max_tokens) tokens, at
+    least 2·cp of its group (CPU runs cannot afford the plan's real lengths)."""
+    cp_of = {i: g.cp for g in plan.groups for i in g.sequence_ids}
+    gen = torch.Generator().manual_seed(seed)
+    return [torch.randint(vocab, (max(2 * cp_of[i], min(n, max_tokens)),), generator=gen)
+            for i, n in enumerate(plan.lengths)]
+
+
+def demo_step(rank: int, plan_json: str, max_tokens: int, seed: int, out_path: str | None) -> dict:
+    """One step of the tiny model on demo tokens; rank 0 writes (and returns) the per-group report."""
+    plan = Plan.from_json(plan_json)
+    torch.manual_seed(seed)
+    model = TinyLlama(TinyConfig())
+    tokens = demo_tokens(plan, max_tokens, seed, model.config.vocab)
+    groups = init_groups(plan)
+    dist.barrier()
+    start = time.perf_counter()
+    grads = run_step(plan, model, tokens, groups)
+    wall = time.perf_counter() - start
+    mine = {"rank": rank, "group": groups.view.group, "seconds": grads.seconds, "sync": grads.sync_seconds}
+    everyone = [None] * dist.get_world_size()
+    dist.all_gather_object(everyone, mine)
+    # the rank that finished computing last waits least: its sync time is the synchronisation itself
+    report = {"loss": grads.loss, "wall_s": wall, "sync_s": min(r["sync"] for r in everyone), "groups": []}
+    for k, g in enumerate(plan.groups):
+        secs = [r["seconds"] for r in everyone if r["group"] == k]
+        report["groups"].append({"group": k, "tp": g.tp, "cp": g.cp, "sequences": len(g.sequence_ids),
+                                 "tokens": int(sum(len(tokens[i]) for i in g.sequence_ids)),
+                                 "seconds": max(secs)})
+    if rank == 0 and out_path:
+        with open(out_path, "w") as fh:
+            json.dump(report, fh)
+    return report

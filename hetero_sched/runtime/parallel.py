@@ -1,0 +1,281 @@
+"""Executing a plan with torch.distributed: process groups, tensor/context-parallel TinyLlama, one step.
+
+Tensor parallelism (Megatron-LM): q/k/v, gate and up projections are column-parallel (each TP rank holds
+heads/tp query heads, kv_heads/tp key/value heads, ffn/tp MLP columns), o and down projections
+row-parallel; `copy_to_tp` (identity forward, all-reduce backward) enters each parallel region and
+`reduce_from_tp` (all-reduce forward, identity backward) leaves it. Norms, embedding and LM head are
+replicated inside a TP group: every TP rank computes the same loss, and only TP rank 0 contributes it.
+
+Context parallelism: each document of a micro-batch is cut in 2·cp zigzag chunks (view.py); a CP rank
+runs its chunks' queries and all-gathers keys and values from its CP group (padded to the longest
+rank; backward: all-reduce of the key/value gradients, each rank keeping its own rows). Masks use each
+token's document and absolute position, so packed documents never see each other and causality holds.
+
+Cross-group gradient synchronisation (groups of different TP hold differently sharded gradients):
+  1. inside each TP group, all-gather the sharded gradients to full tensors (layout TP1);
+  2. TP rank 0 of every group contributes its full gradients, every other rank (and idle ranks) zeros;
+  3. one all-reduce (sum) over the world of the flattened gradients and the loss.
+Per rank that moves (tp−1)/tp · |shards| in step 1 and 2·(N−1)/N · 4P bytes (fp32 here; 2P in bf16)
+in step 3's ring all-reduce. The step model's sync_ms charges a ZeRO-1 layout of the smallest TP degree
+t_L (reduce-scatter + all-gather of 2P/t_L bytes): the same volume when t_L = 1, t_L times less
+otherwise — this reference runtime syncs in the TP1 layout and pays more than the model when every
+group has TP ≥ 2.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from ..plan import Plan
+from .model import TinyConfig, TinyLlama, attention, rms_norm, rope
+from .view import RankView, rank_plan, zigzag_chunks
+
+# parameter-name suffix → dimension it is split along under TP (others are replicated)
+SHARDED = {"q_proj.weight": 0, "k_proj.weight": 0, "v_proj.weight": 0, "gate_proj.weight": 0,
+           "up_proj.weight": 0, "o_proj.weight": 1, "down_proj.weight": 1}
+
+
+@dataclass(kw_only=True, slots=True)
+class RankGroups:
+    """The process groups a rank computes in (None for an idle rank)."""
+
+    view: RankView
+    tp_group: object | None
+    cp_group: object | None
+
+
+class StepGrads(dict):
+    """parameter name → full gradient (identical on every rank); `.loss` the global loss, `.seconds` the
+    rank's compute time and `.sync_seconds` its gradient synchronisation time."""
+
+    loss: float = float("nan")
+    seconds: float = 0.0
+    sync_seconds: float = 0.0
+
+
+# ---- process groups -----------------------------------------------------------------------------------------
+def check_world(plan: Plan) -> None:
+    if not dist.is_available() or not dist.is_initialized():
+        raise ValueError("torch.distributed is not initialised: call init_process_group first")
+    if dist.get_world_size() != plan.cluster.gpus:
+        raise ValueError(f"the plan is for {plan.cluster.gpus} ranks but the world has {dist.get_world_size()}")
+
+
+def init_groups(plan: Plan) -> RankGroups:
+    """Collective: every rank creates every TP and CP group, in plan order (torch requires all ranks to
+    call new_group for every group, in the same order), and gets back its own."""
+    check_world(plan)
+    rank = dist.get_rank()
+    mine_tp = mine_cp = None
+    for g in plan.groups:
+        for k in range(g.cp):
+            ranks = g.ranks[k * g.tp:(k + 1) * g.tp]
+            group = dist.new_group(ranks)
+            mine_tp = group if rank in ranks else mine_tp
+        for j in range(g.tp):
+            ranks = g.ranks[j::g.tp]
+            group = dist.new_group(ranks)
+            mine_cp = group if rank in ranks else mine_cp
+    return RankGroups(view=rank_plan(plan, rank), tp_group=mine_tp, cp_group=mine_cp)
+
+
+# ---- autograd-aware collectives -------------------------------------------------------------------------------
+class _CopyToTP(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, group):
+        ctx.group = group
+        return x
+
+    @staticmethod
+    def backward(ctx, grad):
+        grad = grad.clone()
+        dist.all_reduce(grad, group=ctx.group)
+        return grad, None
+
+
+class _ReduceFromTP(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, group):
+        x = x.clone()
+        dist.all_reduce(x, group=group)
+        return x
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad, None
+
+
+class _GatherCP(torch.autograd.Function):
+    """x [n_r, ...] on each CP rank → concatenation over ranks; sizes[r] = n_r (known to every rank)."""
+
+    @staticmethod
+    def forward(ctx, x, group, sizes, rank):
+        ctx.group, ctx.sizes, ctx.rank = group, sizes, rank
+        most = max(sizes)
+        padded = x.new_zeros((most, *x.shape[1:]))
+        padded[:len(x)] = x
+        parts = [torch.empty_like(padded) for _ in sizes]
+        dist.all_gather(parts, padded.contiguous(), group=group)
+        return torch.cat([p[:n] for p, n in zip(parts, sizes)])
+
+    @staticmethod
+    def backward(ctx, grad):
+        grad = grad.contiguous().clone()
+        dist.all_reduce(grad, group=ctx.group)  # Σ over ranks of d(loss_r)/d(gathered)
+        start = sum(ctx.sizes[:ctx.rank])
+        return grad[start:start + ctx.sizes[ctx.rank]], None, None, None
+
+
+def _tp_in(x, view, groups):
+    return _CopyToTP.apply(x, groups.tp_group) if view.tp > 1 else x
+
+
+def _tp_out(x, view, groups):
+    return _ReduceFromTP.apply(x, groups.tp_group) if view.tp > 1 else x
+
+
+# ---- one micro-batch on one rank -------------------------------------------------------------------------------
+@dataclass(kw_only=True, slots=True)
+class _Layout:
+    """Tokens of a packed micro-batch this CP rank holds, and the keys' metadata over the CP group."""
+
+    index: torch.Tensor    # [n] global token ids (into the concatenated micro-batch)
+    pos: torch.Tensor
+    doc: torch.Tensor
+    sizes: list            # tokens held by each CP rank
+    all_pos: torch.Tensor  # positions and documents of the gathered keys, rank after rank
+    all_doc: torch.Tensor
+
+
+def _layout(lengths: list[int], cp: int, cp_rank: int) -> _Layout:
+    per_rank = []
+    for r in range(cp):
+        pos, doc = [], []
+        for d, n in enumerate(lengths):
+            for a, b in zigzag_chunks(n, cp, r):
+                pos.append(torch.arange(a, b))
+                doc.append(torch.full((b - a,), d))
+        per_rank.append((torch.cat(pos), torch.cat(doc)))
+    pos, doc = per_rank[cp_rank]
+    offsets = torch.tensor([0] + lengths[:-1]).cumsum(0)
+    return _Layout(index=offsets[doc] + pos, pos=pos, doc=doc, sizes=[len(p) for p, _ in per_rank],
+                   all_pos=torch.cat([p for p, _ in per_rank]), all_doc=torch.cat([d for _, d in per_rank]))
+
+
+def _micro_batch_loss(params: dict, cfg: TinyConfig, docs: list[torch.Tensor], view: RankView,
+                      groups: RankGroups) -> torch.Tensor:
+    """Σ CE over the next-token targets of this rank's tokens of the micro-batch (not normalised)."""
+    lay = _layout([len(t) for t in docs], view.cp, view.cp_rank)
+    stream = torch.cat(docs)
+    ends = torch.tensor([len(t) for t in docs])[lay.doc]
+    has_target = lay.pos < ends - 1
+    x = nn.functional.embedding(stream[lay.index], params["embed.weight"])
+    hq, hkv, hd = cfg.heads // view.tp, cfg.kv_heads // view.tp, cfg.head_dim
+    for b in range(cfg.layers):
+        p = {k.split(".", 2)[2]: v for k, v in params.items() if k.startswith(f"blocks.{b}.")}
+        h = _tp_in(rms_norm(x, p["attn_norm"], cfg.norm_eps), view, groups)
+        q = rope(nn.functional.linear(h, p["q_proj.weight"]).view(-1, hq, hd), lay.pos, cfg.rope_theta)
+        k = rope(nn.functional.linear(h, p["k_proj.weight"]).view(-1, hkv, hd), lay.pos, cfg.rope_theta)
+        v = nn.functional.linear(h, p["v_proj.weight"]).view(-1, hkv, hd)
+        if view.cp > 1:
+            k = _GatherCP.apply(k, groups.cp_group, lay.sizes, view.cp_rank)
+            v = _GatherCP.apply(v, groups.cp_group, lay.sizes, view.cp_rank)
+            a = attention(q, k, v, lay.pos, lay.all_pos, lay.doc, lay.all_doc)
+        else:
+            a = attention(q, k, v, lay.pos, lay.pos, lay.doc, lay.doc)
+        x = x + _tp_out(nn.functional.linear(a.reshape(len(x), -1), p["o_proj.weight"]), view, groups)
+        h = _tp_in(rms_norm(x, p["mlp_norm"], cfg.norm_eps), view, groups)
+        mlp = nn.functional.silu(nn.functional.linear(h, p["gate_proj.weight"])) * \
+            nn.functional.linear(h, p["up_proj.weight"])
+        x = x + _tp_out(nn.functional.linear(mlp, p["down_proj.weight"]), view, groups)
+    logits = nn.functional.linear(rms_norm(x, params["norm"], cfg.norm_eps), params["lm_head.weight"])
+    targets = stream[(lay.index + 1).clamp(max=len(stream) - 1)]
+    return nn.functional.cross_entropy(logits[has_target], targets[has_target], reduction="sum")
+
+
+# ---- sharding and synchronisation ------------------------------------------------------------------------------
+def _shard_dim(name: str) -> int | None:
+    return next((d for suffix, d in SHARDED.items() if name.endswith(suffix)), None)
+
+
+def _local_params(model: TinyLlama, view: RankView) -> dict:
+    out = {}
+    for name, p in model.named_parameters():
+        d = _shard_dim(name)
+        w = p.detach()
+        if d is not None and view.tp > 1:
+            w = w.chunk(view.tp, dim=d)[view.tp_rank]
+        out[name] = w.clone().requires_grad_(True)
+    return out
+
+
+def _synchronise(model: TinyLlama, local: dict, view: RankView, groups: RankGroups, loss: float):
+    """The three steps of the module docstring; returns (full gradients, global loss)."""
+    leader = not view.idle and view.tp_rank == 0
+    flat = []
+    for name, p in model.named_parameters():
+        g = local[name].grad if local[name].grad is not None else torch.zeros_like(local[name])
+        d = _shard_dim(name)
+        if d is not None and view.tp > 1:
+            parts = [torch.empty_like(g) for _ in range(view.tp)]
+            dist.all_gather(parts, g.contiguous(), group=groups.tp_group)
+            g = torch.cat(parts, dim=d)
+        flat.append((g if leader else torch.zeros_like(p)).reshape(-1))
+    flat.append(torch.tensor([loss if leader else 0.0], dtype=flat[0].dtype))
+    buf = torch.cat(flat)
+    dist.all_reduce(buf)
+    grads, offset = StepGrads(), 0
+    for name, p in model.named_parameters():
+        grads[name] = buf[offset:offset + p.numel()].view_as(p).clone()
+        offset += p.numel()
+    return grads, float(buf[-1])
+
+
+# ---- the step ---------------------------------------------------------------------------------------------------
+def check_step_inputs(plan: Plan, model: TinyLlama, tokens) -> None:
+    """Every check that must fail identically on every rank before any collective (so nothing hangs)."""
+    check_world(plan)
+    if len(tokens) != len(plan.lengths):
+        raise ValueError(f"the plan has {len(plan.lengths)} sequences but {len(tokens)} token tensors were given")
+    for k, g in enumerate(plan.groups):
+        try:
+            model.config.check_tp(g.tp)
+        except ValueError as exc:
+            raise ValueError(f"group {k}: {exc}") from None
+        for i in g.sequence_ids:
+            t = tokens[i]
+            if not isinstance(t, torch.Tensor) or t.dim() != 1:
+                raise ValueError(f"tokens[{i}] must be a 1-D tensor of token ids, got "
+                                 f"{type(t).__name__} of shape {tuple(getattr(t, 'shape', ()))}")
+            if len(t) < 2 * g.cp:
+                raise ValueError(f"tokens[{i}] has {len(t)} tokens; group {k} (TP{g.tp}xCP{g.cp}) needs at least "
+                                 f"2*cp = {2 * g.cp}")
+
+
+def run_step(plan: Plan, model: TinyLlama, tokens, groups: RankGroups | None = None) -> StepGrads:
+    """Collective: one training step of `plan` on `tokens` (tokens[i] is sequence i); returns every
+    parameter's full gradient of loss = Σ_i Σ_{t<L_i−1} CE / Σ_i (L_i − 1), identical on every rank."""
+    check_step_inputs(plan, model, tokens)
+    groups = groups or init_groups(plan)
+    view = groups.view
+    bad = [i for i in view.sequence_ids if tokens[i].dtype != torch.long]
+    if bad:  # only this rank's own sequences are read: placeholders elsewhere may be anything 1-D
+        raise ValueError(f"tokens[{bad[0]}] must hold integer token ids (torch.long), got {tokens[bad[0]].dtype}")
+    total = sum(len(t) - 1 for t in tokens)
+    local = _local_params(model, view)
+    start = time.perf_counter()
+    loss = 0.0
+    if not view.idle:
+        for mb in view.micro_batches:
+            part = _micro_batch_loss(local, model.config, [tokens[i] for i in mb], view, groups) / total
+            part.backward()
+            loss += float(part.detach())
+    seconds = time.perf_counter() - start
+    grads, global_loss = _synchronise(model, local, view, groups, loss)
+    grads.loss, grads.seconds = global_loss, seconds
+    grads.sync_seconds = time.perf_counter() - start - seconds
+    return grads
