@@ -47,7 +47,8 @@ def _add_solver(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0, help="the solver's random seed")
     p.add_argument("--work-limit", type=float, help="deterministic work limit instead of wall-clock luck: "
                    "CP-SAT deterministic seconds, HiGHS/CBC branch-and-bound nodes; with --threads 1 the plan "
-                   "is reproducible byte for byte (wall-time fields aside)")
+                   "is reproducible byte for byte (wall-time fields aside); --time-limit is then not applied, since "
+                   "the plan must not depend on the machine's load")
     p.add_argument("--objective", default="step", choices=["step", "makespan"],
                    help="minimise the step: makespan + exposed gradient sync (default), or the slowest group")
     p.add_argument("--round-lengths", type=int, metavar="N",
@@ -364,6 +365,39 @@ def cmd_run(args) -> int:
     return 0
 
 
+def cmd_plan_dataset(args) -> int:
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
+
+    from .dataset import PlanOptions, StepRule, plan_dataset, read_documents
+
+    _check_solver_args(args)
+    if args.executor not in ("local", "ray"):
+        raise ValueError(f"unknown executor {args.executor!r}; choose local or ray")
+    if args.workers < 1:
+        raise ValueError(f"--workers must be >= 1, got {args.workers}")
+    if args.address and args.executor != "ray":
+        raise ValueError("--address joins a Ray cluster: it needs --executor ray")
+    rule = StepRule(tokens_per_step=args.tokens_per_step, context=args.context, shuffle=args.shuffle,
+                    delay_steps=args.delay_steps, outlier_factor=args.outlier_factor)
+    lengths = read_documents(args.data, args.column, args.tokenizer)
+    lat = _setup(args)
+    opts = PlanOptions(model=lat.model.to_dict(), cluster=lat.cluster.to_dict(), table=args.table,
+                       backend=args.backend, time_limit_s=args.time_limit, work_limit=args.work_limit,
+                       threads=args.threads, seed=args.seed, objective=args.objective,
+                       round_lengths=args.round_lengths)
+    with Progress(*Progress.get_default_columns()[:1], BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  console=err, transient=True) as bar:
+        task = bar.add_task("planning steps", total=None)
+        run = plan_dataset(lengths, rule, opts, args.out, executor=args.executor, workers=args.workers,
+                           address=args.address, progress=lambda k, n: bar.update(task, completed=k, total=n))
+    out.print(f"{len(run.steps)} steps ({run.done_before} already planned, {run.planned} now) in {args.out}; "
+              f"summary in {args.out}/summary.md")
+    summary = (Path(args.out) / "summary.md").read_text().splitlines()
+    for line in summary[4:9]:
+        out.print(line, markup=False)
+    return 0
+
+
 # ---- parser and entry point -----------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="hetero-sched", description="Plan heterogeneous TP/CP groups for a "
@@ -406,6 +440,22 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--seed", type=int, default=0, help="model and token seed")
     r.add_argument("--timeout", type=float, default=120, help="seconds before a stuck collective fails")
     r.set_defaults(func=cmd_run)
+    d = sub.add_parser("plan-dataset", help="plan every step of a dataset (process pool or Ray) into plans.jsonl")
+    d.add_argument("data", help="lengths (.parquet .jsonl .csv .txt .json) or, with --tokenizer, text (.parquet .jsonl)")
+    d.add_argument("--column", help="the length column, or the text column with --tokenizer")
+    d.add_argument("--tokenizer", help="a Hugging Face tokenizer.json to count the tokens of a text column")
+    d.add_argument("--tokens-per-step", type=int, required=True, help="tokens per step (documents packed in order)")
+    d.add_argument("--context", type=int, default=131072, help="documents are truncated here (default 131072)")
+    d.add_argument("--shuffle", type=int, metavar="SEED", help="shuffle the documents with this seed")
+    d.add_argument("--delay-steps", type=int, default=0, help="outliers may wait up to this many steps (default 0)")
+    d.add_argument("--outlier-factor", type=float, default=4.0,
+                   help="an outlier is longer than this many times the mean document (default 4)")
+    d.add_argument("--executor", default="local", help="local (process pool, default) or ray")
+    d.add_argument("--workers", type=int, default=1, help="worker processes or Ray CPUs (default 1)")
+    d.add_argument("--address", help="a running Ray cluster to join (--executor ray)")
+    d.add_argument("--out", required=True, help="output folder (resumed when it holds this run's plans)")
+    _add_cluster(d), _add_solver(d)
+    d.set_defaults(func=cmd_plan_dataset, threads=1)
     lt = sub.add_parser("latency", help="the step model's table for every (TP, CP)")
     _add_cluster(lt)
     lt.add_argument("--at", help="lengths to price, comma-separated, K/M suffixes allowed (default 1K,8K,32K,128K)")

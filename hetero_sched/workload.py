@@ -38,19 +38,35 @@ def parse_lengths(text: str) -> list[int]:
 def read_batch(path: str | Path, column: str | None = None) -> list[int]:
     """Token lengths from a file, by extension (see README 'Batches')."""
     path = Path(path)
-    if not path.is_file():
-        raise ValueError(f"batch file {str(path)!r} does not exist")
-    suffix = path.suffix.lower()
-    readers = {".txt": _read_txt, ".csv": _read_csv, ".json": _read_json, ".jsonl": _read_jsonl,
-               ".parquet": _read_parquet}
-    if suffix not in readers:
-        raise ValueError(f"unknown batch format {suffix!r} of {str(path)!r}; use one of {', '.join(readers)}")
-    values = readers[suffix](path, column)
+    values = read_values(path, column)
     if not values:
         raise ValueError(f"batch file {str(path)!r} holds no sequence lengths")
     if len(values) > MAX_SEQUENCES:
         raise ValueError(f"batch file {str(path)!r} holds {len(values)} sequences > limit {MAX_SEQUENCES}")
     return check_lengths([_as_int(v, path, k) for k, v in enumerate(values)])
+
+
+READERS = (".txt", ".csv", ".json", ".jsonl", ".parquet")
+
+
+def read_values(path: str | Path, column: str | None = None) -> list:
+    """The raw entries of a length file (one per row), by extension."""
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"file {str(path)!r} does not exist")
+    readers = dict(zip(READERS, (_read_txt, _read_csv, _read_json, _read_jsonl, _read_parquet)))
+    suffix = path.suffix.lower()
+    if suffix not in readers:
+        raise ValueError(f"unknown format {suffix!r} of {str(path)!r}; use one of {', '.join(readers)}")
+    return readers[suffix](path, column)
+
+
+def as_length(v, path, k) -> int:
+    """Entry k of a length file as a positive integer; ValueError naming the row otherwise."""
+    value = _as_int(v, path, k)
+    if value <= 0:
+        raise ValueError(f"{str(path)!r}: entry {k} is {v!r}, not a positive token length")
+    return value
 
 
 def _as_int(v, path, k):

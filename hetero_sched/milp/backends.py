@@ -68,9 +68,11 @@ def _rows(m: MilpModel, deadline: float):
 
 
 def _left(deadline: float, fallback: float) -> float:
+    """Seconds the backend may still run. Under a deterministic work limit (deadline = inf) the clock
+    must not decide anything, or the plan would depend on the machine's load: no wall-clock limit."""
     import time
 
-    return fallback if deadline == float("inf") else max(0.05, deadline - time.monotonic())
+    return 1e7 if deadline == float("inf") else max(0.05, deadline - time.monotonic())
 
 
 # ---- CP-SAT -----------------------------------------------------------------------------------------

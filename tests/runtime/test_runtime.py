@@ -1,12 +1,12 @@
 """Executing plans on 8 gloo processes (CPU, float64): gradients equal one process running TinyLlama."""
-import json
 
 import pytest
 
 torch = pytest.importorskip("torch")
 
-import hetero_sched as hs  # noqa: E402
-from hetero_sched.baselines.wlb_llm import wlb_llm_plan  # noqa: E402
+from hetero_sched.baselines.wlb_llm import wlb_llm_plan
+
+import hetero_sched as hs
 
 WORLD = 8
 SEED = 1234
@@ -81,7 +81,7 @@ def outcome(tmp_path_factory):
 
 @pytest.mark.parametrize("name", ["solved", "mixed", "homogeneous", "idle", "micro-batches"])
 def test_gradients_equal_one_process(outcome, name):
-    plans, ranks = outcome
+    _, ranks = outcome
     ref = ranks[0][name]["reference"]
     for r in range(WORLD):
         got = ranks[r][name]
