@@ -153,3 +153,36 @@ def test_gpu_preset_matches_the_cited_constants():
     from hetero_sched.latency import constants as K
     spec = hs.Cluster(gpus=8).spec
     assert (spec.nvlink_gbps, spec.ib_gbps) == (K.NVLINK_BUS_GBPS, K.IB_GBPS)
+
+
+class TestSmoothCommunication:
+    @pytest.mark.parametrize("kind,workers,per_node", [("send_recv", 2, 1), ("send_recv", 2, 2),
+                                                       ("all_reduce", 2, 2), ("all_reduce", 4, 4),
+                                                       ("all_reduce", 8, 8)])
+    def test_curves_are_monotone_and_concave(self, kind, workers, per_node):
+        from hetero_sched.latency.nccl import nccl_curve
+
+        curve = nccl_curve("h100", kind, workers, per_node)
+        b = np.geomspace(1, 2**30, 400)
+        t = curve(b)
+        assert (np.diff(t) >= -1e-15).all()
+        slopes = np.diff(t) / np.diff(b)
+        assert (np.diff(slopes) <= 1e-6 * slopes.max()).all()  # concave: latency + size / bandwidth per regime
+        assert curve.floor_ms == pytest.approx(float(curve(0.0)))
+        assert all(lat_ms >= 0 and bw > 0 for lat_ms, bw in curve.regimes())
+
+    def test_no_step_at_128kb(self):
+        # issue 14: 1K tokens on TP8 at 64 GPUs cost 17.1 ms at CP4 and 6.1 ms at CP5
+        lat = hs.latency_model(hs.ModelSpec.preset("llama3-8b"), hs.Cluster(gpus=64))
+        assert lat.seq_latency_ms(1024, 8, 5) >= lat.seq_latency_ms(1024, 8, 4) * 0.8
+
+    @pytest.mark.parametrize("tp", [1, 2, 4, 8])
+    def test_gpu_time_does_not_fall_as_cp_grows(self, tp):
+        """tp·cp·seq_latency_ms never falls with cp, up to FlashAttention's 128-token tile rounding
+        (⌈n(n+1)/2/cp⌉ tile pairs per rank: cp·⌈x/cp⌉ can shrink by < cp tiles, a relative 1e-5 here)."""
+        lat = hs.latency_model(hs.ModelSpec.preset("llama3-8b"), hs.Cluster(gpus=64))
+        for length in (1024, 8192, 32768, 131072):
+            cps = [cp for cp in range(1, 64 // tp + 1) if lat.max_tokens(tp, cp) >= length]
+            gpu_ms = [tp * cp * lat.seq_latency_ms(length, tp, cp) for cp in cps]
+            for a, b in zip(gpu_ms, gpu_ms[1:]):
+                assert b >= a * (1 - 1e-4), (tp, length, a, b)
