@@ -5,6 +5,7 @@ import argparse
 import os
 import signal
 import sys
+import time
 from pathlib import Path
 
 from rich.console import Console
@@ -14,7 +15,7 @@ from . import __version__
 from .io import check_writable, write_atomic
 from .latency import latency_model
 from .milp.backends import BACKENDS
-from .specs import DEFAULT_MODEL, Cluster, ModelSpec
+from .specs import DEFAULT_MODEL, Cluster, ModelSpec, gpu_presets
 
 # Pipes and CI logs get 120 columns instead of rich's 80, so tables are not squeezed.
 _WIDTH = None if sys.stdout.isatty() else int(os.environ.get("COLUMNS", "120"))
@@ -34,10 +35,13 @@ def _add_batch(p: argparse.ArgumentParser, required: bool = True) -> None:
 def _add_cluster(p: argparse.ArgumentParser) -> None:
     p.add_argument("--gpus", type=int, default=16, help="GPUs in the cluster (default 16)")
     p.add_argument("--gpus-per-node", type=int, default=8, help="GPUs per NVLink node (default 8)")
-    p.add_argument("--gpu", default="h100", help="GPU preset, case-insensitive (default h100)")
+    p.add_argument("--gpu", default="h100", help=f"GPU preset, case-insensitive: {', '.join(gpu_presets())} "
+                   "(default h100; only h100 is calibrated, the others scale its curves by datasheet ratios)")
     p.add_argument("--model", help=f"model preset: {', '.join(ModelSpec.presets())} (default {DEFAULT_MODEL})")
     p.add_argument("--hf-config", help="Hugging Face config.json of a dense model, instead of --model")
     p.add_argument("--table", help="profiled latency table (models/README.md) for the table step model")
+    p.add_argument("--calibration", help="calibration file from `hetero-sched profile`: every curve of the step "
+                   "model is read from it")
 
 
 def _add_solver(p: argparse.ArgumentParser) -> None:
@@ -74,7 +78,7 @@ def _setup(args):
         raise ValueError("give either --model or --hf-config, not both")
     model = ModelSpec.from_hf_config(args.hf_config) if args.hf_config else ModelSpec.preset(args.model or DEFAULT_MODEL)
     cluster = Cluster(gpus=args.gpus, gpus_per_node=args.gpus_per_node, gpu=args.gpu)
-    return latency_model(model, cluster, table=args.table)
+    return latency_model(model, cluster, table=args.table, calibration=args.calibration)
 
 
 def _check_solver_args(args) -> None:
@@ -113,7 +117,9 @@ def cmd_solve(args) -> int:
 
 
 def print_plan(plan) -> None:
-    t = Table(title=f"{plan.model.name} on {plan.cluster.gpus} x {plan.cluster.gpu} "
+    gpu = plan.cluster.gpu if plan.cluster.spec.calibrated or plan.latency_model.get("calibration_sha256") \
+        else f"{plan.cluster.gpu} (UNCALIBRATED)"
+    t = Table(title=f"{plan.model.name} on {plan.cluster.gpus} x {gpu} "
                     f"({plan.cluster.gpus_per_node}/node): {len(plan.lengths)} sequences, "
                     f"{sum(plan.lengths):,} tokens")
     for col in ("group", "TP", "CP", "ranks", "sequences", "tokens", "micro-batches", "latency ms", "memory GB"):
@@ -173,9 +179,10 @@ def cmd_latency(args) -> int:
         rows.append([tp, cp, cap, lat.overhead_ms(tp, cp)] + [lat.seq_latency_ms(x, tp, cp) if x <= cap else None
                                                                for x in lengths])
     if args.csv:
-        write_atomic(args.csv, _csv(["tp", "cp", "max_tokens", "overhead_ms"] + [f"ms_at_{x}" for x in lengths], rows))
+        header_csv = ["gpu", "calibrated", "tp", "cp", "max_tokens", "overhead_ms"] + [f"ms_at_{x}" for x in lengths]
+        write_atomic(args.csv, _csv(header_csv, [[lat.cluster.gpu, lat.calibrated, *r] for r in rows]))
         err.print(f"latency table written to {args.csv}")
-    t = Table(title=f"step model ({lat.kind}) for {lat.model.name} on {lat.cluster.gpus} x {lat.cluster.gpu}: "
+    t = Table(title=f"step model ({lat.kind}) for {lat.model.name} on {lat.cluster.gpus} x {gpu_label(lat)}: "
                     "fwd+recompute+bwd, all layers, ms ('-': does not fit)")
     for col in header:
         t.add_column(col, justify="right")
@@ -183,6 +190,15 @@ def cmd_latency(args) -> int:
         t.add_row(str(r[0]), str(r[1]), f"{r[2]:,}", f"{r[3]:.1f}", *("-" if v is None else f"{v:,.1f}" for v in r[4:]))
     out.print(t)
     return 0
+
+
+def gpu_label(lat) -> str:
+    """The GPU's name, flagged when its curves were not measured on it."""
+    if lat.k.calibrated_by_file:
+        return f"{lat.cluster.gpu} (calibrated: {lat.k.source})"
+    if not lat.calibrated:
+        return f"{lat.cluster.gpu} (UNCALIBRATED: H100 curves scaled by datasheet ratios)"
+    return lat.cluster.gpu
 
 
 def _csv(header, rows) -> str:
@@ -251,7 +267,7 @@ def cmd_compare(args) -> int:
 
 def cmd_validate(args) -> int:
     plan = _read_plan(args.plan)
-    lat = _setup_from_plan(plan, args.table) if args.table else None
+    lat = _setup_from_plan(plan, args.table, args.calibration) if args.table or args.calibration else None
     problems = plan.validate(lat)
     if problems:
         err.print(f"{args.plan}: INVALID ({len(problems)} problems)")
@@ -273,8 +289,11 @@ def _read_plan(path):
     return Plan.from_json(text)
 
 
-def _setup_from_plan(plan, table):
-    return latency_model(plan.model, plan.cluster, table=table)
+def _setup_from_plan(plan, table, calibration=None):
+    lat = latency_model(plan.model, plan.cluster, table=table, calibration=calibration)
+    if lat.describe() != plan.latency_model:
+        raise ValueError(f"the step model given ({lat.describe()}) is not the plan's ({plan.latency_model})")
+    return lat
 
 
 def cmd_show(args) -> int:
@@ -398,6 +417,32 @@ def cmd_plan_dataset(args) -> int:
     return 0
 
 
+def cmd_profile(args) -> int:
+    check_writable(args.out)
+    if args.hf_config and args.model:
+        raise ValueError("give either --model or --hf-config, not both")
+    model = ModelSpec.from_hf_config(args.hf_config) if args.hf_config else ModelSpec.preset(args.model or DEFAULT_MODEL)
+    try:
+        import torch  # noqa: F401
+
+        from .profile import profile, write_calibration
+    except ImportError:
+        raise ValueError("profiling needs PyTorch: pip install 'hetero-sched[torch]'") from None
+    start = time.monotonic()
+    doc = profile(model, device=args.device, quick=args.quick)
+    write_calibration(doc, args.out)
+    g, a = doc["gemm"], doc["attention"]
+    out.print(f"{doc['device']['name']} ({doc['device']['kind']}), {doc['software']['attention']}: GEMM peak "
+              f"{g['peak_tflops']:.1f} TFLOP/s (m½ {g['m_half']:.0f}, floor {g['floor_ms'] * 1e3:.1f} us), attention "
+              f"forward {min(a['fwd_tflops']):.2f}-{max(a['fwd_tflops']):.2f} TFLOP/s, backward rate "
+              f"{a['bwd_rate']:.2f}; {len(doc['gemm']['measurements'])} GEMM, "
+              f"{len(doc['pointwise']['measurements'])} pointwise, {len(a['measurements'])} attention timings "
+              f"in {time.monotonic() - start:.0f} s")
+    out.print(doc["nccl_note"])
+    err.print(f"calibration written to {args.out}")
+    return 0
+
+
 # ---- parser and entry point -----------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="hetero-sched", description="Plan heterogeneous TP/CP groups for a "
@@ -428,6 +473,7 @@ def build_parser() -> argparse.ArgumentParser:
     v = sub.add_parser("validate", help="re-check a plan JSON: 0 valid, 1 invalid, 2 unreadable")
     v.add_argument("plan")
     v.add_argument("--table", help="the profiled table a table-model plan was made with")
+    v.add_argument("--calibration", help="the calibration file the plan was made with")
     v.set_defaults(func=cmd_validate)
     sh = sub.add_parser("show", help="a plan JSON as a table and a Gantt chart")
     sh.add_argument("plan")
@@ -456,6 +502,13 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--out", required=True, help="output folder (resumed when it holds this run's plans)")
     _add_cluster(d), _add_solver(d)
     d.set_defaults(func=cmd_plan_dataset, threads=1)
+    pr = sub.add_parser("profile", help="time this GPU's kernels and write a calibration file (torch extra)")
+    pr.add_argument("--model", help=f"model preset whose shapes are timed (default {DEFAULT_MODEL})")
+    pr.add_argument("--hf-config", help="Hugging Face config.json instead of --model")
+    pr.add_argument("--out", default="calibration.json", help="calibration file to write (default calibration.json)")
+    pr.add_argument("--device", default="cuda", help="cuda (default) or cpu (to exercise the code path)")
+    pr.add_argument("--quick", action="store_true", help="a reduced sweep (under a minute on 2 CPU cores)")
+    pr.set_defaults(func=cmd_profile)
     lt = sub.add_parser("latency", help="the step model's table for every (TP, CP)")
     _add_cluster(lt)
     lt.add_argument("--at", help="lengths to price, comma-separated, K/M suffixes allowed (default 1K,8K,32K,128K)")

@@ -263,6 +263,8 @@ def _check_group(k: int, g: Group, n: int, cl: Cluster, model: ModelSpec, used: 
 def latency_for(plan: Plan) -> LatencyModel:
     """Rebuild the step model a plan names (analytic, or a shipped table identified by its hash)."""
     desc = plan.latency_model
+    if desc.get("calibration_sha256"):
+        raise ValueError("the plan was made with a calibration file; pass it with --calibration")
     if desc.get("kind") == "analytic":
         return latency_model(plan.model, plan.cluster)
     if desc.get("kind") == "table":

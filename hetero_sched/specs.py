@@ -124,18 +124,64 @@ class GpuSpec:
     memory_gb: float
     """Device memory, GB (1e9 bytes)."""
     peak_tflops: float
-    """Dense bf16 peak, TFLOP/s."""
+    """Dense bf16 peak, TFLOP/s (datasheet)."""
+    hbm_tbps: float
+    """Memory bandwidth, TB/s (datasheet)."""
     nvlink_gbps: float
-    """Intra-node all-reduce bus bandwidth for large messages, GB/s."""
+    """Intra-node all-reduce bus bandwidth for large messages, GB/s (measured on H100; scaled by the
+    datasheet NVLink bandwidth for the others)."""
     ib_gbps: float
-    """Inter-node point-to-point bandwidth per GPU, GB/s."""
+    """Inter-node point-to-point bandwidth per GPU, GB/s (measured on H100; scaled by the NIC rate)."""
+    calibrated: bool
+    """True when the step model's kernel and NCCL curves were measured on this GPU; otherwise the H100
+    curves are scaled by datasheet ratios (compute: peak TFLOP/s; pointwise: HBM bandwidth; NCCL: link
+    bandwidth) — say so wherever its numbers are shown."""
+    source: str
+    """Where the figures come from."""
 
 
-# H100 SXM5: 80 GB HBM3 and 989 TFLOP/s dense bf16 (NVIDIA datasheet); bandwidths are the measured
-# large-message medians of the shipped vidur NCCL tables (latency/constants.py: NVLINK_BUS_GBPS, IB_GBPS).
+# H100 measured bandwidths: large-message medians of the shipped vidur NCCL tables (latency/constants.py:
+# NVLINK_BUS_GBPS = 364.7 of the 900 GB/s NVLink 4 datasheet figure; IB_GBPS = 35.9 of a 400 Gb/s NIC).
+# Other GPUs' bandwidths scale those by the datasheet link rates.
+_H100_NVLINK_DATASHEET, _H100_NIC_GBITS = 900.0, 400.0
+
+
+def _scaled_preset(name, memory_gb, peak, hbm, nvlink, nic_gbits, source) -> GpuSpec:
+    return GpuSpec(name=name, memory_gb=memory_gb, peak_tflops=peak, hbm_tbps=hbm,
+                   nvlink_gbps=round(364.7 * nvlink / _H100_NVLINK_DATASHEET, 1),
+                   ib_gbps=round(35.9 * nic_gbits / _H100_NIC_GBITS, 1), calibrated=False, source=source)
+
+
 _GPU_PRESETS = {
-    "h100": GpuSpec(name="h100", memory_gb=80.0, peak_tflops=989.0, nvlink_gbps=364.7, ib_gbps=35.9),
+    # H100 SXM5: 80 GB HBM3 at 3.35 TB/s, 989 TFLOP/s dense bf16, NVLink 4 900 GB/s (NVIDIA H100 datasheet);
+    # every curve of the step model is fitted on H100 measurements (vidur tables, FlashAttention-3 paper).
+    "h100": GpuSpec(name="h100", memory_gb=80.0, peak_tflops=989.0, hbm_tbps=3.35, nvlink_gbps=364.7, ib_gbps=35.9,
+                    calibrated=True, source="NVIDIA H100 datasheet; curves measured (vidur H100 tables)"),
+    # A100 SXM4 80GB: 80 GB HBM2e at 2.039 TB/s, 312 TFLOP/s dense bf16, NVLink 3 600 GB/s (NVIDIA A100
+    # datasheet); HDR InfiniBand 200 Gb/s per GPU (DGX A100: 8 x ConnectX-6 200 Gb/s).
+    "a100-80g": _scaled_preset("a100-80g", 80.0, 312.0, 2.039, 600.0, 200.0,
+                               "NVIDIA A100 datasheet, DGX A100 (ConnectX-6 HDR 200 Gb/s); H100 curves scaled"),
+    # H200 SXM: 141 GB HBM3e at 4.8 TB/s, 989 TFLOP/s dense bf16, NVLink 4 900 GB/s (NVIDIA H200 datasheet);
+    # 400 Gb/s NDR per GPU (DGX H200: 8 x ConnectX-7).
+    "h200": _scaled_preset("h200", 141.0, 989.0, 4.8, 900.0, 400.0,
+                           "NVIDIA H200 datasheet, DGX H200 (ConnectX-7 400 Gb/s); H100 curves scaled"),
+    # B200 (HGX/DGX B200): 180 GB HBM3e at 8 TB/s, 2.25 PFLOP/s dense bf16 (4.5 sparse), NVLink 5 1.8 TB/s
+    # (NVIDIA DGX B200 datasheet: 1,440 GB over 8 GPUs, 72 PFLOPS FP8 training); 400 Gb/s ConnectX-7 per GPU.
+    "b200": _scaled_preset("b200", 180.0, 2250.0, 8.0, 1800.0, 400.0,
+                           "NVIDIA DGX B200 datasheet (ConnectX-7 400 Gb/s); H100 curves scaled"),
 }
+REFERENCE_GPU = "h100"
+
+
+def gpu_preset(name: str) -> GpuSpec:
+    key = name.lower() if isinstance(name, str) else name
+    if key not in _GPU_PRESETS:
+        raise ValueError(f"unknown GPU {name!r}; known: {', '.join(sorted(_GPU_PRESETS))}")
+    return _GPU_PRESETS[key]
+
+
+def gpu_presets() -> list[str]:
+    return sorted(_GPU_PRESETS)
 
 
 @dataclass(kw_only=True, frozen=True, slots=True)
@@ -155,10 +201,9 @@ class Cluster:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
                 raise ValueError(f"Cluster.{name} must be a positive integer, got {value!r}")
-        if not isinstance(self.gpu, str) or self.gpu.lower() not in _GPU_PRESETS:
-            raise ValueError(f"unknown GPU {self.gpu!r}; known: {', '.join(sorted(_GPU_PRESETS))}")
-        object.__setattr__(self, "gpu", self.gpu.lower())
-        object.__setattr__(self, "spec", _GPU_PRESETS[self.gpu])
+        spec = gpu_preset(self.gpu)
+        object.__setattr__(self, "gpu", spec.name)
+        object.__setattr__(self, "spec", spec)
 
     def tp_degrees(self, model: ModelSpec) -> list[int]:
         """TP ∈ {1,2,4,8}: inside one node (divides gpus_per_node) and dividing the heads."""

@@ -47,9 +47,9 @@ class AnalyticLatency(LatencyModel):
     kind = "analytic"
     version = "1.0"
 
-    def __init__(self, model, cluster) -> None:
+    def __init__(self, model, cluster, kernels=None) -> None:
         self._affine: dict = {}
-        super().__init__(model, cluster)
+        super().__init__(model, cluster, kernels)
 
     def linear_fwd_ms(self, tokens, tp: int):
         """Affine in tokens (every fitted curve is): intercept + slope·tokens, coefficients cached per tp."""
@@ -63,7 +63,11 @@ class AnalyticLatency(LatencyModel):
         gemms = block_gemm_shapes(m.hidden, m.heads, m.kv_heads, m.ffn, m.gated_mlp, tp)
         widths = pointwise_widths(m.hidden, m.heads, m.kv_heads, m.ffn, tp)
 
+        k = self.k
+
         def at(tokens: float) -> float:
-            return float(sum(gemm_fit_ms(tokens, n, k) for n, k in gemms.values())
-                         + sum(pointwise_fit_ms(op, tokens, w) for op, w in widths.items()))
+            gemm = sum(gemm_fit_ms(tokens, n, kd, k.gemm_floor_ms, k.gemm_peak_tflops, k.gemm_m_half)
+                       for n, kd in gemms.values())
+            pointwise = sum(pointwise_fit_ms(op, tokens, w, k.pointwise) for op, w in widths.items())
+            return float(gemm * k.compute_scale + pointwise * k.memory_scale)
         return at(0.0), at(1.0) - at(0.0)

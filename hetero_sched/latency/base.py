@@ -20,7 +20,7 @@ import numpy as np
 
 from ..specs import Cluster, ModelSpec
 from . import constants as K
-from .nccl import nccl_curve
+from .kernels import Kernels
 
 PASSES_FWD = 1 + K.RECOMPUTE_FORWARDS  # forward + recomputed forward
 GB = 1e9
@@ -32,9 +32,10 @@ class LatencyModel(ABC):
     kind: str = "abstract"
     version: str = "1.0"
 
-    def __init__(self, model: ModelSpec, cluster: Cluster) -> None:
+    def __init__(self, model: ModelSpec, cluster: Cluster, kernels: Kernels | None = None) -> None:
         self.model = model
         self.cluster = cluster
+        self.k = kernels or Kernels.for_gpu(cluster.spec)
         self._overheads: dict = {}
         self._intercepts: dict = {}
         self._check_fits()
@@ -67,7 +68,7 @@ class LatencyModel(ABC):
         tpc0 = self._tp_allreduce(tp).floor_ms * K.TP_ALLREDUCES_PER_LAYER_FWD if tp > 1 else 0.0
         ring0 = (cp - 1) * self._ring_curve(tp, cp, cross_node).floor_ms if cp > 1 else 0.0
         per_layer = ((PASSES_FWD + K.LINEAR_BWD_RATIO) * linear0 + (PASSES_FWD + 1) * tpc0
-                     + (PASSES_FWD + 1) * K.ATTN_FLOOR_MS + (PASSES_FWD + 2) * ring0)
+                     + (PASSES_FWD + 1) * self.k.attn_floor_ms * self.k.compute_scale + (PASSES_FWD + 2) * ring0)
         head0 = (1 + K.LINEAR_BWD_RATIO) * self._gemm_intercept(m.hidden, m.vocab // tp)
         return m.layers * per_layer + head0
 
@@ -107,7 +108,7 @@ class LatencyModel(ABC):
         linear = (self.linear_fwd_ms(T, tp) - self._linear_intercept(tp)) * (PASSES_FWD + K.LINEAR_BWD_RATIO)
         tpc = self._tp_comm_var(T, tp) * (PASSES_FWD + 1)  # backward moves as much as a forward
         attn_fwd = self._attention_fwd_ms(L, tp, cp)
-        attn_bwd = attn_fwd * K.FA_BWD_FLOP_RATIO / K.FA_BWD_RATE
+        attn_bwd = attn_fwd * K.FA_BWD_FLOP_RATIO / self.k.fa_bwd_rate
         ring_fwd = self._ring_var(T, tp, cp, cross)
         ring_bwd = 2 * ring_fwd  # backward circulates K,V and their gradients
         # ring transfers overlap the attention they feed: each pass costs max(compute, transfer)
@@ -216,12 +217,21 @@ class LatencyModel(ABC):
         return max(0.0, clock - T) + allgather
 
     def describe(self) -> dict:
-        return {"kind": self.kind, "version": self.version, "table_sha256": self.table_sha256}
+        d = {"kind": self.kind, "version": self.version, "table_sha256": self.table_sha256}
+        if self.k.calibrated_by_file:
+            d["calibration_sha256"] = self.k.sha256
+        return d
+
+    @property
+    def calibrated(self) -> bool:
+        """Were the curves measured on this GPU (the H100 preset, or a calibration file)?"""
+        return self.k.calibrated_by_file or self.cluster.spec.calibrated
 
     # ---- memory ---------------------------------------------------------------------------------
     @property
     def usable_bytes(self) -> float:
-        return self.cluster.spec.memory_gb * GB * (1 - K.MEMORY_RESERVE_FRACTION)
+        memory_gb = self.k.memory_gb or self.cluster.spec.memory_gb
+        return memory_gb * GB * (1 - K.MEMORY_RESERVE_FRACTION)
 
     def _static_bytes(self, tp: int) -> float:
         p = self.model.params
@@ -256,13 +266,13 @@ class LatencyModel(ABC):
         own = np.ceil(n / cp)
         pairs = np.maximum(np.ceil(n * (n + 1) / 2 / cp), own)
         flops = pairs * 4 * K.ATTN_TILE ** 2 * m.head_dim * (m.heads / tp)
-        rate = np.interp(np.log2(np.maximum(L / cp, 1.0)), np.log2(K.FA_FWD_SEQLEN), K.FA_FWD_TFLOPS)
-        return flops / (rate * 1e9)
+        rate = np.interp(np.log2(np.maximum(L / cp, 1.0)), np.log2(self.k.fa_fwd_seqlen), self.k.fa_fwd_tflops)
+        return flops / (rate * 1e9) * self.k.compute_scale
 
     def _ring_curve(self, tp: int, cp: int, cross_node: bool | None):
         if cross_node is None:
             cross_node = tp * cp > self.cluster.gpus_per_node
-        return nccl_curve(self.cluster.gpu, "send_recv", 2, 1 if cross_node else 2)
+        return self.k.curve(self.cluster.gpu, "send_recv", 2, 1 if cross_node else 2)
 
     def _ring_var(self, T: np.ndarray, tp: int, cp: np.ndarray, cross: np.ndarray) -> np.ndarray:
         """Forward ring: each rank passes its K,V block (T·2·kv_heads/tp·head_dim·2 bytes) cp−1 times,
@@ -270,7 +280,7 @@ class LatencyModel(ABC):
         m = self.model
         kv_heads = max(1.0, m.kv_heads / tp)  # GQA heads are replicated when tp > kv_heads
         nbytes = T * 2 * kv_heads * m.head_dim * m.dtype_bytes
-        ib, nvl = (nccl_curve(self.cluster.gpu, "send_recv", 2, d) for d in (1, 2))
+        ib, nvl = (self.k.curve(self.cluster.gpu, "send_recv", 2, d) for d in (1, 2))
         cross = np.broadcast_to(cross, nbytes.shape)
         per_step = np.empty_like(nbytes)
         for curve, where in ((ib, cross), (nvl, ~cross)):  # each element priced on its own link only
@@ -278,7 +288,7 @@ class LatencyModel(ABC):
         return (cp - 1) * per_step
 
     def _tp_allreduce(self, tp: int):
-        return nccl_curve(self.cluster.gpu, "all_reduce", tp, tp)
+        return self.k.curve(self.cluster.gpu, "all_reduce", tp, tp)
 
     def _tp_comm_var(self, T: np.ndarray, tp: int) -> np.ndarray:
         if tp == 1:
@@ -288,11 +298,11 @@ class LatencyModel(ABC):
         return K.TP_ALLREDUCES_PER_LAYER_FWD * (curve(nbytes) - curve.floor_ms)
 
     # ---- GEMMs (analytic fit; also the LM head of the table model) --------------------------------
-    @staticmethod
-    def _gemm_ms(M, N: float, Kdim: float):
+    def _gemm_ms(self, M, N: float, Kdim: float):
         """t = floor + 2MNK / (peak · M/(M+m½)) = floor + 2NK(M + m½)/peak  (affine in M)."""
-        return K.GEMM_FLOOR_MS + 2.0 * N * Kdim * (np.asarray(M, dtype=float) + K.GEMM_M_HALF) \
-            / (K.GEMM_PEAK_TFLOPS * 1e9)
+        k = self.k
+        return (k.gemm_floor_ms + 2.0 * N * Kdim * (np.asarray(M, dtype=float) + k.gemm_m_half)
+                / (k.gemm_peak_tflops * 1e9)) * k.compute_scale
 
     def _gemm_intercept(self, N: float, Kdim: float) -> float:
         return float(self._gemm_ms(0.0, N, Kdim))

@@ -177,7 +177,7 @@ def test_latency_accepts_suffixes_and_writes_csv(tmp_path):
     assert r.returncode == 0, r.stderr
     assert "1,024 tok" in r.stdout and "32,768 tok" in r.stdout
     lines = (tmp_path / "l.csv").read_text().splitlines()
-    assert lines[0] == "tp,cp,max_tokens,overhead_ms,ms_at_1024,ms_at_32768" and len(lines) > 2
+    assert lines[0] == "gpu,calibrated,tp,cp,max_tokens,overhead_ms,ms_at_1024,ms_at_32768" and len(lines) > 2
 
 
 def test_gpu_names_are_case_insensitive():
@@ -268,3 +268,32 @@ def test_module_entry_for_torchrun_has_help():
     r = subprocess.run([sys.executable, "-m", "hetero_sched.runtime", "--help"], capture_output=True, text=True,
                        check=False)
     assert r.returncode == 0 and "torchrun" in r.stdout
+
+
+def test_profile_without_cuda_exits_2(tmp_path):
+    pytest.importorskip("torch")
+    import torch
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is visible")
+    r = run("profile", "--out", str(tmp_path / "c.json"))
+    assert r.returncode == 2 and "no CUDA device" in r.stderr and r.stderr.count("\n") == 1
+    assert not (tmp_path / "c.json").exists()
+
+
+def test_plans_made_with_a_calibration_validate_with_it(tmp_path):
+    from hetero_sched.latency.kernels import reference_document
+
+    (tmp_path / "c.json").write_text(json.dumps(reference_document()))
+    out = tmp_path / "p.json"
+    r = run("solve", *SMALL, "--calibration", str(tmp_path / "c.json"), "--out", str(out))
+    assert r.returncode == 0, r.stderr
+    r = run("validate", str(out))  # the file is needed to rebuild the model
+    assert r.returncode == 1 and "--calibration" in r.stderr
+    r = run("validate", str(out), "--calibration", str(tmp_path / "c.json"))
+    assert r.returncode == 0, r.stderr
+
+
+def test_latency_flags_uncalibrated_presets(tmp_path):
+    r = run("latency", "--gpu", "b200", "--max-cp", "1", "--csv", str(tmp_path / "l.csv"))
+    assert r.returncode == 0 and "UNCALIBRATED" in r.stdout
+    assert (tmp_path / "l.csv").read_text().splitlines()[1].startswith("b200,False")

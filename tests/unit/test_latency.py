@@ -184,5 +184,5 @@ class TestSmoothCommunication:
         for length in (1024, 8192, 32768, 131072):
             cps = [cp for cp in range(1, 64 // tp + 1) if lat.max_tokens(tp, cp) >= length]
             gpu_ms = [tp * cp * lat.seq_latency_ms(length, tp, cp) for cp in cps]
-            for a, b in zip(gpu_ms, gpu_ms[1:]):
+            for a, b in itertools.pairwise(gpu_ms):
                 assert b >= a * (1 - 1e-4), (tp, length, a, b)
