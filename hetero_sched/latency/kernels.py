@@ -110,7 +110,7 @@ class Kernels:
             arr = np.asarray(rows, dtype=float)
             for w, d in {(int(a), int(b)) for a, b in arr[:, :2]}:
                 sel = arr[(arr[:, 0] == w) & (arr[:, 1] == d)]
-                nccl[(kind, w, d)] = NcclCurve(sel[:, 2], sel[:, 3])
+                nccl[(kind, w, d)] = NcclCurve(sel[:, 2], sel[:, 3], kind)
         out = cls(gemm_floor_ms=float(gemm["floor_ms"]), gemm_peak_tflops=float(gemm["peak_tflops"]),
                   gemm_m_half=float(gemm["m_half"]),
                   pointwise={op: (float(pw[op][0]), float(pw[op][1])) for op in K.POINTWISE},
