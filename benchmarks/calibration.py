@@ -161,14 +161,14 @@ def main() -> None:
                "bandwidth per regime, monotone and without the steps that raw interpolation carried into the "
                "planner (a 128 KB protocol step made 1K tokens on TP8 cost 17.1 ms at CP4 and 6.1 ms at CP5). "
                "Being a majorant it errs on the slow side: small all-reduces are overstated most."), "",
-              "| collective | workers | per node | rows | regimes | median | p10 | p90 | median abs >= 1 MB | "
-              "latency us | last-regime GB/s |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+              ("| collective | workers | per node | rows | regimes | median | p10 | p90 | median abs >= 1 MB | "
+              "latency us | last-regime GB/s |"), "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in nccl.itertuples():
         lines.append(f"| {r.collective} | {r.workers} | {r.per_node} | {r.rows} | {r.regimes} | {r.median:+.1%} | "
                      f"{r.p10:+.1%} | {r.p90:+.1%} | {r.median_abs_1MB_plus:.1%} | {r.latency_us:.1f} | "
                      f"{r.bandwidth_gbs:.1f} |")
-    lines += ["", "## GPU presets", "", "| preset | memory GB | dense bf16 TFLOP/s | HBM TB/s | NVLink bus GB/s | "
-              "IB GB/s | calibrated | source |", "|---|---|---|---|---|---|---|---|"]
+    lines += ["", "## GPU presets", "", ("| preset | memory GB | dense bf16 TFLOP/s | HBM TB/s | NVLink bus GB/s | "
+              "IB GB/s | calibrated | source |"), "|---|---|---|---|---|---|---|---|"]
     for name in hs.specs.gpu_presets():
         g = hs.specs.gpu_preset(name)
         lines.append(f"| {g.name} | {g.memory_gb:g} | {g.peak_tflops:g} | {g.hbm_tbps:g} | {g.nvlink_gbps:g} | "
