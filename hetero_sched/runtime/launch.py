@@ -42,10 +42,20 @@ def _entry(rank: int, worker, nproc: int, port: int, timeout_s: float, args) -> 
 
 
 def from_environment(timeout_s: float = DEFAULT_TIMEOUT_S) -> int:
-    """Join the process group torchrun describes; returns this rank."""
+    """Join the process group torchrun describes (NCCL on this rank's GPU when CUDA is there); returns
+    this rank."""
     backend = "nccl" if torch.cuda.is_available() else "gloo"
+    if backend == "nccl":
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
     dist.init_process_group(backend, timeout=dt.timedelta(seconds=timeout_s))
     return dist.get_rank()
+
+
+def device() -> torch.device:
+    """Where this rank computes: its GPU under NCCL, else the CPU."""
+    if dist.is_initialized() and dist.get_backend() == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
 
 
 def demo_tokens(plan: Plan, max_tokens: int, seed: int, vocab: int) -> list[torch.Tensor]:
@@ -61,8 +71,8 @@ def demo_step(rank: int, plan_json: str, max_tokens: int, seed: int, out_path: s
     """One step of the tiny model on demo tokens; rank 0 writes (and returns) the per-group report."""
     plan = Plan.from_json(plan_json)
     torch.manual_seed(seed)
-    model = TinyLlama(TinyConfig())
-    tokens = demo_tokens(plan, max_tokens, seed, model.config.vocab)
+    model = TinyLlama(TinyConfig()).to(device())
+    tokens = [t.to(device()) for t in demo_tokens(plan, max_tokens, seed, model.config.vocab)]
     groups = init_groups(plan)
     dist.barrier()
     start = time.perf_counter()

@@ -63,8 +63,8 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
 def rope(x: torch.Tensor, positions: torch.Tensor, theta: float) -> torch.Tensor:
     """Rotary embedding of x [tokens, heads, head_dim] at absolute positions [tokens] (half-split pairs)."""
     half = x.shape[-1] // 2
-    freqs = theta ** (-torch.arange(half, dtype=x.dtype) / half)
-    angle = positions.to(x.dtype)[:, None] * freqs[None, :]
+    freqs = theta ** (-torch.arange(half, dtype=x.dtype, device=x.device) / half)
+    angle = positions.to(device=x.device, dtype=x.dtype)[:, None] * freqs[None, :]
     cos, sin = angle.cos()[:, None, :], angle.sin()[:, None, :]
     a, b = x[..., :half], x[..., half:]
     return torch.cat([a * cos - b * sin, a * sin + b * cos], dim=-1)
@@ -77,7 +77,7 @@ def attention(q, k, v, q_pos, k_pos, q_doc, k_doc) -> torch.Tensor:
     k, v = k.repeat_interleave(group, dim=1), v.repeat_interleave(group, dim=1)
     scores = torch.einsum("nhd,mhd->hnm", q, k) / q.shape[-1] ** 0.5
     allowed = (q_doc[:, None] == k_doc[None, :]) & (k_pos[None, :] <= q_pos[:, None])
-    scores = scores.masked_fill(~allowed[None], float("-inf"))
+    scores = scores.masked_fill(~allowed.to(scores.device)[None], float("-inf"))
     return torch.einsum("hnm,mhd->nhd", scores.softmax(dim=-1), v)
 
 
@@ -126,8 +126,8 @@ class TinyLlama(nn.Module):
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         if tokens.dim() != 1:
             raise ValueError(f"tokens must be a 1-D LongTensor of one document, got shape {tuple(tokens.shape)}")
-        pos = torch.arange(len(tokens))
-        doc = torch.zeros(len(tokens), dtype=torch.long)
+        pos = torch.arange(len(tokens), device=tokens.device)
+        doc = torch.zeros(len(tokens), dtype=torch.long, device=tokens.device)
         x = self.embed(tokens)
         for block in self.blocks:
             x = block(x, pos, doc)

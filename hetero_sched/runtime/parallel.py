@@ -151,7 +151,7 @@ class _Layout:
     all_doc: torch.Tensor
 
 
-def _layout(lengths: list[int], cp: int, cp_rank: int) -> _Layout:
+def _layout(lengths: list[int], cp: int, cp_rank: int, device=None) -> _Layout:
     per_rank = []
     for r in range(cp):
         pos, doc = [], []
@@ -162,16 +162,17 @@ def _layout(lengths: list[int], cp: int, cp_rank: int) -> _Layout:
         per_rank.append((torch.cat(pos), torch.cat(doc)))
     pos, doc = per_rank[cp_rank]
     offsets = torch.tensor([0] + lengths[:-1]).cumsum(0)
-    return _Layout(index=offsets[doc] + pos, pos=pos, doc=doc, sizes=[len(p) for p, _ in per_rank],
-                   all_pos=torch.cat([p for p, _ in per_rank]), all_doc=torch.cat([d for _, d in per_rank]))
+    return _Layout(index=(offsets[doc] + pos).to(device), pos=pos.to(device), doc=doc.to(device),
+                   sizes=[len(p) for p, _ in per_rank], all_pos=torch.cat([p for p, _ in per_rank]).to(device),
+                   all_doc=torch.cat([d for _, d in per_rank]).to(device))
 
 
 def _micro_batch_loss(params: dict, cfg: TinyConfig, docs: list[torch.Tensor], view: RankView,
                       groups: RankGroups) -> torch.Tensor:
     """Σ CE over the next-token targets of this rank's tokens of the micro-batch (not normalised)."""
-    lay = _layout([len(t) for t in docs], view.cp, view.cp_rank)
     stream = torch.cat(docs)
-    ends = torch.tensor([len(t) for t in docs])[lay.doc]
+    lay = _layout([len(t) for t in docs], view.cp, view.cp_rank, stream.device)
+    ends = torch.tensor([len(t) for t in docs], device=stream.device)[lay.doc]
     has_target = lay.pos < ends - 1
     x = nn.functional.embedding(stream[lay.index], params["embed.weight"])
     hq, hkv, hd = cfg.heads // view.tp, cfg.kv_heads // view.tp, cfg.head_dim
@@ -225,7 +226,7 @@ def _synchronise(model: TinyLlama, local: dict, view: RankView, groups: RankGrou
             dist.all_gather(parts, g.contiguous(), group=groups.tp_group)
             g = torch.cat(parts, dim=d)
         flat.append((g if leader else torch.zeros_like(p)).reshape(-1))
-    flat.append(torch.tensor([loss if leader else 0.0], dtype=flat[0].dtype))
+    flat.append(torch.tensor([loss if leader else 0.0], dtype=flat[0].dtype, device=flat[0].device))
     buf = torch.cat(flat)
     dist.all_reduce(buf)
     grads, offset = StepGrads(), 0
