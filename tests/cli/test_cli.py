@@ -28,7 +28,8 @@ def plan_file(tmp_path_factory):
     return path
 
 
-@pytest.mark.parametrize("command", ["", "solve", "compare", "sweep", "validate", "show", "latency", "run"])
+@pytest.mark.parametrize("command", ["", "solve", "compare", "sweep", "validate", "show", "latency", "run",
+                                     "plan-dataset", "profile"])
 def test_help(command):
     r = run(*([command] if command else []), "--help")
     assert r.returncode == 0 and "usage" in r.stdout
