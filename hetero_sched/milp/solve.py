@@ -107,7 +107,7 @@ def _search(full: Instance, lat, warm: Plan, min_tp: int, deadline: float, backe
     sub = full.subset(allowed)
     inst = full.subset(allowed[_undominated(sub.gpus, sub.overhead, sub.cost, sub.configs)])
     if not np.isfinite(inst.cost).any(axis=1).all():
-        return [], 0.0, f"TP>={min_tp}: some sequence fits no configuration"
+        return [], math.inf, f"TP>={min_tp}: some sequence fits no configuration (no plan of this layout)"
     warm_sol = _as_solution(full, inst, warm) if warm.groups[0].tp >= min_tp else None
     upper = makespan(inst, warm_sol[0]) if warm_sol else 1e12
     lower = overhead_area_bound(inst, upper)
