@@ -6,6 +6,8 @@ import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 
+import numpy as np
+
 from .latency import LatencyModel, latency_model
 from .packing import pack_micro_batches
 from .placement import nodes_spanned, place_groups, tp_group_inside_node
@@ -106,17 +108,18 @@ class Plan:
 
     def reprice(self, lat: LatencyModel) -> None:
         """Recompute every figure from the step model (never from a solver's objective)."""
-        gpn = self.cluster.gpus_per_node
-        for g in self.groups:
-            cross = nodes_spanned(g.ranks, gpn) > 1
-            g.latency_ms = lat.group_latency_ms([self.lengths[i] for i in g.sequence_ids], g.tp, g.cp, cross)
+        cost, shape = self._sequence_costs(lat)
+        last = []
+        for g, (tp, cp, cross) in zip(self.groups, shape):
+            overhead = lat.overhead_ms(tp, cp, cross)
+            g.latency_ms = overhead + float(cost[g.sequence_ids].sum())  # overhead + Σ seq_latency_ms
+            last.append(overhead + float(cost[g.micro_batches[-1]].sum()))
             biggest = max(sum(self.lengths[i] for i in mb) for mb in g.micro_batches)
             g.memory_gb = lat.memory_gb(biggest, g.tp, g.cp)
         self.makespan_ms = max((g.latency_ms for g in self.groups), default=0.0)
         tps = [g.tp for g in self.groups]
         self.sync_ms_upper = lat.sync_upper_ms(tps)
-        self.sync_ms = lat.sync_exposed_ms(tps, [(g.latency_ms, self._last_micro_batch_ms(g, lat, gpn))
-                                                 for g in self.groups])
+        self.sync_ms = lat.sync_exposed_ms(tps, [(g.latency_ms, t) for g, t in zip(self.groups, last)])
         self.step_ms = self.makespan_ms + self.sync_ms
         if self.solver is not None:
             s = self.solver
@@ -126,9 +129,18 @@ class Plan:
             s.bound_ms = s.step_bound_ms if s.objective == "step" else s.makespan_bound_ms
             s.gap = (s.objective_ms - s.bound_ms) / s.objective_ms if s.objective_ms > 0 else 0.0
 
-    def _last_micro_batch_ms(self, g: Group, lat: LatencyModel, gpn: int) -> float:
-        cross = nodes_spanned(g.ranks, gpn) > 1
-        return lat.group_latency_ms([self.lengths[i] for i in g.micro_batches[-1]], g.tp, g.cp, cross)
+    def _sequence_costs(self, lat: LatencyModel):
+        """seq_latency_ms of every sequence on its group's configuration, placed as the ranks say (one
+        vectorised call per configuration), and each group's (tp, cp, crosses nodes)."""
+        gpn = self.cluster.gpus_per_node
+        shape = [(g.tp, g.cp, nodes_spanned(g.ranks, gpn) > 1) for g in self.groups]
+        cost = np.zeros(len(self.lengths))
+        lengths = np.asarray(self.lengths, dtype=np.int64)
+        for key in set(shape):
+            ids = np.array([i for g, s in zip(self.groups, shape) if s == key for i in g.sequence_ids], dtype=int)
+            if ids.size:
+                cost[ids] = lat.seq_latency_array(lengths[ids], *key)
+        return cost, shape
 
     @property
     def gpus_used(self) -> int:

@@ -19,6 +19,7 @@ from .instance import Instance, _undominated, build_instance
 OPTIMAL_GAP = 1e-6
 MAX_MIP_VARIABLES = 60_000  # beyond this the slot MIP is not built: heuristic + bounds answer
 HEURISTIC_SHARE = 0.3       # of the time limit, when the MIP runs after it
+RESERVE_PLANS = 4           # plan pricings kept back per slice (heuristic's, MIP's, the final one, slack)
 OBJECTIVES = ("step", "makespan")
 
 
@@ -44,12 +45,13 @@ def solve(lengths, cluster: Cluster, lat: LatencyModel, *, backend: str = "cpsat
     priced = _rounded(true_lengths, round_lengths)
     full = build_instance(priced, lat, prune=False)
     warm = best_homogeneous_plan(full, lat, objective)
+    reserve = _pricing_seconds(warm, lat) * RESERVE_PLANS  # placing and pricing the plans found, after the search
     tps = lat.cluster.tp_degrees(lat.model)
     slice_tps = tps if objective == "step" else [1]
     t0 = time.monotonic()
     plans, notes, bounds = [("warm start", warm)], [], {}
     for k, min_tp in enumerate(slice_tps):
-        slice_deadline = t0 + (deadline - t0) * (k + 1) / len(slice_tps)
+        slice_deadline = t0 + (deadline - t0) * (k + 1) / len(slice_tps) - reserve
         found, bounds[min_tp], note = _search(full, lat, warm, min_tp, slice_deadline, backend, threads, seed,
                                               rel_gap, deterministic_limit)
         plans += found
@@ -68,6 +70,13 @@ def solve(lengths, cluster: Cluster, lat: LatencyModel, *, backend: str = "cpsat
     s.message = f"objective {objective}; {rounding}plan from {who}; " + " | ".join(notes)
     s.wall_s = time.monotonic() - start
     return plan
+
+
+def _pricing_seconds(plan: Plan, lat: LatencyModel) -> float:
+    """How long placing and pricing one plan of this size takes here (the warm start, priced again)."""
+    started = time.monotonic()
+    plan.reprice(lat)
+    return time.monotonic() - started
 
 
 def _key(plan: Plan, objective: str) -> tuple[float, float]:
