@@ -149,8 +149,8 @@ def main() -> None:
                    "writing plans.jsonl in order (~ms per line) binds: at ~1 s a step, 64 CPUs plan an epoch of "
                    "10^5 steps in under an hour."), "",
               "## One epoch, with and without outlier delay", "",
-              "| delay (steps) | steps | documents | hetero-sched (s) | best WLB-LLM (s) | best Megatron (s) | "
-              "vs WLB-LLM | vs Megatron | max delay | delayed documents | statuses |",
+              ("| delay (steps) | steps | documents | hetero-sched (s) | best WLB-LLM (s) | best Megatron (s) | "
+              "vs WLB-LLM | vs Megatron | max delay | delayed documents | statuses |"),
               "|---|---|---|---|---|---|---|---|---|---|---|"]
     lines += [f"| {r['delay_steps']} | {r['steps']} | {r['documents']:,} | {r['hetero_epoch_s']:,.1f} | "
               f"{r['wlb_epoch_s']:,.1f} | {r['megatron_epoch_s']:,.1f} | {r['speedup_vs_wlb']:.3f}x | "

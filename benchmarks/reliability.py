@@ -43,8 +43,8 @@ def batch(gpus: int, n: int) -> list[int]:
 
 
 def time_limit_rows() -> list[str]:
-    rows = ["| GPUs | sequences | backend | building (s) | limit (s) | wall (s) | over the limit | "
-            "allowed max(25 %, 0.5 s) |", "|---|---|---|---|---|---|---|---|"]
+    rows = [("| GPUs | sequences | backend | building (s) | limit (s) | wall (s) | over the limit | "
+            "allowed max(25 %, 0.5 s) |"), "|---|---|---|---|---|---|---|---|"]
     for gpus, n in SIZES:
         lengths = batch(gpus, n)
         lat = hs.latency_model(hs.ModelSpec.preset("llama3-8b"), hs.Cluster(gpus=gpus))
