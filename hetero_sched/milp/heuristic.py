@@ -60,8 +60,9 @@ def cover(inst: Instance, T: float, order: np.ndarray, rule: str = "smallest") -
 
 
 def _fill(candidates: np.ndarray, cost: np.ndarray, room: float) -> list[int]:
-    """Scan candidates in order, taking each that still fits in the room (first-fit). Vectorised: jump
-    to the next candidate that fits; room only shrinks, so skipped candidates never fit later."""
+    """Scan candidates in order, taking each that still fits in the room (first-fit). Vectorised by runs:
+    jump to the next candidate that fits, then take the longest run after it whose running total fits
+    (each of those fits when its turn comes); room only shrinks, so skipped candidates never fit later."""
     taken: list[int] = []
     costs = cost[candidates]
     pos = 0
@@ -70,9 +71,11 @@ def _fill(candidates: np.ndarray, cost: np.ndarray, room: float) -> list[int]:
         if fits.size == 0:
             break
         k = pos + int(fits[0])
-        taken.append(int(candidates[k]))
-        room -= costs[k]
-        pos = k + 1
+        run = np.cumsum(costs[k:])
+        m = max(1, int(np.searchsorted(run, room, side="right")))  # costs[k] ≤ room: at least one
+        taken.extend(int(c) for c in candidates[k:k + m])
+        room -= float(run[m - 1])
+        pos = k + m
     return taken
 
 
