@@ -102,8 +102,10 @@ def main() -> None:
               "a wall-clock limit, two runs may return different plans of different quality, each valid and "
               "never worse than WLB-LLM."),
               ("- `--work-limit` (CP-SAT deterministic time, HiGHS/CBC node limit) with `--threads 1`: the same "
-              "input and seed give byte-identical plan JSON apart from `wall_s`, provided the work limit binds "
-              "before the wall-clock one (the heuristic then also runs without a deadline or restarts)."),
+              "input and seed give byte-identical plan JSON apart from `wall_s`: the wall-clock limit is then not "
+              "applied to the backends, and the heuristic runs without a deadline or restarts, so nothing "
+              "depends on the machine's load (tested, and used by `plan-dataset` to give the local and Ray "
+              "executors identical plans)."),
               ("- Ctrl-C: exit status 130; plan files and sweep CSVs are written atomically (temporary file + "
               "rename), so an interrupted sweep keeps every completed row and resumes from its CSV.")]
     OUT.mkdir(exist_ok=True)

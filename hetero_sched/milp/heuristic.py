@@ -188,6 +188,8 @@ def heuristic_solution(inst: Instance, lower: float, upper: float, deadline: flo
     with the order perturbed (seeded). Returns the best found, or None when no cover fits."""
     best, best_ms = None, np.inf
     for rule in RULES:
+        if best is not None and time.monotonic() >= deadline:
+            break
         sol = binary_search_cover(inst, lower, upper, deadline, rule=rule)
         if sol is not None:
             sol = polish(inst, sol, deadline)

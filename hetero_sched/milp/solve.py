@@ -11,7 +11,7 @@ from ..placement import nodes_spanned, pack_nodes, ranks_from_nodes
 from ..plan import Plan, SolveResult
 from ..specs import Cluster
 from .backends import BACKENDS, BUILD_SHARE, BuildTimeout, build_seconds, run_backend
-from .bounds import overhead_area_bound
+from .bounds import overhead_area_bound, simple_bound
 from .formulation import build_milp, decode, decode_nodes, estimate_size, hint_values
 from .heuristic import heuristic_solution, makespan
 from .instance import Instance, _undominated, build_instance
@@ -119,6 +119,9 @@ def _search(full: Instance, lat, warm: Plan, min_tp: int, deadline: float, backe
         return [], math.inf, f"TP>={min_tp}: some sequence fits no configuration (no plan of this layout)"
     warm_sol = _as_solution(full, inst, warm) if warm.groups[0].tp >= min_tp else None
     upper = makespan(inst, warm_sol[0]) if warm_sol else 1e12
+    late = det_limit is None and time.monotonic() >= deadline and warm_sol is not None
+    if late:  # a limit shorter than pricing: the warm start stands, with the cheap bounds only
+        return [], simple_bound(inst), f"TP>={min_tp}: no time left after pricing: warm start kept, simple bounds"
     lower = overhead_area_bound(inst, upper)
     size = estimate_size(inst)
     mip_runs = backend != "none" and size <= MAX_MIP_VARIABLES
