@@ -18,6 +18,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
+import tempfile
 import time
 from collections import deque
 from collections.abc import Callable, Iterator
@@ -244,11 +246,17 @@ class RayExecutor:
         self.started = not ray.is_initialized()
         if address and address != "auto":
             _check_reachable(address)
+        # Ray puts the driver's working directory first on its workers' path: run from a source checkout, they
+        # would import its bare hetero_sched folder instead of the installed package. An empty working
+        # directory keeps them on the installed one.
+        self._empty = tempfile.mkdtemp(prefix="hetero-sched-ray-")
+        env = {"working_dir": self._empty}
         try:
             if address:
-                ray.init(address=address, log_to_driver=False, logging_level="ERROR")
+                ray.init(address=address, log_to_driver=False, logging_level="ERROR", runtime_env=env)
             elif self.started:
-                ray.init(num_cpus=workers, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
+                ray.init(num_cpus=workers, include_dashboard=False, log_to_driver=False, logging_level="ERROR",
+                         runtime_env=env)
         except Exception as exc:  # noqa: BLE001 — Ray raises ConnectionError, RuntimeError, ... for bad addresses
             raise ValueError(f"cannot reach the Ray cluster at {address!r}: {str(exc).splitlines()[0]}") from None
         self.window = 4 * max(1, workers)
@@ -270,6 +278,7 @@ class RayExecutor:
     def close(self) -> None:
         if self.started:
             self.ray.shutdown()
+        shutil.rmtree(self._empty, ignore_errors=True)
 
 
 def _check_reachable(address: str, timeout_s: float = 3.0) -> None:
