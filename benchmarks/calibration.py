@@ -157,10 +157,13 @@ def main() -> None:
         lines.append(f"| {op} | " + " | ".join(cells) + " |")
     nccl = nccl_fit_errors()
     lines += ["", "## NCCL curves: smooth fits vs the measured rows (signed error, fit / measured - 1)", "",
-              ("Each curve is the least concave majorant of the per-half-octave medians — latency + size / "
-               "bandwidth per regime, monotone and without the steps that raw interpolation carried into the "
-               "planner (a 128 KB protocol step made 1K tokens on TP8 cost 17.1 ms at CP4 and 6.1 ms at CP5). "
-               "Being a majorant it errs on the slow side: small all-reduces are overstated most."), "",
+              ("Latency + size / bandwidth per regime, monotone, without the steps that raw interpolation "
+               "carried into the planner (a 128 KB protocol step made 1K tokens on TP8 cost 17.1 ms at CP4 and "
+               "6.1 ms at CP5). send/recv (the CP ring): the least concave majorant of the per-half-octave "
+               "medians, so a sequence's ring GPU-time never falls as CP grows; being a majorant it errs on "
+               "the slow side. all-reduce (TP): a latency floor, then a bandwidth line fitted above the knee "
+               "(the measured TP all-reduce is flat up to 256 KB-4 MB; a concave majorant overstated TP2/TP4 "
+               "by 17-20 %)."), "",
               ("| collective | workers | per node | rows | regimes | median | p10 | p90 | median abs >= 1 MB | "
               "latency us | last-regime GB/s |"), "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in nccl.itertuples():
