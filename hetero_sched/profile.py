@@ -7,8 +7,8 @@ Measured (warm-up, then the median of repeats, synchronised timers):
 - the pointwise kernels (RMSNorm, rotary embedding, SiLU·mul, residual add), each t = floor + c·M·width;
 - causal attention forward and backward (flash-attn when installed, else torch SDPA — recorded), one
   TP1 rank's heads; the forward as TFLOP/s per sequence length, the backward as the rate relative to it;
-- NCCL all-reduce and send/recv when ≥ 2 GPUs are visible (otherwise the preset's curves are kept, and
-  the file says so).
+- NCCL all-reduce (2, 4, 8 ranks) and send/recv (two ranks) when ≥ 2 GPUs are visible, within the node
+  (inter-node curves, and everything when one GPU is visible, stay the preset's; the file says so).
 `--device cpu --quick` runs the same code on a reduced sweep, so the path is tested without a GPU.
 """
 from __future__ import annotations
@@ -47,7 +47,7 @@ def profile(model: ModelSpec, device: str = "cuda", quick: bool = False, tps=(1,
     gemm_rows = _gemms(torch, timer, model, tps, sweep["tokens"], device, dtype)
     point_rows = _pointwise(torch, timer, model, tps, sweep["tokens"], device, dtype)
     attn_rows, impl = _attention(torch, timer, model, sweep["seqlen"], device, dtype, quick)
-    nccl, nccl_note = _nccl(torch, device)
+    nccl, nccl_note = _nccl(torch, device, quick)
     return {
         "format": CALIBRATION_FORMAT, "version": CALIBRATION_VERSION, "model": model.to_dict(),
         "device": _device(torch, device), "software": _software(torch, impl), "quick": quick,
@@ -152,13 +152,71 @@ def _attention_impl(torch, device):
     return sdpa, "torch-sdpa"
 
 
-def _nccl(torch, device) -> tuple[dict, str]:
-    gpus = torch.cuda.device_count() if device == "cuda" else 0
-    if gpus < 2:
-        return {}, (f"{gpus} GPU visible: NCCL all-reduce and send/recv were not measured; the GPU preset's "
+def _nccl(torch, device, quick: bool = False) -> tuple[dict, str]:
+    """All-reduce over 2, 4, 8 ranks and send/recv between two ranks of this machine, timed by processes
+    joined with NCCL (gloo on the CPU path, which stands in to exercise the code). Inter-node curves
+    cannot be measured on one machine: the preset's are kept for them."""
+    ranks = min(8, torch.cuda.device_count()) if device == "cuda" else (2 if quick else 0)
+    if ranks < 2:
+        return {}, (f"{ranks} GPU visible: NCCL all-reduce and send/recv were not measured; the GPU preset's "
                     "curves (H100 measurements scaled by datasheet link rates) are used")
-    return {}, (f"{gpus} GPUs visible, but multi-GPU NCCL timing is not implemented in this version: the "
-                "preset's curves are used")
+    import tempfile
+
+    from .runtime.launch import free_port
+
+    sizes = [2 ** k for k in (range(11, 17) if quick else range(11, 27))]
+    with tempfile.TemporaryDirectory() as tmp:
+        torch.multiprocessing.spawn(_collective_worker, args=(ranks, free_port(), device, sizes, quick, tmp),
+                                    nprocs=ranks, join=True)
+        with open(f"{tmp}/nccl.json") as fh:
+            rows = json.load(fh)
+    backend = "NCCL" if device == "cuda" else "gloo (CPU stand-in)"
+    return rows, (f"{backend} timed on {ranks} local ranks: all-reduce over 2-{ranks} ranks and send/recv between "
+                  "two ranks inside one node; inter-node curves are the preset's")
+
+
+def _collective_worker(rank, world, port, device, sizes, quick, out_dir) -> None:
+    import datetime
+    import os
+
+    import torch
+    import torch.distributed as dist
+
+    os.environ["MASTER_ADDR"], os.environ["MASTER_PORT"] = "127.0.0.1", str(port)
+    if device == "cuda":
+        torch.cuda.set_device(rank)
+    dist.init_process_group("nccl" if device == "cuda" else "gloo", rank=rank, world_size=world,
+                            timeout=datetime.timedelta(seconds=300))
+    timer = _Timer(torch, device, 1 if quick else 3, 3 if quick else 10)
+    rows = {"all_reduce": [], "send_recv": []}
+    try:
+        for w in (2, 4, 8):
+            if w > world:
+                break
+            group = dist.new_group(list(range(w)))
+            for size in sizes:
+                x = torch.ones(size // 4, device=device)
+                if rank < w:
+                    ms = timer(lambda x=x, group=group: dist.all_reduce(x, group=group))
+                    rows["all_reduce"].append([w, w, size, ms])
+        for size in sizes:
+            x = torch.ones(size // 4, device=device)
+            if rank < 2:
+                peer = 1 - rank
+
+                def exchange(x=x, peer=peer):  # one round trip: send then receive (rank 0), mirrored on rank 1
+                    if rank == 0:
+                        dist.send(x, peer)
+                        dist.recv(x, peer)
+                    else:
+                        dist.recv(x, peer)
+                        dist.send(x, peer)
+                rows["send_recv"].append([2, 2, size, timer(exchange) / 2])
+        if rank == 0:
+            with open(f"{out_dir}/nccl.json", "w") as fh:
+                json.dump(rows, fh)
+    finally:
+        dist.destroy_process_group()
 
 
 def _device(torch, device) -> dict:

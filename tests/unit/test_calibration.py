@@ -103,7 +103,10 @@ def test_profile_round_trips_on_cpu(tmp_path):
     assert lat._attention_fwd_ms(np.array([512.0]), 1, 1)[0] == pytest.approx(
         flops * (1 + 128 / 512) / (np.interp(np.log2(512), np.log2(a["fwd_seqlen"]), a["fwd_tflops"]) * 1e9))
     assert doc["device"]["kind"] == "cpu" and doc["software"]["attention"] == "torch-sdpa" and doc["quick"]
-    assert "not measured" in doc["nccl_note"]
+    # two gloo ranks stand in for NCCL on the CPU path: the curves are measured, loaded and used
+    assert {r[0] for r in doc["nccl"]["all_reduce"]} == {2} and doc["nccl"]["send_recv"]
+    assert ("all_reduce", 2, 2) in lat.k.nccl and ("send_recv", 2, 2) in lat.k.nccl
+    assert "gloo" in doc["nccl_note"]
 
 
 def test_gpu_presets_are_datasheet_scaled_and_flagged():
