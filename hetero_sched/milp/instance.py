@@ -7,8 +7,8 @@ cost[i, c] = seq_latency_ms(L_i, config c) (inf where L_i > max_tokens(c)); over
 node_caps = GPUs of each node (a partial last node included).
 
 Pruning (say what was kept, `pruned` counts the rest):
-- CP degrees that cannot help: beyond ⌈L_max/128⌉ (a rank would hold less than one attention tile) and
-  beyond the degree at which the longest sequence stops getting faster on that (tp, variant);
+- CP degrees that cannot help: beyond the degree at which the longest sequence stops getting faster on
+  that (tp, variant) (shorter sequences gain less from more ranks);
 - dominated configurations: c is dropped when some d has gpus ≤, overhead ≤, cost ≤ on every sequence
   AND can be placed wherever c was (d intra replacing an intra c; a cross d whose tp divides c's; a
   cross d inside an intra c's node space) — swapping c for d keeps every plan placeable and no slower.
@@ -138,14 +138,14 @@ def _variants(caps_nodes: list[int]) -> tuple[bool, ...]:
 
 def useful_cps(lat: LatencyModel, tp: int, cross: bool, uniq: np.ndarray, caps_nodes: list[int],
                all_cps: bool = False) -> np.ndarray:
-    """CP degrees of (tp, variant) worth pricing: placeable, holding the shortest sequence, at most
-    ⌈L_max/128⌉ ranks, and no more than the degree at which the longest sequence is fastest."""
+    """CP degrees of (tp, variant) worth pricing: placeable, holding the shortest sequence, and no more than
+    the degree at which the longest sequence is fastest. (A cap at ⌈L_max/128⌉ ranks, one attention tile
+    each, is not safe: fuzzing found 92-token sequences that still run faster on 2 ranks, whose linear
+    layers halve.)"""
     if cross:
         most, least = sum(c // tp for c in caps_nodes), 2  # TP blocks the cluster holds; one block never crosses
     else:
         most, least = max(caps_nodes) // tp, 1
-    if not all_cps:
-        most = min(most, max(1, -(-int(uniq[-1]) // 128)))
     cps = np.array([cp for cp in range(least, most + 1) if lat.max_tokens(tp, cp) >= uniq[0]], dtype=int)
     if cps.size <= 1 or all_cps:
         return cps
