@@ -99,3 +99,16 @@ def test_a_crashing_backend_still_returns_the_best_plan(lat16, monkeypatch):
     plan = hs.solve(lengths, lat16.cluster, lat16, backend="cbc", time_limit_s=2)
     assert plan.validate() == [] and "solver binary vanished" in plan.solver.message
     assert plan.step_ms <= wlb_llm_best(lengths, lat16.cluster, lat16).step_ms
+
+
+@pytest.mark.parametrize("model,gpus,per_node,length", [(1, 6, 8, 92), (0, 10, 4, 105), (0, 11, 8, 106)])
+def test_tiny_sequences_keep_their_cp_options(model, gpus, per_node, length):
+    """Fuzzing regression: a CP cap at one attention tile per rank pruned CP2, which still helps a ~100-token
+    sequence, and the bound proven on the pruned space exceeded the exhaustive optimum."""
+    shapes = [SMALL, hs.ModelSpec(name="gqa-3b", layers=28, hidden=3072, heads=24, kv_heads=8, ffn=8192,
+                                  vocab=128256)]
+    lat = hs.latency_model(shapes[model], hs.Cluster(gpus=gpus, gpus_per_node=per_node))
+    optimum = brute_force_makespan(build_instance([length], lat, prune=False, all_cps=True))
+    plan = hs.solve([length], lat.cluster, lat, time_limit_s=5, threads=1, objective="makespan")
+    assert plan.solver.bound_ms <= optimum * (1 + 1e-9)
+    assert plan.makespan_ms == pytest.approx(optimum, rel=TIE) and plan.solver.status == "optimal"
