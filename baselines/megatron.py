@@ -7,11 +7,10 @@ from __future__ import annotations
 
 from hetero_sched.latency import LatencyModel
 from hetero_sched.milp.instance import build_instance
-from hetero_sched.placement import NodePacker, ranks_from_nodes
-from hetero_sched.plan import Plan
+from hetero_sched.plan import Plan, objective_key
 from hetero_sched.specs import Cluster
 
-from .wlb_llm import homogeneous_pairs, objective_key, replica_options
+from .wlb_llm import best_by_bound, placed_homogeneous_plan, replica_options
 
 
 def first_fit_arrival(lengths, capacity: int) -> list[list[int]]:
@@ -35,14 +34,8 @@ def megatron_replicas(lengths, cap: int, dp: int, context: int | None) -> list[l
 
 
 def _plan(inst, lengths, lat, tp, cp, reps, context) -> Plan:
-    packer = NodePacker(inst.node_caps)
-    shares = [packer.take(tp, cp, cross) for cross in reps]
-    ranks = ranks_from_nodes([tp] * len(reps), shares, lat.cluster.gpus_per_node)
     replicas = megatron_replicas(lengths, lat.max_tokens(tp, cp), len(reps), context)
-    plan = Plan.build(lengths, [(tp, cp, ids) for ids in replicas], lat, ranks=ranks)
-    plan.baseline = {"name": "megatron", "tp": tp, "cp": cp, "dp": len(reps), "cross_node_replicas": int(sum(reps)),
-                     "makespan_ms": plan.makespan_ms, "step_ms": plan.step_ms, "sync_ms_upper": plan.sync_ms_upper}
-    return plan
+    return placed_homogeneous_plan("megatron", inst, tp, cp, reps, replicas, lat)
 
 
 def megatron_plan(lengths, cluster: Cluster, lat: LatencyModel, *, tp: int, cp: int,
@@ -62,15 +55,10 @@ def megatron_plan(lengths, cluster: Cluster, lat: LatencyModel, *, tp: int, cp: 
 
 def megatron_best(lengths, cluster: Cluster, lat: LatencyModel, context: int | None = None,
                   objective: str = "step") -> Plan:
-    """Best placed homogeneous Megatron packing over every (TP, CP) worth pricing and both replica counts."""
+    """Best placed homogeneous Megatron packing over every (TP, CP) worth pricing and both replica counts
+    (plans built in order of a lower bound on the objective, which holds for any packing of the replicas;
+    among equal plans, the first in (tp, cp, replica option) order)."""
     inst = build_instance(lengths, lat, prune=False)
     lengths = inst.lengths.tolist()
-    best = None
-    for tp, cp in homogeneous_pairs(inst):
-        for reps in replica_options(inst, tp, cp):
-            plan = _plan(inst, lengths, lat, tp, cp, reps, context)
-            if best is None or objective_key(plan, objective) < objective_key(best, objective):
-                best = plan
-    if best is None:
-        raise ValueError("no homogeneous (TP, CP) configuration holds every sequence of the batch")
-    return best
+    return best_by_bound(inst, lat, objective, lambda tp, cp, reps: _plan(inst, lengths, lat, tp, cp, reps, context),
+                         lambda bound, tp, cp, reps, index: index)

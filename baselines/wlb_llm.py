@@ -21,10 +21,8 @@ import numpy as np
 from hetero_sched.latency import LatencyModel
 from hetero_sched.milp.instance import Instance, build_instance
 from hetero_sched.placement import NodePacker, ranks_from_nodes
-from hetero_sched.plan import Plan
+from hetero_sched.plan import Plan, check_objective, objective_key
 from hetero_sched.specs import Cluster
-
-OBJECTIVES = ("step", "makespan")
 
 
 def wlb_llm_plan(lengths, cluster: Cluster, lat: LatencyModel, *, tp: int, cp: int,
@@ -50,10 +48,6 @@ def wlb_llm_best(lengths, cluster: Cluster, lat: LatencyModel, objective: str = 
     _check(cluster, lat, objective)
     inst = build_instance(lengths, lat, prune=False)
     return best_homogeneous_plan(inst, lat, objective)
-
-
-def objective_key(plan: Plan, objective: str) -> tuple[float, float]:
-    return (plan.step_ms, plan.makespan_ms) if objective == "step" else (plan.makespan_ms, plan.step_ms)
 
 
 def replica_options(inst: Instance, tp: int, cp: int) -> list[list[bool]]:
@@ -103,13 +97,19 @@ def earliest_finish(inst: Instance, tp: int, cp: int, reps: list[bool]) -> tuple
 def plan_for_replicas(inst: Instance, tp: int, cp: int, reps: list[bool], lat: LatencyModel) -> Plan:
     """The WLB-LLM plan of (tp, cp) on these replicas, placed as the packer places them."""
     bins, _ = earliest_finish(inst, tp, cp, reps)
+    return placed_homogeneous_plan("wlb-llm", inst, tp, cp, reps, bins, lat)
+
+
+def placed_homogeneous_plan(name: str, inst: Instance, tp: int, cp: int, reps: list[bool], bins: list,
+                            lat: LatencyModel) -> Plan:
+    """Replicas of (tp, cp) placed as replica_options counted them (intra-node ones first), each running
+    its bin of sequences; the baseline record says which config and how many replicas cross nodes."""
     packer = NodePacker(inst.node_caps)
     shares = [packer.take(tp, cp, cross) for cross in reps]
     ranks = ranks_from_nodes([tp] * len(reps), shares, lat.cluster.gpus_per_node)
     plan = Plan.build(inst.lengths, [(tp, cp, b) for b in bins], lat, ranks=ranks)
-    plan.baseline = {"name": "wlb-llm", "tp": tp, "cp": cp, "dp": len(reps),
-                     "cross_node_replicas": int(sum(reps)), "makespan_ms": plan.makespan_ms,
-                     "step_ms": plan.step_ms, "sync_ms_upper": plan.sync_ms_upper}
+    plan.baseline = {"name": name, "tp": tp, "cp": cp, "dp": len(reps), "cross_node_replicas": int(sum(reps)),
+                     "makespan_ms": plan.makespan_ms, "step_ms": plan.step_ms, "sync_ms_upper": plan.sync_ms_upper}
     return plan
 
 
@@ -120,19 +120,30 @@ def homogeneous_pairs(inst: Instance) -> list[tuple[int, int]]:
 def best_homogeneous_plan(inst: Instance, lat: LatencyModel, objective: str = "step") -> Plan:
     """Every (tp, cp) and replica count in order of a lower bound on the objective; stop when the bound
     cannot beat the best plan built (so the answer equals the exhaustive search's)."""
+    def tiebreak(bound, tp, cp, reps, _):
+        return bound, tp, cp, len(reps)  # among equal plans, the first in bound order
+    return best_by_bound(inst, lat, objective, lambda tp, cp, reps: plan_for_replicas(inst, tp, cp, reps, lat),
+                         tiebreak)
+
+
+def best_by_bound(inst: Instance, lat: LatencyModel, objective: str, build, tiebreak) -> Plan:
+    """The plan `build(tp, cp, reps)` best on the objective over every (tp, cp) and replica option, built
+    in order of (lower bound, tiebreak) until the bound cannot beat the best plan (by more than 1e-12);
+    among equal plans the least tiebreak(bound, tp, cp, reps, enumeration index) wins."""
     candidates = []
     for tp, cp in homogeneous_pairs(inst):
         for reps in replica_options(inst, tp, cp):
-            candidates.append((_lower_bound(inst, lat, tp, cp, reps, objective), tp, cp, reps))
+            bound = _lower_bound(inst, lat, tp, cp, reps, objective)
+            candidates.append((bound, tiebreak(bound, tp, cp, reps, len(candidates)), tp, cp, reps))
     if not candidates:
         raise ValueError("no homogeneous (TP, CP) configuration holds every sequence of the batch")
-    best = None
-    for bound, tp, cp, reps in sorted(candidates, key=lambda t: (t[0], t[1], t[2], len(t[3]))):
+    best, best_tie = None, None
+    for bound, tie, tp, cp, reps in sorted(candidates, key=lambda t: t[:2]):
         if best is not None and bound >= objective_key(best, objective)[0] * (1 - 1e-12):
             break
-        plan = plan_for_replicas(inst, tp, cp, reps, lat)
-        if best is None or objective_key(plan, objective) < objective_key(best, objective):
-            best = plan
+        plan = build(tp, cp, reps)
+        if best is None or (objective_key(plan, objective), tie) < (objective_key(best, objective), best_tie):
+            best, best_tie = plan, tie
     return best
 
 
@@ -149,5 +160,4 @@ def _lower_bound(inst: Instance, lat: LatencyModel, tp: int, cp: int, reps: list
 def _check(cluster: Cluster, lat: LatencyModel, objective: str) -> None:
     if cluster != lat.cluster:
         raise ValueError(f"cluster {cluster} does not match the latency model's {lat.cluster}")
-    if objective not in OBJECTIVES:
-        raise ValueError(f"unknown objective {objective!r}; choose one of {', '.join(OBJECTIVES)}")
+    check_objective(objective)

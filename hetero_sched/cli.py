@@ -73,10 +73,14 @@ def _lengths(args) -> list[int]:
     return synthetic(args.synthetic)
 
 
-def _setup(args):
+def _model(args) -> ModelSpec:
     if args.hf_config and args.model:
         raise ValueError("give either --model or --hf-config, not both")
-    model = ModelSpec.from_hf_config(args.hf_config) if args.hf_config else ModelSpec.preset(args.model or DEFAULT_MODEL)
+    return ModelSpec.from_hf_config(args.hf_config) if args.hf_config else ModelSpec.preset(args.model or DEFAULT_MODEL)
+
+
+def _setup(args):
+    model = _model(args)
     cluster = Cluster(gpus=args.gpus, gpus_per_node=args.gpus_per_node, gpu=args.gpu)
     return latency_model(model, cluster, table=args.table, calibration=args.calibration)
 
@@ -419,9 +423,7 @@ def cmd_plan_dataset(args) -> int:
 
 def cmd_profile(args) -> int:
     check_writable(args.out)
-    if args.hf_config and args.model:
-        raise ValueError("give either --model or --hf-config, not both")
-    model = ModelSpec.from_hf_config(args.hf_config) if args.hf_config else ModelSpec.preset(args.model or DEFAULT_MODEL)
+    model = _model(args)
     try:
         import torch  # noqa: F401
 

@@ -33,8 +33,11 @@ class NodePacker:
             self._bucket[caps[n]].append(n)  # a stack: the lowest node index on top
 
     def _move(self, n: int, gpus: int) -> None:
-        self._bucket[self.free[n]].remove(n) if self._bucket[self.free[n]][-1] != n \
-            else self._bucket[self.free[n]].pop()
+        bucket = self._bucket[self.free[n]]
+        if bucket[-1] == n:
+            bucket.pop()  # the usual case: the node on top of its bucket
+        else:
+            bucket.remove(n)
         self.free[n] -= gpus
         self._bucket[self.free[n]].append(n)
 

@@ -15,6 +15,17 @@ from .specs import Cluster, ModelSpec
 
 SCHEMA_VERSION = 1
 REL_TOL = 1e-6  # recomputed figures must match the file to this relative tolerance
+OBJECTIVES = ("step", "makespan")
+
+
+def check_objective(objective: str) -> None:
+    if objective not in OBJECTIVES:
+        raise ValueError(f"unknown objective {objective!r}; choose one of {', '.join(OBJECTIVES)}")
+
+
+def objective_key(plan: Plan, objective: str) -> tuple[float, float]:
+    """What a plan is ranked by: the objective, then the other measure."""
+    return (plan.step_ms, plan.makespan_ms) if objective == "step" else (plan.makespan_ms, plan.step_ms)
 
 
 @dataclass(kw_only=True, slots=True)

@@ -49,14 +49,6 @@ class Instance:
     def n(self) -> int:
         return len(self.lengths)
 
-    @property
-    def tp(self) -> np.ndarray:
-        return np.array([c[0] for c in self.configs], dtype=int)
-
-    @property
-    def cross(self) -> np.ndarray:
-        return np.array([c[2] for c in self.configs], dtype=bool)
-
     def subset(self, keep) -> Instance:
         """The same sequences on the configurations `keep` only."""
         keep = np.asarray(keep, dtype=int)
@@ -83,12 +75,8 @@ class Instance:
 
 
 def placeable_instead(d: tuple, c: tuple) -> bool:
-    """Group d can take c's GPUs (given gpus_d ≤ gpus_c): both inside a node; or d crosses and its TP
-    blocks tile c's (tp_d | tp_c) or c's node space (c intra: any GPUs of one node hold d's blocks)."""
-    (tp_d, _, cross_d), (tp_c, _, cross_c) = d, c
-    if not cross_d:
-        return not cross_c
-    return (not cross_c) or tp_c % tp_d == 0
+    """Group d can take c's GPUs (given gpus_d ≤ gpus_c); see _placeable_matrix."""
+    return bool(_placeable_matrix([d, c])[0, 1])
 
 
 def build_instance(lengths, lat: LatencyModel, prune: bool = True,
@@ -188,6 +176,8 @@ def _undominated(g: np.ndarray, o: np.ndarray, cost: np.ndarray, configs: list |
 
 
 def _placeable_matrix(configs: list) -> np.ndarray:
+    """[d, c]: group d can take group c's GPUs (given gpus_d ≤ gpus_c): both inside a node; or d crosses and
+    its TP blocks tile c's (tp_d | tp_c) or c's node space (c intra: any GPUs of one node hold d's blocks)."""
     tp = np.array([c[0] for c in configs])
     cross = np.array([c[2] for c in configs], dtype=bool)
     d_cross, c_cross = cross[:, None], cross[None, :]

@@ -8,19 +8,18 @@ import numpy as np
 
 from ..latency import LatencyModel
 from ..placement import nodes_spanned, pack_nodes, ranks_from_nodes
-from ..plan import Plan, SolveResult
+from ..plan import Plan, SolveResult, check_objective, objective_key
 from ..specs import Cluster
 from .backends import BACKENDS, BUILD_SHARE, BuildTimeout, build_seconds, run_backend
 from .bounds import overhead_area_bound, simple_bound
 from .formulation import build_milp, decode, decode_nodes, estimate_size, hint_values
 from .heuristic import heuristic_solution, makespan
-from .instance import Instance, _undominated, build_instance
+from .instance import Instance, _undominated, build_instance, check_lengths
 
 OPTIMAL_GAP = 1e-6
 MAX_MIP_VARIABLES = 60_000  # beyond this the slot MIP is not built: heuristic + bounds answer
 HEURISTIC_SHARE = 0.3       # of the time limit, when the MIP runs after it
 RESERVE_PLANS = 4           # plan pricings kept back per slice (heuristic's, MIP's, the final one, slack)
-OBJECTIVES = ("step", "makespan")
 
 
 def solve(lengths, cluster: Cluster, lat: LatencyModel, *, backend: str = "cpsat", time_limit_s: float = 10.0,
@@ -41,7 +40,7 @@ def solve(lengths, cluster: Cluster, lat: LatencyModel, *, backend: str = "cpsat
     deadline = start + time_limit_s
     from ..baselines.wlb_llm import best_homogeneous_plan
 
-    true_lengths = np.asarray(_checked(lengths), dtype=np.int64)
+    true_lengths = np.asarray(check_lengths(lengths), dtype=np.int64)
     priced = _rounded(true_lengths, round_lengths)
     full = build_instance(priced, lat, prune=False)
     warm = best_homogeneous_plan(full, lat, objective)
@@ -58,7 +57,7 @@ def solve(lengths, cluster: Cluster, lat: LatencyModel, *, backend: str = "cpsat
         notes.append(note)
     if round_lengths:
         plans = [(who, _on_true_lengths(p, true_lengths, lat)) for who, p in plans]
-    who, plan = min(plans, key=lambda wp: (*_key(wp[1], objective), wp[0] != "warm start"))
+    who, plan = min(plans, key=lambda wp: (*objective_key(wp[1], objective), wp[0] != "warm start"))
     plan.baseline = dict(warm.baseline)
     plan.solver = SolveResult(backend=backend, status="feasible", time_limit_s=time_limit_s, threads=threads,
                               seed=seed, objective=objective, makespan_bound_ms=bounds[1],
@@ -79,21 +78,12 @@ def _pricing_seconds(plan: Plan, lat: LatencyModel) -> float:
     return time.monotonic() - started
 
 
-def _key(plan: Plan, objective: str) -> tuple[float, float]:
-    return (plan.step_ms, plan.makespan_ms) if objective == "step" else (plan.makespan_ms, plan.step_ms)
-
-
 def _step_bound(lat: LatencyModel, bounds: dict, tps: list[int], round_lengths) -> float:
     """min over smallest-TP layouts t of (makespan bound of plans with TP ≥ t) + least exposed sync.
     A slice not searched has the whole-space makespan bound (TP ≥ 1), which is weaker but valid."""
     if round_lengths:
         return 0.0  # bounds were proven on rounded-up costs: they do not bound the true ones
     return min(bounds.get(t, bounds[1]) + lat.sync_exposed_lower_ms(t, bounds.get(t, bounds[1])) for t in tps)
-
-
-def _checked(lengths) -> list[int]:
-    from .instance import check_lengths
-    return check_lengths(lengths)
 
 
 def _rounded(lengths: np.ndarray, r: int | None) -> np.ndarray:
@@ -158,8 +148,7 @@ def _search(full: Instance, lat, warm: Plan, min_tp: int, deadline: float, backe
 
 
 def _check_args(cluster, lat, backend, time_limit_s, threads, seed, rel_gap, objective, round_lengths) -> None:
-    if objective not in OBJECTIVES:
-        raise ValueError(f"unknown objective {objective!r}; choose one of {', '.join(OBJECTIVES)}")
+    check_objective(objective)
     if cluster != lat.cluster:
         raise ValueError(f"cluster {cluster} does not match the latency model's cluster {lat.cluster}")
     if backend not in BACKENDS + ("none",):
@@ -191,13 +180,12 @@ def _as_solution(full: Instance, inst: Instance, plan: Plan):
         if not kept:
             return None
         k = kept[0]
-        tp = inst.configs[k][0]
         sol.append((k, np.array(g.sequence_ids)))
-        shares.append(_shares_of(g.ranks[:inst.configs[k][0] * inst.configs[k][1]], gpn, tp))
+        shares.append(_shares_of(g.ranks[:inst.gpus[k]], gpn))
     return sol, shares
 
 
-def _shares_of(ranks, gpn: int, tp: int) -> list[tuple[int, int]]:
+def _shares_of(ranks, gpn: int) -> list[tuple[int, int]]:
     count: dict[int, int] = {}
     for r in ranks:
         count[r // gpn] = count.get(r // gpn, 0) + 1
