@@ -405,6 +405,7 @@ def cmd_plan_dataset(args) -> int:
     lengths = read_documents(args.data, args.column, args.tokenizer)
     lat = _setup(args)
     opts = PlanOptions(model=lat.model.to_dict(), cluster=lat.cluster.to_dict(), table=args.table,
+                       calibration=args.calibration,
                        backend=args.backend, time_limit_s=args.time_limit, work_limit=args.work_limit,
                        threads=args.threads, seed=args.seed, objective=args.objective,
                        round_lengths=args.round_lengths)

@@ -173,6 +173,7 @@ class PlanOptions:
     model: dict
     cluster: dict
     table: str | None = None
+    calibration: str | None = None
     backend: str = "cpsat"
     time_limit_s: float = 10.0
     work_limit: float | None = None
@@ -186,10 +187,11 @@ _LAT_CACHE: dict = {}
 
 
 def _lat(opts: PlanOptions) -> LatencyModel:
-    key = (json.dumps(opts.model, sort_keys=True), json.dumps(opts.cluster, sort_keys=True), opts.table)
+    key = (json.dumps(opts.model, sort_keys=True), json.dumps(opts.cluster, sort_keys=True), opts.table,
+           opts.calibration)
     if key not in _LAT_CACHE:
         _LAT_CACHE[key] = latency_model(ModelSpec.from_dict(opts.model), Cluster.from_dict(opts.cluster),
-                                        table=opts.table)
+                                        table=opts.table, calibration=opts.calibration)
     return _LAT_CACHE[key]
 
 
@@ -473,7 +475,8 @@ class AheadPlanner:
         self.time_limit_s, self.objective = time_limit_s, objective
         self.opts = PlanOptions(model=lat.model.to_dict(), cluster=cluster.to_dict(), backend=backend,
                                 time_limit_s=time_limit_s, objective=objective,
-                                table=str(lat.table_path) if hasattr(lat, "table_path") else None)
+                                table=str(lat.table_path) if hasattr(lat, "table_path") else None,
+                                calibration=lat.k.path)
         self.pool = ProcessPoolExecutor(workers)
         self.late = 0
         self.served = 0

@@ -68,6 +68,8 @@ class Kernels:
     source: str = "H100 constants (latency/constants.py)"
     sha256: str | None = None
     """Hash of the calibration file, when one was read."""
+    path: str | None = None
+    """The calibration file, when one was read (worker processes reload it from here)."""
 
     @classmethod
     def for_gpu(cls, spec: GpuSpec) -> Kernels:
@@ -117,7 +119,7 @@ class Kernels:
                   fa_fwd_seqlen=tuple(float(x) for x in att["fwd_seqlen"]),
                   fa_fwd_tflops=tuple(float(x) for x in att["fwd_tflops"]), fa_bwd_rate=float(att["bwd_rate"]),
                   attn_floor_ms=float(att["floor_ms"]), memory_gb=data.get("device", {}).get("memory_gb"),
-                  nccl=nccl, source=f"calibration {where} ({data.get('device', {}).get('name', '?')})", sha256=sha)
+                  nccl=nccl, source=f"calibration {where} ({data.get('device', {}).get('name', '?')})", sha256=sha, path=where)
         out._check()
         return out
 

@@ -57,3 +57,21 @@ def test_ahead_planner_yields_in_order_and_falls_back_when_late(monkeypatch):
     plans = list(late)  # a fresh process pool cannot answer within a millisecond
     assert late.late >= 1 and [p.lengths for p in plans] == steps
     assert all(p.validate() == [] for p in plans)
+
+
+def test_steps_are_planned_with_the_calibration_given(tmp_path):
+    """plan-dataset's workers rebuild the step model from PlanOptions: a calibration must travel with it."""
+    import json
+
+    import hetero_sched as hs
+    from hetero_sched.dataset import PlanOptions, plan_step
+    from hetero_sched.latency.kernels import reference_document
+
+    doc = reference_document()
+    doc["gemm"]["peak_tflops"] /= 2
+    (tmp_path / "c.json").write_text(json.dumps(doc))
+    cluster = hs.Cluster(gpus=16)
+    opts = {"model": hs.ModelSpec.preset("llama3-8b").to_dict(), "cluster": cluster.to_dict(), "work_limit": 0.2}
+    plain = json.loads(plan_step(0, [8192, 1024], [0, 1], PlanOptions(**opts)))
+    slow = json.loads(plan_step(0, [8192, 1024], [0, 1], PlanOptions(**opts, calibration=str(tmp_path / "c.json"))))
+    assert slow["latency_model"].get("calibration_sha256") and slow["makespan_ms"] > plain["makespan_ms"]
