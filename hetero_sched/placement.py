@@ -92,16 +92,6 @@ def _packing_key(shape: tuple[int, int, bool], j: int) -> tuple:
     return (cross, 0 if cross else -tp * cp, -tp, j)
 
 
-def place(shapes: Sequence[tuple[int, int, bool]], gpus: int, gpus_per_node: int) -> list[list[int]] | None:
-    """Ranks of each (tp, cp, cross) group, or None when the greedy packer finds no placement."""
-    caps = node_capacities(gpus, gpus_per_node)
-    for order in (None, range(len(shapes))):
-        shares = pack_nodes(shapes, caps, order)
-        if shares is not None:
-            return ranks_from_nodes([s[0] for s in shapes], shares, gpus_per_node)
-    return None
-
-
 def ranks_from_nodes(tps: Sequence[int], shares: Sequence[NodeShare], gpus_per_node: int) -> list[list[int]]:
     """Rank lists from node assignments. Inside a node, pieces are laid out by decreasing tp, so each
     piece starts at a multiple of its tp (all tps are powers of two dividing the node size)."""
