@@ -349,6 +349,9 @@ def cmd_sweep(args) -> int:
     return 0
 
 
+MAX_LOCAL_PROCESSES = 64  # `run` spawns one CPU process a rank on this machine
+
+
 def cmd_run(args) -> int:
     """Spawn gloo workers that run one step of the tiny model on the plan; print the per-group report."""
     import json
@@ -361,6 +364,9 @@ def cmd_run(args) -> int:
     nproc = args.nproc or plan.cluster.gpus
     if nproc != plan.cluster.gpus:
         raise ValueError(f"--nproc {nproc} does not match the plan's {plan.cluster.gpus} GPUs (one process a GPU)")
+    if nproc > MAX_LOCAL_PROCESSES:
+        raise ValueError(f"the plan has {nproc} ranks: more than {MAX_LOCAL_PROCESSES} local processes; launch it with "
+                         "torchrun -m hetero_sched.runtime on the cluster instead")
     if args.max_tokens < 2:
         raise ValueError(f"--max-tokens must be >= 2, got {args.max_tokens}")
     try:

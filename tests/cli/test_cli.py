@@ -262,6 +262,10 @@ def test_run_executes_a_plan_on_local_workers(tmp_path):
     assert "loss" in r.stdout and "measured s" in r.stdout
     r = run("run", str(out), "--nproc", "3")
     assert r.returncode == 2 and "--nproc 3" in r.stderr
+    big = tmp_path / "big.json"
+    assert run("solve", "--lengths", "4096", "--gpus", "1024", "--time-limit", "1", "--out", str(big)).returncode == 0
+    r = run("run", str(big))
+    assert r.returncode == 2 and "torchrun" in r.stderr and r.stderr.count("\n") == 1
 
 
 def test_module_entry_for_torchrun_has_help():
