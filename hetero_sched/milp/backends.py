@@ -177,21 +177,31 @@ def _scaled(cost_ms: float, unit: float) -> int:
 
 # ---- HiGHS (highspy directly: PuLP's HiGHS API offers no MIP start) -----------------------------------
 _HIGHS_THREADS: int | None = None  # the thread count HiGHS's global scheduler was started with
-def _highs(m, deadline, time_limit_s, threads, seed, rel_gap, hint, det_limit) -> BackendResult:
-    import highspy
-    import numpy as np
 
+
+def new_highs(threads: int):
+    """A silent highspy.Highs on `threads` threads. HiGHS keeps one global thread scheduler per process;
+    a run asking another thread count fails ("Not Set") unless the scheduler is reset first (HiGHS issue
+    ERGO-Code/HiGHS#715)."""
+    import highspy
+
+    global _HIGHS_THREADS
     with _quiet_stdout():  # HiGHS prints a banner on construction, before any option can be set
         h = highspy.Highs()
     h.silent()
-    h.setOptionValue("time_limit", float(time_limit_s))
-    # HiGHS keeps one global thread scheduler per process; a run asking another thread count fails
-    # ("Not Set") unless the scheduler is reset first (HiGHS issue ERGO-Code/HiGHS#715).
-    global _HIGHS_THREADS
     if _HIGHS_THREADS not in (None, max(1, threads)):
         highspy.Highs.resetGlobalScheduler(True)
     _HIGHS_THREADS = max(1, threads)
     h.setOptionValue("threads", _HIGHS_THREADS)
+    return h
+
+
+def _highs(m, deadline, time_limit_s, threads, seed, rel_gap, hint, det_limit) -> BackendResult:
+    import highspy
+    import numpy as np
+
+    h = new_highs(threads)
+    h.setOptionValue("time_limit", float(time_limit_s))
     h.setOptionValue("random_seed", int(seed))
     h.setOptionValue("mip_rel_gap", float(rel_gap))
     if det_limit is not None:

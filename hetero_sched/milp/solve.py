@@ -15,6 +15,7 @@ from .bounds import overhead_area_bound, simple_bound
 from .formulation import build_milp, decode, decode_nodes, estimate_size, hint_values
 from .heuristic import heuristic_solution, makespan
 from .instance import Instance, _undominated, build_instance, check_lengths
+from .patterns import pattern_bound, worth_trying
 
 OPTIMAL_GAP = 1e-6
 MAX_MIP_VARIABLES = 60_000  # beyond this the slot MIP is not built: heuristic + bounds answer
@@ -49,8 +50,10 @@ def solve(lengths, cluster: Cluster, lat: LatencyModel, *, backend: str = "cpsat
     slice_tps = tps if objective == "step" else [1]
     t0 = time.monotonic()
     plans, notes, bounds = [("warm start", warm)], [], {}
+    # each slice's time is in proportion to its configurations (TP ≥ 1 holds them all)
+    share = np.cumsum([sum(tp >= t for tp, _, _ in full.configs) for t in slice_tps], dtype=float)
     for k, min_tp in enumerate(slice_tps):
-        slice_deadline = t0 + (deadline - t0) * (k + 1) / len(slice_tps) - reserve
+        slice_deadline = t0 + (deadline - t0) * share[k] / share[-1] - reserve
         found, bounds[min_tp], note = _search(full, lat, warm, min_tp, slice_deadline, backend, threads, seed,
                                               rel_gap, deterministic_limit)
         plans += found
@@ -115,8 +118,10 @@ def _search(full: Instance, lat, warm: Plan, min_tp: int, deadline: float, backe
     lower = overhead_area_bound(inst, upper)
     size = estimate_size(inst)
     mip_runs = backend != "none" and size <= MAX_MIP_VARIABLES
+    # without the MIP, the pattern LP (clock-driven, so not under a work limit) tightens the bound
+    patterns_run = not mip_runs and det_limit is None and worth_trying(inst)
     now = time.monotonic()
-    share = HEURISTIC_SHARE if mip_runs else 1.0
+    share = HEURISTIC_SHARE if mip_runs or patterns_run else 1.0
     # under a deterministic work limit nothing may depend on the clock: no deadline, no restarts
     h_deadline = now + share * (deadline - now) if det_limit is None else float("inf")
     heur = heuristic_solution(inst, lower, upper, h_deadline, seed=seed, restarts=det_limit is None)
@@ -127,10 +132,13 @@ def _search(full: Instance, lat, warm: Plan, min_tp: int, deadline: float, backe
     bound, status = lower, "not run"
     if not known:
         return [], lower, note + "; no plan found"
-    if backend == "none":
-        note += "; heuristic with bounds (no MIP backend)"
-    elif not mip_runs:
-        note += f"; exact MIP not built ({size:,} variables > {MAX_MIP_VARIABLES:,}): heuristic with bounds"
+    if not mip_runs:
+        note += ("; heuristic with bounds (no MIP backend)" if backend == "none" else
+                 f"; exact MIP not built ({size:,} variables > {MAX_MIP_VARIABLES:,}): heuristic with bounds")
+        if patterns_run:
+            best_ms = min(makespan(inst, s[0]) for s in known)
+            bound = pattern_bound(inst, lower, best_ms, deadline, [s[0] for s in known], threads)
+            note += f" (pattern LP: {100 * (best_ms / bound - 1):.2f} % gap)"
     elif deadline - time.monotonic() > 0.02 or det_limit is not None:
         best_known = min(known, key=lambda s: makespan(inst, s[0]))
         sol, b, status = run_mip(inst, backend, best_known, lower, deadline - time.monotonic(), threads, seed,

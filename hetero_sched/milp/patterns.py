@@ -1,0 +1,241 @@
+"""Pattern LP bound on the makespan: column generation with HiGHS.
+
+A pattern is one group: a configuration c and how many sequences of each distinct length j it runs,
+a_j, with overhead_c + Σ_j a_j·cost_jc ≤ T. A plan of makespan ≤ T is an integer solution of
+
+    min Σ_p gpus_p·λ_p   s.t.  Σ_p a_pj·λ_p ≥ m_j  (every sequence once),  λ ≥ 0,
+
+of value ≤ N. Its LP relaxation bounds that from below. For any duals π ≥ 0 Farley's bound holds,
+    LP ≥ π·m / θ,   θ = max_p π·a_p / gpus_p,
+so T is infeasible (makespan > T in every plan) once π·m/θ > N. Infeasibility is monotone in T: the
+bound is the largest T proven infeasible, searched between the known bound and the incumbent.
+
+Pricing (θ, and new columns) is a bounded knapsack per configuration, solved exactly on a relaxation
+that keeps the bound valid: "big" lengths (cost ≥ room/SMALL_SHARE) are integral with costs rounded
+down to a grid of room/GRID; small lengths are fractional. Every true pattern is a relaxed pattern,
+so the LP is a relaxation of the plan problem. Nodes are ignored (also a relaxation). Duals are
+smoothed towards the best-bound duals (Wentges), which cuts the tailing-off of plain column generation.
+"""
+from __future__ import annotations
+
+import time
+
+import numpy as np
+
+from .instance import Instance
+
+GRID = 8192          # knapsack capacity units per group (big lengths' costs rounded down to a unit)
+SMALL_SHARE = 32    # a length costing less than room/SMALL_SHARE is packed fractionally
+SMOOTHING = 0.9      # Wentges: price at α·(best-bound duals) + (1 − α)·(LP duals)
+FIRST_STEP = 0.3     # the first trial below the incumbent, as a share of the gap
+MAX_LENGTHS = 400    # distinct lengths (master rows) beyond which the LP is too slow to pay within seconds
+
+
+class PatternLP:
+    """The restricted master LP over the distinct lengths of `inst`, kept across makespans T."""
+
+    def __init__(self, inst: Instance, threads: int = 1):
+        from .backends import new_highs
+
+        uniq, first, counts = np.unique(inst.lengths, return_index=True, return_counts=True)
+        self.cost = inst.cost[first]                   # (J, C)
+        self.m = counts.astype(float)                  # multiplicities
+        self.gpus = inst.gpus.astype(float)
+        self.overhead = inst.overhead
+        self.N = float(inst.total_gpus)
+        self.J, self.C = self.cost.shape
+        self.columns: list[tuple[int, float, np.ndarray]] = []  # (config, load without overhead, lengths in it)
+        self.known: set = set()
+        self.h = new_highs(threads)
+        self.h.setOptionValue("presolve", "off")  # re-solves start from the last basis ...
+        self.h.setOptionValue("simplex_strategy", 4)  # ... which new columns leave primal feasible: primal simplex
+        inf = self.h.getInfinity()
+        for j in range(self.J):
+            self.h.addRow(float(self.m[j]), inf, 0, np.array([], dtype=np.int32), np.array([]))
+
+    def add_column(self, c: int, a: np.ndarray, T: float) -> bool:
+        """Add pattern (c, a) unless it is already a column; enabled when it fits T."""
+        nz = np.flatnonzero(a > 1e-12)
+        key = (c, nz.tobytes(), np.round(a[nz], 9).tobytes())
+        if key in self.known:
+            return False
+        self.known.add(key)
+        load = float(np.dot(a[nz], self.cost[nz, c]))
+        on = self.overhead[c] + load <= T * (1 + 1e-12)
+        self.h.addCol(float(self.gpus[c]), 0.0, self.h.getInfinity() if on else 0.0, nz.size,
+                      nz.astype(np.int32), a[nz].astype(float))
+        self.columns.append((c, load, nz))
+        return True
+
+    def add_solution(self, sol, item_of: np.ndarray, T: float) -> None:
+        """Columns from a plan's groups [(config, sequence indices)], each trimmed to fit T."""
+        for c, seqs in sol:
+            a = np.bincount(item_of[np.asarray(seqs, dtype=int)], minlength=self.J).astype(float)
+            for j in np.argsort(self.cost[:, c]):  # drop the cheapest lengths until the group fits
+                if self.overhead[c] + float(np.dot(a, np.nan_to_num(self.cost[:, c], posinf=0))) <= T:
+                    break
+                a[j] = 0.0
+            if a.any():
+                self.add_column(c, a, T)
+
+    def set_makespan(self, T: float) -> bool:
+        """Enable the columns that fit T, and singletons for lengths without one; False when some length
+        fits no configuration by T (then T is infeasible outright)."""
+        fits = self.overhead[None, :] + self.cost <= T
+        if not fits.any(axis=1).all():
+            return False
+        on = np.array([self.overhead[c] + load <= T * (1 + 1e-12) for c, load, _ in self.columns], dtype=bool)
+        covered = np.zeros(self.J, dtype=bool)
+        if on.size:
+            idx = np.arange(on.size, dtype=np.int32)
+            self.h.changeColsBounds(on.size, idx, np.zeros(on.size), np.where(on, self.h.getInfinity(), 0.0))
+            for (_, _, nz), ok in zip(self.columns, on):
+                covered[nz] |= ok
+        area = np.where(fits, self.gpus[None, :] * self.cost, np.inf)
+        for j in np.flatnonzero(~covered):  # a singleton on the cheapest configuration keeps the master feasible
+            a = np.zeros(self.J)
+            a[j] = 1.0
+            self.add_column(int(np.argmin(area[j])), a, T)
+        return True
+
+    def infeasible(self, T: float, deadline: float) -> bool:
+        """Prove that no plan has makespan ≤ T (True), or give up (False: the LP allows T, or time ran out)."""
+        if not self.set_makespan(T):
+            return True
+        room = T - self.overhead
+        center, best = None, 0.0
+        while time.monotonic() < deadline:
+            self.h.run()
+            lp = self.h.getInfo().objective_function_value
+            if lp <= self.N * (1 + 1e-9):
+                return False
+            pi_lp = np.maximum(np.asarray(self.h.getSolution().row_dual), 0.0)
+            pi = pi_lp if center is None else SMOOTHING * center + (1 - SMOOTHING) * pi_lp
+            theta, new = self._price(pi, room)
+            bound = float(pi @ self.m) / theta if theta > 0 else np.inf
+            if bound > best:
+                best, center = bound, pi
+            if best > self.N * (1 + 1e-9):
+                return True
+            if not new:
+                if center is pi_lp or np.allclose(pi, pi_lp) or lp - best <= 1e-7 * lp:
+                    return False  # converged: the LP optimum is ≤ N
+                center = SMOOTHING * center + (1 - SMOOTHING) * pi_lp  # mis-priced: move towards the LP duals
+        return False
+
+    def _price(self, pi: np.ndarray, room: np.ndarray) -> tuple[float, int]:
+        """θ = max_c (relaxed knapsack value)/gpus_c; adds each configuration's best pattern when its
+        reduced cost is negative. Fractional (Dantzig) values bound every configuration; the most
+        promising get the exact relaxed knapsack."""
+        frac = _fractional(pi, self.cost, self.m, room) / self.gpus
+        theta, new = 0.0, 0
+        for c in np.argsort(-frac, kind="stable"):
+            if frac[c] <= theta:
+                break  # no configuration left can beat θ
+            a, value = _knapsack(pi, self.cost[:, c], self.m, room[c])
+            theta = max(theta, value / self.gpus[c])
+            if float(pi @ a) > self.gpus[c] * (1 + 1e-9) and self.add_column(int(c), a, np.inf):
+                new += 1
+        return theta, new
+
+
+def _fractional(pi, w, m, cap) -> np.ndarray:
+    """Dantzig's bound per configuration (columns of w, rooms cap): the knapsack with every length
+    fractional, best value per unit of cost first."""
+    usable = np.isfinite(w) & (w <= cap[None, :]) & (pi[:, None] > 0) & (cap[None, :] > 0)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ratio = np.where(usable, pi[:, None] / w, -1.0)
+    order = np.argsort(-ratio, axis=0, kind="stable")
+    ws = np.take_along_axis(np.where(usable, m[:, None] * w, 0.0), order, axis=0)
+    ps = np.take_along_axis(np.where(usable, m[:, None] * pi[:, None], 0.0), order, axis=0)
+    spent = np.vstack([np.zeros(w.shape[1]), np.cumsum(ws, axis=0)])
+    gain = np.vstack([np.zeros(w.shape[1]), np.cumsum(ps, axis=0)])
+    k = np.minimum((spent <= cap[None, :]).sum(axis=0) - 1, w.shape[0] - 1)  # whole lengths that fit
+    cols = np.arange(w.shape[1])
+    over = np.maximum(cap - spent[k, cols], 0.0)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        part = np.where(ws[k, cols] > 0, ps[k, cols] * np.minimum(over / ws[k, cols], 1.0), 0.0)
+    return np.where(cap > 0, gain[k, cols] + part, 0.0)
+
+
+def _knapsack(pi, w, m, cap) -> tuple[np.ndarray, float]:
+    """Best relaxed pattern for one configuration: big lengths integral with costs rounded down to
+    cap/GRID, small ones fractional. Returns (counts per length, value)."""
+    a = np.zeros(w.size)
+    if cap <= 0:
+        return a, 0.0
+    usable = np.isfinite(w) & (w <= cap) & (pi > 0)
+    big = np.flatnonzero(usable & (w * SMALL_SHARE >= cap))
+    small = np.flatnonzero(usable & (w * SMALL_SHARE < cap))
+    unit = cap / GRID
+    dp = np.zeros(GRID + 1)  # dp[u]: best value of big lengths whose rounded costs sum to ≤ u units
+    pieces, takes = [], []
+    for j, t in zip(*_split(big, m)):
+        u = int(w[j] * t / unit)
+        if u > GRID:
+            continue
+        cand = dp[:GRID + 1 - u] + pi[j] * t
+        take = np.zeros(GRID + 1, dtype=bool)
+        take[u:] = cand > dp[u:]
+        dp[u:] = np.where(take[u:], cand, dp[u:])
+        pieces.append((j, t, u))
+        takes.append(take)
+    order = small[np.argsort(-pi[small] / w[small], kind="stable")]
+    spent = np.concatenate([[0.0], np.cumsum(m[order] * w[order])])
+    gain = np.concatenate([[0.0], np.cumsum(m[order] * pi[order])])
+    left = np.maximum(cap - unit * np.arange(GRID + 1), 0.0)
+    total = dp + np.interp(left, spent, gain)  # + small lengths, fractionally, in the room left
+    best = int(np.argmax(total))
+    r = best
+    for (j, t, u), take in zip(reversed(pieces), reversed(takes)):
+        if take[r]:
+            a[j] += t
+            r -= u
+    room = left[best]
+    for j in order:
+        x = min(m[j], room / w[j])
+        a[j] += x
+        room -= x * w[j]
+        if room <= 0:
+            break
+    return a, float(total[best])
+
+
+def _split(items: np.ndarray, m: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Binary splitting: multiplicity m_j as pieces 1, 2, 4, …, so 0-1 choices make every count ≤ m_j."""
+    item, count = [], []
+    for j in items:
+        left, k = int(m[j]), 1
+        while left > 0:
+            t = min(k, left)
+            item.append(j)
+            count.append(t)
+            left, k = left - t, 2 * k
+    return np.array(item, dtype=int), np.array(count, dtype=float)
+
+
+def worth_trying(inst: Instance) -> bool:
+    return len(np.unique(inst.lengths)) <= MAX_LENGTHS
+
+
+def pattern_bound(inst: Instance, lower: float, upper: float, deadline: float, solutions=(), threads: int = 1,
+                  rel_tol: float = 1e-4) -> float:
+    """Largest makespan in [lower, upper] proven infeasible by the pattern LP before the deadline (lower
+    when none is). `solutions` (plans of makespan ≈ upper) seed the columns. Trials step down from the
+    incumbent, doubling the step, until one is proven (a trial the LP allows is cheap once columns
+    exist); then bisection between the proven and the allowed."""
+    if upper <= lower or time.monotonic() >= deadline:
+        return lower
+    lp = PatternLP(inst, threads)
+    uniq = np.unique(inst.lengths)
+    item_of = np.searchsorted(uniq, inst.lengths)
+    for sol in solutions:
+        lp.add_solution(sol, item_of, upper)
+    lo, hi, step = lower, upper, FIRST_STEP
+    while hi - lo > rel_tol * upper and time.monotonic() < deadline:
+        T = max(hi - step * (upper - lower), (lo + hi) / 2) if lo == lower else (lo + hi) / 2
+        if lp.infeasible(T, deadline):
+            lo = T
+        else:
+            hi, step = T, 2 * step
+    return lo
