@@ -37,7 +37,7 @@ class PatternLP:
     def __init__(self, inst: Instance, threads: int = 1):
         from .backends import new_highs
 
-        uniq, first, counts = np.unique(inst.lengths, return_index=True, return_counts=True)
+        _, first, counts = np.unique(inst.lengths, return_index=True, return_counts=True)
         self.cost = inst.cost[first]                   # (J, C)
         self.m = counts.astype(float)                  # multiplicities
         self.gpus = inst.gpus.astype(float)
@@ -46,12 +46,27 @@ class PatternLP:
         self.J, self.C = self.cost.shape
         self.columns: list[tuple[int, float, np.ndarray]] = []  # (config, load without overhead, lengths in it)
         self.known: set = set()
+        self.exchanges = 0  # free columns before the patterns
         self.h = new_highs(threads)
         self.h.setOptionValue("presolve", "off")  # re-solves start from the last basis ...
         self.h.setOptionValue("simplex_strategy", 4)  # ... which new columns leave primal feasible: primal simplex
         inf = self.h.getInfinity()
         for j in range(self.J):
             self.h.addRow(float(self.m[j]), inf, 0, np.array([], dtype=np.int32), np.array([]))
+        self._add_exchanges()
+
+    def _add_exchanges(self) -> None:
+        """Dual-optimal inequalities π_j ≤ π_k when length j costs no more than length k on every
+        configuration (Ben Amor, Desrosiers & Valério de Carvalho, 2006): as free columns (+1 on j, −1 on
+        k), "a group's place for k can run j instead". The LP value is unchanged, since any pattern with k
+        replaced by j still fits; the duals are kept ordered, which cuts column generation's
+        oscillation. Lengths are sorted, so neighbours suffice (the relation is transitive)."""
+        cost = np.where(np.isfinite(self.cost), self.cost, np.inf)
+        for j in range(self.J - 1):
+            if (cost[j] <= cost[j + 1]).all():
+                self.h.addCol(0.0, 0.0, self.h.getInfinity(), 2, np.array([j, j + 1], dtype=np.int32),
+                              np.array([1.0, -1.0]))
+                self.exchanges += 1
 
     def add_column(self, c: int, a: np.ndarray, T: float) -> bool:
         """Add pattern (c, a) unless it is already a column; enabled when it fits T."""
@@ -87,7 +102,7 @@ class PatternLP:
         on = np.array([self.overhead[c] + load <= T * (1 + 1e-12) for c, load, _ in self.columns], dtype=bool)
         covered = np.zeros(self.J, dtype=bool)
         if on.size:
-            idx = np.arange(on.size, dtype=np.int32)
+            idx = np.arange(self.exchanges, self.exchanges + on.size, dtype=np.int32)
             self.h.changeColsBounds(on.size, idx, np.zeros(on.size), np.where(on, self.h.getInfinity(), 0.0))
             for (_, _, nz), ok in zip(self.columns, on):
                 covered[nz] |= ok
