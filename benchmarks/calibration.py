@@ -77,6 +77,37 @@ def packing_gap() -> list[dict]:
     return rows
 
 
+GEMM_VARIANTS = {  # name: (t(M, N, K, params) in ms, start, lower, upper)
+    "affine (shipped)": (lambda M, N, K, p: p[0] + 2 * N * K * (M + p[2]) / (p[1] * 1e9),
+                         [0.01, 700, 100], [0, 1, 0], [1, 3000, 1e5]),
+    "shape efficiency 1/(1 + n½/N + k½/K)": (
+        lambda M, N, K, p: p[0] + 2 * N * K * (M + p[2]) * (1 + p[3] / N + p[4] / K) / (p[1] * 1e9),
+        [0.01, 700, 100, 10, 10], [0, 1, 0, 0, 0], [1, 3000, 1e5, 1e5, 1e5]),
+    "M waves of 128 rows (weight w)": (
+        lambda M, N, K, p: p[0] + 2 * N * K * (p[3] * 128 * np.ceil(M / 128) + (1 - p[3]) * M + p[2]) / (p[1] * 1e9),
+        [0.01, 700, 100, 0.5], [0, 1, 0, 0], [1, 3000, 1e5, 1]),
+    "N tiles of 256 columns": (lambda M, N, K, p: p[0] + 2 * 256 * np.ceil(N / 256) * K * (M + p[2]) / (p[1] * 1e9),
+                               [0.01, 700, 100], [0, 1, 0], [1, 3000, 1e5]),
+}
+
+
+def gemm_variants(train: pd.DataFrame, holdout: pd.DataFrame) -> list[dict]:
+    """Each GEMM curve fitted on the training model (log-error least squares), scored on the holdout."""
+    from scipy.optimize import least_squares
+
+    def arrays(d):
+        return d.tokens.to_numpy(float), d.N.to_numpy(float), d.K.to_numpy(float), d.measured_ms.to_numpy()
+
+    M, N, K, y = arrays(train)
+    hM, hN, hK, hy = arrays(holdout)
+    rows = []
+    for name, (f, x0, lo, hi) in GEMM_VARIANTS.items():
+        p = least_squares(lambda q, f=f: np.log(f(M, N, K, q)) - np.log(y), x0=x0, bounds=(lo, hi)).x
+        err = np.abs(f(hM, hN, hK, p) / hy - 1)
+        rows.append({"curve": name, "median": float(np.median(err)), "p90": float(np.quantile(err, 0.9))})
+    return rows
+
+
 def nccl_fit_errors() -> pd.DataFrame:
     """Relative error of the smooth (concave, monotone) NCCL curves against every measured row."""
     from hetero_sched.latency.nccl import _nccl_table, nccl_curve
@@ -147,6 +178,14 @@ def main() -> None:
         f"| GEMMs (our curve) | {len(gemm)} | {g_err.median():.1%} | {g_err.quantile(0.9):.1%} |",
         (f"| GEMMs (naive FLOP-binned curve) | {len(gemm)} | {np.median(naive_err):.1%} | "
         f"{np.quantile(naive_err, 0.9):.1%} |"), "",
+        ("Shape-aware GEMM curves tried (fitted on Llama-2-7b like the shipped one, same holdout rows); none "
+         "reaches the 5 % / 12 % target, so the affine curve stays (it also keeps the additive contract exact "
+         "for one packed micro-batch). The residual follows cuBLAS kernel switches between neighbouring token "
+         "counts (e.g. Llama-2-7b's up-projection at TP1: 0.171 ms at 624 tokens, 0.243 ms at 688), which no "
+         "smooth or tile-periodic curve of (M, N, K) captures:"), "",
+        "| GEMM curve | holdout median | holdout p90 |", "|---|---|---|",
+        *[f"| {r['curve']} | {r['median']:.1%} | {r['p90']:.1%} |"
+          for r in gemm_variants(train[train.op.isin(cal.GEMM_OPS)], gemm)], "",
         "Per model (all operators): " + ", ".join(
             f"{m} {r.iloc[0]:.1%} / {r.iloc[1]:.1%}" for m, r in per_model.iterrows()) + " (median / p90).", "",
         "Per operator and TP degree (median / p90 abs error):", "",
