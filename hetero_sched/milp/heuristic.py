@@ -1,8 +1,10 @@
-"""Fast primal heuristic: binary search on the makespan T with a first-fit-decreasing cover, then
-local search. Used as the MIP's warm start and, at scales the MIP cannot build, as the answer.
+"""Fast primal heuristic: search on the makespan T (galloping up from the lower bound, then bisecting)
+with a first-fit-decreasing cover, then local search. Used as the MIP's warm start and, at scales the
+MIP cannot build, as the answer.
 
-cover(T): sequences longest-first; each unplaced one opens a group of the smallest configuration that
-runs it within T and can still be placed on the nodes (greedy best fit), which is then filled,
+cover(T): sequences hardest-first; each unplaced one opens a group of the most GPU-time-efficient
+configuration ('efficient') or the smallest ('smallest') that runs it within T and can still be placed
+on the nodes (greedy best fit), which is then filled,
 longest-first, with every unplaced sequence that still fits before T. Polishing: spare GPUs become extra
 groups of the most area-efficient configuration that still places; then move/swap local search on the
 slowest group (configurations unchanged, so the placement stays valid).
