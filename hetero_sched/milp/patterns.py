@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import time
 
+import highspy
 import numpy as np
 
 from .instance import Instance
@@ -120,7 +121,11 @@ class PatternLP:
         room = T - self.overhead
         center, best = None, 0.0
         while time.monotonic() < deadline:
+            # HiGHS's time limit counts this object's total run time, so it is set past what has been used
+            self.h.setOptionValue("time_limit", self.h.getRunTime() + max(deadline - time.monotonic(), 1e-3))
             self.h.run()
+            if self.h.getModelStatus() != highspy.HighsModelStatus.kOptimal:
+                return False  # out of time (or numerical trouble): nothing proven
             lp = self.h.getInfo().objective_function_value
             if lp <= self.N * (1 + 1e-9):
                 return False
