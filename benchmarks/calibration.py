@@ -22,6 +22,7 @@ import matplotlib.pyplot as plt
 import hetero_sched as hs
 from hetero_sched._data import model_data_path
 from hetero_sched.latency import calibrate as cal
+from hetero_sched.latency.analytic import gemm_fit_ms
 
 OUT = Path(__file__).resolve().parent / "results"
 # torchtitan, Llama-3.1-8B on H100, tokens/s/GPU (quoted in the reference README of the shared data).
@@ -78,8 +79,7 @@ def packing_gap() -> list[dict]:
 
 
 GEMM_VARIANTS = {  # name: (t(M, N, K, params) in ms, start, lower, upper)
-    "affine (shipped)": (lambda M, N, K, p: p[0] + 2 * N * K * (M + p[2]) / (p[1] * 1e9),
-                         [0.01, 700, 100], [0, 1, 0], [1, 3000, 1e5]),
+    "affine (shipped)": (lambda M, N, K, p: gemm_fit_ms(M, N, K, *p), [0.01, 700, 100], [0, 1, 0], [1, 3000, 1e5]),
     "shape efficiency 1/(1 + n½/N + k½/K)": (
         lambda M, N, K, p: p[0] + 2 * N * K * (M + p[2]) * (1 + p[3] / N + p[4] / K) / (p[1] * 1e9),
         [0.01, 700, 100, 10, 10], [0, 1, 0, 0, 0], [1, 3000, 1e5, 1e5, 1e5]),

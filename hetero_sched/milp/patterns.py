@@ -38,7 +38,8 @@ class PatternLP:
     def __init__(self, inst: Instance, threads: int = 1):
         from .backends import new_highs
 
-        _, first, counts = np.unique(inst.lengths, return_index=True, return_counts=True)
+        _, first, self.item_of, counts = np.unique(inst.lengths, return_index=True, return_inverse=True,
+                                                   return_counts=True)  # item_of: each sequence's length row
         self.cost = inst.cost[first]                   # (J, C)
         self.m = counts.astype(float)                  # multiplicities
         self.gpus = inst.gpus.astype(float)
@@ -83,12 +84,13 @@ class PatternLP:
         self.columns.append((c, load, nz))
         return True
 
-    def add_solution(self, sol, item_of: np.ndarray, T: float) -> None:
+    def add_solution(self, sol, T: float) -> None:
         """Columns from a plan's groups [(config, sequence indices)], each trimmed to fit T."""
         for c, seqs in sol:
-            a = np.bincount(item_of[np.asarray(seqs, dtype=int)], minlength=self.J).astype(float)
+            a = np.bincount(self.item_of[np.asarray(seqs, dtype=int)], minlength=self.J).astype(float)
+            cost = np.nan_to_num(self.cost[:, c], posinf=0)  # lengths that do not fit c are not in a
             for j in np.argsort(self.cost[:, c]):  # drop the cheapest lengths until the group fits
-                if self.overhead[c] + float(np.dot(a, np.nan_to_num(self.cost[:, c], posinf=0))) <= T:
+                if self.overhead[c] + float(np.dot(a, cost)) <= T:
                     break
                 a[j] = 0.0
             if a.any():
@@ -247,10 +249,8 @@ def pattern_bound(inst: Instance, lower: float, upper: float, deadline: float, s
     if upper <= lower or time.monotonic() >= deadline:
         return lower
     lp = PatternLP(inst, threads)
-    uniq = np.unique(inst.lengths)
-    item_of = np.searchsorted(uniq, inst.lengths)
     for sol in solutions:
-        lp.add_solution(sol, item_of, upper)
+        lp.add_solution(sol, upper)
     lo, hi, step = lower, upper, FIRST_STEP
     while hi - lo > rel_tol * upper and time.monotonic() < deadline:
         T = max(hi - step * (upper - lower), (lo + hi) / 2) if lo == lower else (lo + hi) / 2

@@ -132,15 +132,15 @@ def _search(full: Instance, lat, warm: Plan, min_tp: int, deadline: float, backe
     bound, status = lower, "not run"
     if not known:
         return [], lower, note + "; no plan found"
+    best_known = min(known, key=lambda s: makespan(inst, s[0]))
     if not mip_runs:
         note += ("; heuristic with bounds (no MIP backend)" if backend == "none" else
                  f"; exact MIP not built ({size:,} variables > {MAX_MIP_VARIABLES:,}): heuristic with bounds")
         if patterns_run:
-            best_ms = min(makespan(inst, s[0]) for s in known)
+            best_ms = makespan(inst, best_known[0])
             bound = pattern_bound(inst, lower, best_ms, deadline, [s[0] for s in known], threads)
             note += f" (pattern LP: {100 * (best_ms / bound - 1):.2f} % gap)"
     elif deadline - time.monotonic() > 0.02 or det_limit is not None:
-        best_known = min(known, key=lambda s: makespan(inst, s[0]))
         sol, b, status = run_mip(inst, backend, best_known, lower, deadline - time.monotonic(), threads, seed,
                                  rel_gap, det_limit)
         bound = max(bound, b)
