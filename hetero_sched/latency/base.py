@@ -203,17 +203,25 @@ class LatencyModel(ABC):
             clock = max(clock, ready) + (gather + reduce) * share
         return max(0.0, clock - makespan) + allgather
 
-    def sync_exposed_lower_ms(self, t_layout: int, makespan_lower_ms: float) -> float:
+    def sync_exposed_lower_ms(self, t_layout: int, makespan_lower_ms: float, mixed: bool = False) -> float:
         """A lower bound on makespan + exposed sync − makespan_lower over plans whose smallest TP is
-        t_layout and whose makespan is ≥ makespan_lower_ms: no layout gather, one bucket per layer (any
-        real bucketing merges them, which only delays), and the slowest group's whole makespan taken as
-        its backward window. makespan + exposed grows with the makespan (each ready time rises by
+        t_layout and whose makespan is ≥ makespan_lower_ms: one bucket per layer (any real bucketing
+        merges them, which only delays), and the slowest group's whole makespan taken as its backward
+        window. A plan whose groups all have TP t_layout gathers nothing; mixed=True bounds the plans that
+        also hold a larger TP, which gather at least the least layout gather of any larger TP degree
+        (inf when there is none). makespan + exposed grows with the makespan (each ready time rises by
         1 − BACKWARD_SHARE·(1 − done) ≥ 0 per ms), so the bound holds for every makespan above."""
         _, reduce, allgather = self.sync_parts([t_layout])
+        gather = 0.0
+        if mixed:
+            larger = [tp for tp in self.cluster.tp_degrees(self.model) if tp > t_layout]
+            if not larger:
+                return math.inf
+            gather = min(self.sync_parts([t_layout, tp])[0] for tp in larger)
         T = makespan_lower_ms
         clock = -math.inf
         for params, done in self._gradient_pieces():
-            clock = max(clock, T - K.BACKWARD_SHARE * T * (1.0 - done)) + reduce * params / self.model.params
+            clock = max(clock, T - K.BACKWARD_SHARE * T * (1.0 - done)) + (gather + reduce) * params / self.model.params
         return max(0.0, clock - T) + allgather
 
     def describe(self) -> dict:

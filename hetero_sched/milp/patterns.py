@@ -18,6 +18,7 @@ smoothed towards the best-bound duals (Wentges), which cuts the tailing-off of p
 """
 from __future__ import annotations
 
+import math
 import time
 
 import highspy
@@ -46,8 +47,12 @@ class PatternLP:
         self.overhead = inst.overhead
         self.N = float(inst.total_gpus)
         self.J, self.C = self.cost.shape
-        self.columns: list[tuple[int, float, np.ndarray]] = []  # (config, load without overhead, lengths in it)
-        self.known: set = set()
+        self.configs = inst.configs
+        self.columns: list[tuple] = []  # (config, load without overhead, lengths in it, their counts)
+        self.known: dict = {}  # pattern -> its index in columns
+        self.enabled: list[bool] = []
+        self.last_x = np.zeros(0)  # column values of the last optimal LP
+        self.paused = (None, None, 0.0)  # (T, stability centre, best bound) of a proof cut short
         self.exchanges = 0  # free columns before the patterns
         self.h = new_highs(threads)
         self.h.setOptionValue("presolve", "off")  # re-solves start from the last basis ...
@@ -71,17 +76,25 @@ class PatternLP:
                 self.exchanges += 1
 
     def add_column(self, c: int, a: np.ndarray, T: float) -> bool:
-        """Add pattern (c, a) unless it is already a column; enabled when it fits T."""
+        """Add pattern (c, a), enabled when it fits T (pricing passes T = inf: a relaxed pattern may run
+        slightly past T). A pattern already a column is enabled again when it fits; False when nothing
+        changed."""
         nz = np.flatnonzero(a > 1e-12)
         key = (c, nz.tobytes(), np.round(a[nz], 9).tobytes())
-        if key in self.known:
-            return False
-        self.known.add(key)
         load = float(np.dot(a[nz], self.cost[nz, c]))
         on = self.overhead[c] + load <= T * (1 + 1e-12)
+        if key in self.known:
+            k = self.known[key]
+            if not on or self.enabled[k]:
+                return False
+            self.h.changeColBounds(self.exchanges + k, 0.0, self.h.getInfinity())
+            self.enabled[k] = True
+            return True
+        self.known[key] = len(self.columns)
         self.h.addCol(float(self.gpus[c]), 0.0, self.h.getInfinity() if on else 0.0, nz.size,
                       nz.astype(np.int32), a[nz].astype(float))
-        self.columns.append((c, load, nz))
+        self.columns.append((c, load, nz, a[nz].astype(float)))
+        self.enabled.append(bool(on))
         return True
 
     def add_solution(self, sol, T: float) -> None:
@@ -102,12 +115,13 @@ class PatternLP:
         fits = self.overhead[None, :] + self.cost <= T
         if not fits.any(axis=1).all():
             return False
-        on = np.array([self.overhead[c] + load <= T * (1 + 1e-12) for c, load, _ in self.columns], dtype=bool)
+        on = np.array([self.overhead[c] + load <= T * (1 + 1e-12) for c, load, _, _ in self.columns], dtype=bool)
         covered = np.zeros(self.J, dtype=bool)
         if on.size:
             idx = np.arange(self.exchanges, self.exchanges + on.size, dtype=np.int32)
             self.h.changeColsBounds(on.size, idx, np.zeros(on.size), np.where(on, self.h.getInfinity(), 0.0))
-            for (_, _, nz), ok in zip(self.columns, on):
+            self.enabled = on.tolist()
+            for (_, _, nz, _), ok in zip(self.columns, on):
                 covered[nz] |= ok
         area = np.where(fits, self.gpus[None, :] * self.cost, np.inf)
         for j in np.flatnonzero(~covered):  # a singleton on the cheapest configuration keeps the master feasible
@@ -116,22 +130,31 @@ class PatternLP:
             self.add_column(int(np.argmin(area[j])), a, T)
         return True
 
-    def infeasible(self, T: float, deadline: float) -> bool:
-        """Prove that no plan has makespan ≤ T (True), or give up (False: the LP allows T, or time ran out)."""
-        if not self.set_makespan(T):
-            return True
+    def infeasible(self, T: float, deadline: float) -> bool | None:
+        """Prove that no plan has makespan ≤ T: True when proven, False when the LP allows T, None when the
+        deadline (or HiGHS) stopped the proof."""
         room = T - self.overhead
-        center, best = None, 0.0
+        if self.paused[0] == T:  # a proof of this T cut short by a deadline goes on where it stopped
+            _, center, best = self.paused
+        elif not self.set_makespan(T):
+            return True
+        else:
+            self.ref_pi, self.ref_value = np.zeros((self.J, self.C)), np.full(self.C, np.inf)  # last exact pricing
+            center, best = None, 0.0
+        self.paused = (None, None, 0.0)
         while time.monotonic() < deadline:
             # HiGHS's time limit counts this object's total run time, so it is set past what has been used
             self.h.setOptionValue("time_limit", self.h.getRunTime() + max(deadline - time.monotonic(), 1e-3))
             self.h.run()
             if self.h.getModelStatus() != highspy.HighsModelStatus.kOptimal:
-                return False  # out of time (or numerical trouble): nothing proven
+                self.paused = (T, center, best)
+                return None  # out of time (or numerical trouble): nothing proven yet
             lp = self.h.getInfo().objective_function_value
+            solution = self.h.getSolution()
+            self.last_x = np.asarray(solution.col_value)
             if lp <= self.N * (1 + 1e-9):
                 return False
-            pi_lp = np.maximum(np.asarray(self.h.getSolution().row_dual), 0.0)
+            pi_lp = np.maximum(np.asarray(solution.row_dual), 0.0)
             pi = pi_lp if center is None else SMOOTHING * center + (1 - SMOOTHING) * pi_lp
             theta, new = self._price(pi, room)
             bound = float(pi @ self.m) / theta if theta > 0 else np.inf
@@ -143,18 +166,35 @@ class PatternLP:
                 if center is pi_lp or np.allclose(pi, pi_lp) or lp - best <= 1e-7 * lp:
                     return False  # converged: the LP optimum is ≤ N
                 center = SMOOTHING * center + (1 - SMOOTHING) * pi_lp  # mis-priced: move towards the LP duals
-        return False
+        self.paused = (T, center, best)
+        return None
+
+    def config_mix(self) -> np.ndarray:
+        """Σ λ_p per configuration in the last optimal LP solution: how many groups of each the LP uses."""
+        mix = np.zeros(self.C)
+        x = self.last_x[self.exchanges:]
+        np.add.at(mix, [c for c, _, _, _ in self.columns[:x.size]], x)
+        return mix
 
     def _price(self, pi: np.ndarray, room: np.ndarray) -> tuple[float, int]:
         """θ = max_c (relaxed knapsack value)/gpus_c; adds each configuration's best pattern when its
-        reduced cost is negative. Fractional (Dantzig) values bound every configuration; the most
-        promising get the exact relaxed knapsack."""
-        frac = _fractional(pi, self.cost, self.m, room) / self.gpus
+        reduced cost is negative. Every configuration is bounded cheaply, the most promising get the exact
+        relaxed knapsack: Dantzig's fractional value, or, for a configuration priced before at duals π⁰
+        (same T) with value V⁰, V⁰ + Dantzig((π − π⁰)⁺), since every pattern a has
+        π·a = π⁰·a + (π − π⁰)·a ≤ V⁰ + (π − π⁰)⁺·a. Smoothed duals move little, so this skips most."""
+        bound = _fractional(pi, self.cost, self.m, room)
+        seen = np.isfinite(self.ref_value)
+        if seen.any():
+            delta = np.maximum(pi[:, None] - self.ref_pi[:, seen], 0.0)
+            bound[seen] = np.minimum(bound[seen], self.ref_value[seen] +
+                                     _fractional(delta, self.cost[:, seen], self.m, room[seen]))
+        bound /= self.gpus
         theta, new = 0.0, 0
-        for c in np.argsort(-frac, kind="stable"):
-            if frac[c] <= theta:
+        for c in np.argsort(-bound, kind="stable"):
+            if bound[c] <= theta:
                 break  # no configuration left can beat θ
             a, value = _knapsack(pi, self.cost[:, c], self.m, room[c])
+            self.ref_pi[:, c], self.ref_value[c] = pi, value
             theta = max(theta, value / self.gpus[c])
             if float(pi @ a) > self.gpus[c] * (1 + 1e-9) and self.add_column(int(c), a, np.inf):
                 new += 1
@@ -163,13 +203,14 @@ class PatternLP:
 
 def _fractional(pi, w, m, cap) -> np.ndarray:
     """Dantzig's bound per configuration (columns of w, rooms cap): the knapsack with every length
-    fractional, best value per unit of cost first."""
-    usable = np.isfinite(w) & (w <= cap[None, :]) & (pi[:, None] > 0) & (cap[None, :] > 0)
+    fractional, best value per unit of cost first. pi: values (J,), or one column per configuration."""
+    pi = pi if pi.ndim == 2 else pi[:, None]
+    usable = np.isfinite(w) & (w <= cap[None, :]) & (pi > 0) & (cap[None, :] > 0)
     with np.errstate(divide="ignore", invalid="ignore"):
-        ratio = np.where(usable, pi[:, None] / w, -1.0)
+        ratio = np.where(usable, pi / w, -1.0)
     order = np.argsort(-ratio, axis=0, kind="stable")
     ws = np.take_along_axis(np.where(usable, m[:, None] * w, 0.0), order, axis=0)
-    ps = np.take_along_axis(np.where(usable, m[:, None] * pi[:, None], 0.0), order, axis=0)
+    ps = np.take_along_axis(np.where(usable, m[:, None] * pi, 0.0), order, axis=0)
     spent = np.vstack([np.zeros(w.shape[1]), np.cumsum(ws, axis=0)])
     gain = np.vstack([np.zeros(w.shape[1]), np.cumsum(ps, axis=0)])
     k = np.minimum((spent <= cap[None, :]).sum(axis=0) - 1, w.shape[0] - 1)  # whole lengths that fit
@@ -240,22 +281,65 @@ def worth_trying(inst: Instance) -> bool:
     return len(np.unique(inst.lengths)) <= MAX_LENGTHS
 
 
+class PatternBound:
+    """The largest makespan proven infeasible, searched in [lower, upper] and resumable: improve() may be
+    called again with a later deadline, and a trial cut short by a deadline goes on where it stopped.
+    `solutions` (plans of makespan ≈ upper) seed the columns. Trials step down from the incumbent,
+    doubling the step, until one is proven (a trial the LP allows is cheap once columns exist); then
+    bisection between the proven and the allowed. first_step=None bisects from the start (for a lower
+    bound that is already tight). A trial still open after `patience` seconds (over all calls)
+    is given up as if allowed: near the LP's threshold both verdicts take long, and a lower trial is
+    proven sooner. hi only steers the trials, so this never makes the bound wrong."""
+
+    def __init__(self, inst: Instance, lower: float, upper: float, solutions=(), threads: int = 1,
+                 rel_tol: float = 1e-4, first_step: float | None = FIRST_STEP, patience: float = math.inf):
+        self.lp = PatternLP(inst, threads)
+        for sol in solutions:
+            self.lp.add_solution(sol, upper)
+        self.lower, self.upper, self.rel_tol, self.patience = lower, upper, rel_tol, patience
+        self.lo, self.hi, self.step = lower, upper, first_step
+        self.pending, self.spent = None, 0.0
+
+    @property
+    def exhausted(self) -> bool:
+        """Nothing left to prove: the bound has met the lowest makespan the LP allows (to rel_tol)."""
+        return self.hi - self.lo <= self.rel_tol * self.upper
+
+    def improve(self, deadline: float) -> float:
+        while not self.exhausted and time.monotonic() < deadline:
+            T = self.pending if self.pending is not None else self._next_trial()
+            if T != self.pending:
+                self.spent = 0.0
+            started = time.monotonic()
+            verdict = self.lp.infeasible(T, deadline)
+            self.spent += time.monotonic() - started
+            self.pending = T if verdict is None else None
+            if verdict is None and self.spent > self.patience:
+                verdict, self.pending = False, None  # too hard so near the LP's threshold: try lower
+            if verdict is None:
+                break  # out of time: nothing proven, resumed on the next call
+            if verdict:
+                self.lo = T
+            else:
+                self.hi, self.step = T, None if self.step is None else 2 * self.step
+        return self.lo
+
+    def tighten(self, upper: float) -> None:
+        """A better plan was found: nothing above its makespan needs a trial."""
+        self.hi = min(self.hi, upper)
+        if self.pending is not None and self.pending >= self.hi:
+            self.pending = None
+
+    def _next_trial(self) -> float:
+        if self.lo == self.lower and self.step is not None:
+            return max(self.hi - self.step * (self.upper - self.lower), (self.lo + self.hi) / 2)
+        return (self.lo + self.hi) / 2
+
+
 def pattern_bound(inst: Instance, lower: float, upper: float, deadline: float, solutions=(), threads: int = 1,
                   rel_tol: float = 1e-4) -> float:
     """Largest makespan in [lower, upper] proven infeasible by the pattern LP before the deadline (lower
-    when none is). `solutions` (plans of makespan ≈ upper) seed the columns. Trials step down from the
-    incumbent, doubling the step, until one is proven (a trial the LP allows is cheap once columns
-    exist); then bisection between the proven and the allowed."""
+    when none is); see PatternBound."""
     if upper <= lower or time.monotonic() >= deadline:
         return lower
-    lp = PatternLP(inst, threads)
-    for sol in solutions:
-        lp.add_solution(sol, upper)
-    lo, hi, step = lower, upper, FIRST_STEP
-    while hi - lo > rel_tol * upper and time.monotonic() < deadline:
-        T = max(hi - step * (upper - lower), (lo + hi) / 2) if lo == lower else (lo + hi) / 2
-        if lp.infeasible(T, deadline):
-            lo = T
-        else:
-            hi, step = T, 2 * step
-    return lo
+    return PatternBound(inst, lower, upper, solutions, threads, rel_tol).improve(deadline)

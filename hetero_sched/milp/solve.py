@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import math
 import time
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -15,11 +16,16 @@ from .bounds import overhead_area_bound, simple_bound
 from .formulation import build_milp, decode, decode_nodes, estimate_size, hint_values
 from .heuristic import heuristic_solution, makespan
 from .instance import Instance, _undominated, build_instance, check_lengths
-from .patterns import pattern_bound, worth_trying
+from .layouts import Family, step_bound, tighten
+from .lns import rebalance, swap_towards
+from .patterns import PatternBound, worth_trying
 
 OPTIMAL_GAP = 1e-6
 MAX_MIP_VARIABLES = 60_000  # beyond this the slot MIP is not built: heuristic + bounds answer
 HEURISTIC_SHARE = 0.3       # of the time limit, when the MIP runs after it
+PATTERNS_HEURISTIC_SHARE = 0.1  # ... and when the pattern LP and LNS do
+PATTERN_SHARE = 0.35        # of the time left, for the pattern LP before the configuration swaps
+LNS_SHARE = 0.4             # of the time left then, for rebalancing (it stops earlier once stuck)
 RESERVE_PLANS = 4           # plan pricings kept back per slice (heuristic's, MIP's, the final one, slack)
 
 
@@ -47,29 +53,43 @@ def solve(lengths, cluster: Cluster, lat: LatencyModel, *, backend: str = "cpsat
     warm = best_homogeneous_plan(full, lat, objective)
     reserve = _pricing_seconds(warm, lat) * RESERVE_PLANS  # placing and pricing the plans found, after the search
     tps = lat.cluster.tp_degrees(lat.model)
-    slice_tps = tps if objective == "step" else [1]
-    t0 = time.monotonic()
-    plans, notes, bounds = [("warm start", warm)], [], {}
-    # each slice's time is in proportion to its configurations (TP ≥ 1 holds them all)
-    share = np.cumsum([sum(tp >= t for tp, _, _ in full.configs) for t in slice_tps], dtype=float)
-    for k, min_tp in enumerate(slice_tps):
-        slice_deadline = t0 + (deadline - t0) * share[k] / share[-1] - reserve
-        found, bounds[min_tp], note = _search(full, lat, warm, min_tp, slice_deadline, backend, threads, seed,
-                                              rel_gap, deterministic_limit)
+    slices = [_slice(full, warm, t) for t in (tps if objective == "step" else [1])]
+    plans, notes, bounds = [("warm start", warm)], {}, {}
+    # most promising slice first; each gets the time left in proportion to its configurations
+    todo = sorted(slices, key=lambda sl: sl.step_lower(lat))
+    while todo:
+        sl = todo.pop(0)
+        best = min(objective_key(p, objective)[0] for _, p in plans)
+        if objective == "step" and sl.step_lower(lat) >= best:
+            bounds[sl.min_tp] = sl.lower
+            notes[sl.min_tp] = f"TP>={sl.min_tp}: not searched (its step bound {sl.step_lower(lat):.1f} ms >= the " \
+                               f"best plan's {best:.1f} ms)"
+            continue
+        weight = [len(x.inst.configs) if x.inst else 0 for x in [sl] + todo]
+        now = time.monotonic()
+        slice_deadline = now + (deadline - reserve - now) * weight[0] / max(sum(weight), 1)
+        found, bounds[sl.min_tp], notes[sl.min_tp], search = _search(
+            sl, full, lat, slice_deadline, backend, threads, seed, rel_gap, deterministic_limit)
+        sl.searched(bounds[sl.min_tp], search, threads, deterministic_limit)
         plans += found
-        notes.append(note)
+    families = [f for sl in slices for f in sl.families]
+    if objective == "step" and deterministic_limit is None and not round_lengths:
+        best = min(p.step_ms for _, p in plans)
+        moved = tighten(families, lat, best, deadline - reserve)
+        if moved:
+            notes[max(tps) + 1] = "time left to the step bound: " + "; ".join(moved)
     if round_lengths:
         plans = [(who, _on_true_lengths(p, true_lengths, lat)) for who, p in plans]
     who, plan = min(plans, key=lambda wp: (*objective_key(wp[1], objective), wp[0] != "warm start"))
     plan.baseline = dict(warm.baseline)
     plan.solver = SolveResult(backend=backend, status="feasible", time_limit_s=time_limit_s, threads=threads,
                               seed=seed, objective=objective, makespan_bound_ms=bounds[1],
-                              step_bound_ms=_step_bound(lat, bounds, tps, round_lengths))
+                              step_bound_ms=_step_bound(lat, bounds, tps, families, objective, round_lengths))
     plan.reprice(lat)
     s = plan.solver
     s.status = "optimal" if s.gap <= OPTIMAL_GAP else ("baseline" if who == "warm start" else "feasible")
     rounding = f"lengths priced rounded up to {round_lengths}; " if round_lengths else ""
-    s.message = f"objective {objective}; {rounding}plan from {who}; " + " | ".join(notes)
+    s.message = f"objective {objective}; {rounding}plan from {who}; " + " | ".join(notes[t] for t in sorted(notes))
     s.wall_s = time.monotonic() - start
     return plan
 
@@ -81,12 +101,15 @@ def _pricing_seconds(plan: Plan, lat: LatencyModel) -> float:
     return time.monotonic() - started
 
 
-def _step_bound(lat: LatencyModel, bounds: dict, tps: list[int], round_lengths) -> float:
-    """min over smallest-TP layouts t of (makespan bound of plans with TP ≥ t) + least exposed sync.
-    A slice not searched has the whole-space makespan bound (TP ≥ 1), which is weaker but valid."""
+def _step_bound(lat: LatencyModel, bounds: dict, tps: list[int], families: list, objective: str,
+                round_lengths) -> float:
+    """Step objective: the lowest family's bound (see layouts). Makespan objective (one slice searched):
+    min over layouts t of (the whole space's makespan bound) + least exposed sync of t."""
     if round_lengths:
         return 0.0  # bounds were proven on rounded-up costs: they do not bound the true ones
-    return min(bounds.get(t, bounds[1]) + lat.sync_exposed_lower_ms(t, bounds.get(t, bounds[1])) for t in tps)
+    if objective == "step":
+        return step_bound(families, lat)
+    return min(bounds[1] + lat.sync_exposed_lower_ms(t, bounds[1]) for t in tps)
 
 
 def _rounded(lengths: np.ndarray, r: int | None) -> np.ndarray:
@@ -102,26 +125,78 @@ def _on_true_lengths(plan: Plan, lengths: np.ndarray, lat: LatencyModel) -> Plan
     return p
 
 
-def _search(full: Instance, lat, warm: Plan, min_tp: int, deadline: float, backend, threads, seed, rel_gap,
-            det_limit):
-    """Heuristic then MIP over configurations with tp ≥ min_tp; returns (named plans, makespan bound, note)."""
-    allowed = np.array([c for c, (tp, _, _) in enumerate(full.configs) if tp >= min_tp])
-    sub = full.subset(allowed)
-    inst = full.subset(allowed[_undominated(sub.gpus, sub.overhead, sub.cost, sub.configs)])
-    if not np.isfinite(inst.cost).any(axis=1).all():
-        return [], math.inf, f"TP>={min_tp}: some sequence fits no configuration (no plan of this layout)"
+@dataclass
+class Slice:
+    """The configurations with tp ≥ min_tp (undominated among them), the warm start as their solution when
+    it is one, and the cheap makespan bound; inst is None when some sequence fits none of them. pure:
+    the configurations with tp = min_tp alone (None when they cannot hold the batch). families: the
+    step bound's two families of this layout (see layouts)."""
+    min_tp: int
+    inst: Instance | None
+    warm_sol: tuple | None = None
+    upper: float = 1e12
+    lower: float = math.inf
+    pure: Instance | None = None
+    families: tuple = ()
+
+    def step_lower(self, lat) -> float:
+        """No plan whose smallest TP is min_tp takes less, over the whole step."""
+        return min((f.step(lat) for f in self.families), default=math.inf)
+
+    def searched(self, bound: float, search, threads: int, det_limit) -> None:
+        """The slice's search proved `bound` (a bound on both families) and may have a pattern LP."""
+        pure, mixed = self.families
+        mixed.bound, mixed.search = max(mixed.bound, bound), search
+        pure.bound = max(pure.bound, bound)
+        if self.pure is not None and det_limit is None and worth_trying(self.pure):
+            pure.start = lambda upper: _pure_search(self.pure, pure.bound, upper, threads)
+
+
+def _slice(full: Instance, warm: Plan, min_tp: int) -> Slice:
+    inst = _configs_where(full, lambda tp: tp >= min_tp)
+    if inst is None:
+        return Slice(min_tp, None, families=(Family(min_tp, False, math.inf), Family(min_tp, True, math.inf)))
     warm_sol = _as_solution(full, inst, warm) if warm.groups[0].tp >= min_tp else None
     upper = makespan(inst, warm_sol[0]) if warm_sol else 1e12
+    lower = overhead_area_bound(inst, upper)
+    pure = _configs_where(full, lambda tp: tp == min_tp)
+    pure_lower = max(lower, overhead_area_bound(pure, 1e12)) if pure is not None else math.inf
+    return Slice(min_tp, inst, warm_sol, upper, lower, pure,
+                 (Family(min_tp, False, pure_lower), Family(min_tp, True, lower)))
+
+
+def _configs_where(full: Instance, keep_tp) -> Instance | None:
+    """The undominated configurations whose TP passes keep_tp; None when some sequence fits none."""
+    allowed = np.array([c for c, (tp, _, _) in enumerate(full.configs) if keep_tp(tp)], dtype=int)
+    if allowed.size == 0:
+        return None
+    sub = full.subset(allowed)
+    inst = full.subset(allowed[_undominated(sub.gpus, sub.overhead, sub.cost, sub.configs)])
+    return inst if np.isfinite(inst.cost).any(axis=1).all() else None
+
+
+def _pure_search(pure: Instance, lower: float, upper: float, threads: int) -> PatternBound | None:
+    """The pattern LP of the plans with one TP degree."""
+    if upper <= lower:
+        return None
+    return PatternBound(pure, lower, upper, (), threads, first_step=None)
+
+
+def _search(sl: Slice, full: Instance, lat, deadline: float, backend, threads, seed, rel_gap, det_limit):
+    """Heuristic then MIP (or the pattern LP) over one slice; returns (named plans, makespan bound, note,
+    the pattern LP search when it ran, to resume with time left over)."""
+    inst, warm_sol, upper, lower, min_tp = sl.inst, sl.warm_sol, sl.upper, sl.lower, sl.min_tp
+    if inst is None:
+        return [], math.inf, f"TP>={min_tp}: some sequence fits no configuration (no plan of this layout)", None
     late = det_limit is None and time.monotonic() >= deadline and warm_sol is not None
     if late:  # a limit shorter than pricing: the warm start stands, with the cheap bounds only
-        return [], simple_bound(inst), f"TP>={min_tp}: no time left after pricing: warm start kept, simple bounds"
-    lower = overhead_area_bound(inst, upper)
+        return [], simple_bound(inst), f"TP>={min_tp}: no time left after pricing: warm start kept, simple bounds", None
     size = estimate_size(inst)
     mip_runs = backend != "none" and size <= MAX_MIP_VARIABLES
     # without the MIP, the pattern LP (clock-driven, so not under a work limit) tightens the bound
     patterns_run = not mip_runs and det_limit is None and worth_trying(inst)
     now = time.monotonic()
-    share = HEURISTIC_SHARE if mip_runs or patterns_run else 1.0
+    share = HEURISTIC_SHARE if mip_runs else PATTERNS_HEURISTIC_SHARE if patterns_run else 1.0
     # under a deterministic work limit nothing may depend on the clock: no deadline, no restarts
     h_deadline = now + share * (deadline - now) if det_limit is None else float("inf")
     heur = heuristic_solution(inst, lower, upper, h_deadline, seed=seed, restarts=det_limit is None)
@@ -129,17 +204,17 @@ def _search(full: Instance, lat, warm: Plan, min_tp: int, deadline: float, backe
     found = [("heuristic", heur)] if heur and heur[1] is not None else []
     note = f"TP>={min_tp}: {len(inst.configs)} configurations kept ({full.pruned + len(full.configs) - len(inst.configs)} pruned)"
     known = [s for s in (warm_sol, found[0][1] if found else None) if s]
-    bound, status = lower, "not run"
+    bound, status, search = lower, "not run", None
     if not known:
-        return [], lower, note + "; no plan found"
+        return [], lower, note + "; no plan found", None
     best_known = min(known, key=lambda s: makespan(inst, s[0]))
     if not mip_runs:
         note += ("; heuristic with bounds (no MIP backend)" if backend == "none" else
                  f"; exact MIP not built ({size:,} variables > {MAX_MIP_VARIABLES:,}): heuristic with bounds")
         if patterns_run:
-            best_ms = makespan(inst, best_known[0])
-            bound = pattern_bound(inst, lower, best_ms, deadline, [s[0] for s in known], threads)
-            note += f" (pattern LP: {100 * (best_ms / bound - 1):.2f} % gap)"
+            more, bound, search, gap_note = _patterns_and_lns(inst, best_known, known, lower, deadline, threads, seed)
+            found += more
+            note += gap_note
     elif deadline - time.monotonic() > 0.02 or det_limit is not None:
         sol, b, status = run_mip(inst, backend, best_known, lower, deadline - time.monotonic(), threads, seed,
                                  rel_gap, det_limit)
@@ -152,7 +227,42 @@ def _search(full: Instance, lat, warm: Plan, min_tp: int, deadline: float, backe
     else:
         note += "; no time left for the MIP"
     plans = [(who, _to_plan(inst, s, shares, lat)) for who, (s, shares) in found]
-    return [(who, p) for who, p in plans if p is not None], bound, note
+    return [(who, p) for who, p in plans if p is not None], bound, note, search
+
+
+def _patterns_and_lns(inst: Instance, best: tuple, known: list, lower: float, deadline: float, threads: int,
+                      seed: int):
+    """Where the MIP is not built: rebalance the best plan (LNS), then alternate the pattern LP bound with
+    configuration swaps towards the LP's mix, each rebalanced. Returns (named solutions, bound, the
+    pattern LP search, note)."""
+    found = []
+
+    def keep(who: str, sol) -> None:
+        nonlocal best
+        shares = _greedy_shares(inst, sol)
+        if shares is not None and makespan(inst, sol) < makespan(inst, best[0]) - 1e-9:
+            best = (sol, shares)
+            found.append((who, best))
+
+    upper = makespan(inst, best[0])
+    if upper <= lower or time.monotonic() >= deadline:
+        return found, lower, None, ""
+    search = PatternBound(inst, lower, upper, [s[0] for s in known], threads)
+    search.improve(_share(PATTERN_SHARE, deadline))
+    swapped = swap_towards(inst, best[0], search.lp.config_mix())
+    if swapped is not None and _greedy_shares(inst, swapped) is not None:
+        keep("heuristic, LP mix, LNS", rebalance(inst, swapped, _share(LNS_SHARE, deadline), seed))
+    else:
+        keep("heuristic + LNS", rebalance(inst, best[0], _share(LNS_SHARE, deadline), seed))
+    search.tighten(makespan(inst, best[0]))
+    bound = search.improve(deadline)
+    return found, bound, search, f" (pattern LP: {100 * (makespan(inst, best[0]) / bound - 1):.2f} % gap)"
+
+
+def _share(share: float, deadline: float) -> float:
+    """The deadline of a phase given `share` of the time left."""
+    now = time.monotonic()
+    return now + share * max(deadline - now, 0.0)
 
 
 def _check_args(cluster, lat, backend, time_limit_s, threads, seed, rel_gap, objective, round_lengths) -> None:

@@ -99,6 +99,10 @@ class TestSync:
             lower_ms = makespan * rng.uniform(0.5, 1.0)
             step = makespan + lat16.sync_exposed_ms(tps, list(zip(ends, lasts)))
             assert lower_ms + lat16.sync_exposed_lower_ms(t, lower_ms) <= step * (1 + 1e-12)
+            if max(tps) > t:  # a larger TP gathers to the layout first: the mixed bound holds, and is higher
+                mixed = lat16.sync_exposed_lower_ms(t, lower_ms, mixed=True)
+                assert lower_ms + mixed <= step * (1 + 1e-12)
+                assert mixed > lat16.sync_exposed_lower_ms(t, lower_ms)
 
     def test_single_gpu_has_nothing_to_sync(self):
         small = hs.ModelSpec(layers=4, hidden=1024, heads=8, kv_heads=8, ffn=4096, vocab=32000)
