@@ -296,8 +296,9 @@ def suite_anytime(progress) -> None:
                               "wall_s"]), "",
             ("`wall_s` includes model building; the limit is honoured end to end (a model whose estimated "
             "build exceeds half the time left is not built). The 64-GPU instance is too large for the slot MIP: "
-            "the heuristic answers for every backend, and after it the pattern LP (column generation with "
-            "HiGHS, whichever backend was asked for) raises the bound as the limit grows.")]
+            "the heuristic answers for every backend, then the pattern LP (column generation with HiGHS, "
+            "whichever backend was asked for) raises the bound and its configuration mix guides swaps that "
+            "LNS (CP-SAT over the slowest group and two others) rebalances, as the limit grows.")]
     write("anytime", f, body, fig)
 
 
@@ -357,8 +358,10 @@ def suite_scale(progress) -> None:
              "help are never priced (beyond the degree at which the longest sequence stops getting faster), which "
              "keeps 4096 GPUs x 16,384 sequences at 128K context within memory. Where the slot MIP is not built "
              "and the batch has at most 400 distinct lengths (here the 64-GPU points), the pattern LP bound "
-             "runs after the heuristic. The step objective's gap can be wider than the makespan's: its bound "
-             "assumes the slowest group's whole makespan could hide the sync, which real plans rarely allow.")]
+             "runs after the heuristic, and LNS rebalances the plan after swapping configurations towards the LP's "
+             "mix. The step objective's bound is the lowest of its layout families (plans of one TP degree, which "
+             "gather nothing, and mixed ones, which pay a layout gather), each raised by its own pattern LP in the "
+             "time the skipped slices leave; it assumes the slowest group's whole makespan could hide the sync.")]
     write("scale", f, body, fig)
 
 

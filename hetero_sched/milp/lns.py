@@ -18,7 +18,6 @@ from __future__ import annotations
 import time
 
 import numpy as np
-from ortools.sat.python import cp_model
 
 from .heuristic import Solution
 from .instance import Instance
@@ -66,6 +65,8 @@ def _neighbourhood(loads: np.ndarray, gpus: np.ndarray, size: int, rng) -> np.nd
 
 def _reassign(inst, cfg, cost, where, groups, deadline, seed) -> np.ndarray | None:
     """CP-SAT's reassignment of the sequences of `groups` (a new `where`), or None when it found none."""
+    from ortools.sat.python import cp_model  # imported when needed: it costs ~0.2 GB of memory
+
     items = np.flatnonzero(np.isin(where, groups))
     m = cp_model.CpModel()
     x = {}

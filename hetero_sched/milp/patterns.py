@@ -14,7 +14,9 @@ Pricing (θ, and new columns) is a bounded knapsack per configuration, solved ex
 that keeps the bound valid: "big" lengths (cost ≥ room/SMALL_SHARE) are integral with costs rounded
 down to a grid of room/GRID; small lengths are fractional. Every true pattern is a relaxed pattern,
 so the LP is a relaxation of the plan problem. Nodes are ignored (also a relaxation). Duals are
-smoothed towards the best-bound duals (Wentges), which cuts the tailing-off of plain column generation.
+smoothed towards the best-bound duals (Wentges), which cuts the tailing-off of plain column generation;
+smoothed duals move little, so most configurations are bounded from their last pricing and skip the
+knapsack. A trial cut short by a deadline keeps its state and goes on when resumed (PatternBound).
 """
 from __future__ import annotations
 

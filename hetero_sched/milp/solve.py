@@ -26,6 +26,7 @@ HEURISTIC_SHARE = 0.3       # of the time limit, when the MIP runs after it
 PATTERNS_HEURISTIC_SHARE = 0.1  # ... and when the pattern LP and LNS do
 PATTERN_SHARE = 0.35        # of the time left, for the pattern LP before the configuration swaps
 LNS_SHARE = 0.4             # of the time left then, for rebalancing (it stops earlier once stuck)
+MILP_VARS_PER_S = 150_000   # build_milp's own pace here (24 GPUs x 256 sequences: 47,672 variables in 0.32 s)
 RESERVE_PLANS = 4           # plan pricings kept back per slice (heuristic's, MIP's, the final one, slack)
 
 
@@ -232,9 +233,10 @@ def _search(sl: Slice, full: Instance, lat, deadline: float, backend, threads, s
 
 def _patterns_and_lns(inst: Instance, best: tuple, known: list, lower: float, deadline: float, threads: int,
                       seed: int):
-    """Where the MIP is not built: rebalance the best plan (LNS), then alternate the pattern LP bound with
-    configuration swaps towards the LP's mix, each rebalanced. Returns (named solutions, bound, the
-    pattern LP search, note)."""
+    """Where the MIP is not built: the pattern LP bound for a while; then the best plan with its
+    configurations swapped towards the LP's mix (when that changes any and still places), or as it is,
+    rebalanced by LNS; then the pattern LP again, below the better plan. Returns (named solutions, bound,
+    the pattern LP search, note)."""
     found = []
 
     def keep(who: str, sol) -> None:
@@ -251,9 +253,9 @@ def _patterns_and_lns(inst: Instance, best: tuple, known: list, lower: float, de
     search.improve(_share(PATTERN_SHARE, deadline))
     swapped = swap_towards(inst, best[0], search.lp.config_mix())
     if swapped is not None and _greedy_shares(inst, swapped) is not None:
-        keep("heuristic, LP mix, LNS", rebalance(inst, swapped, _share(LNS_SHARE, deadline), seed))
+        keep("LP mix + LNS", rebalance(inst, swapped, _share(LNS_SHARE, deadline), seed))
     else:
-        keep("heuristic + LNS", rebalance(inst, best[0], _share(LNS_SHARE, deadline), seed))
+        keep("LNS", rebalance(inst, best[0], _share(LNS_SHARE, deadline), seed))
     search.tighten(makespan(inst, best[0]))
     bound = search.improve(deadline)
     return found, bound, search, f" (pattern LP: {100 * (makespan(inst, best[0]) / bound - 1):.2f} % gap)"
@@ -319,6 +321,10 @@ def run_mip(inst, backend, incumbent, lower, remaining, threads, seed, rel_gap, 
     """The slot MIP warm-started from incumbent (solution, shares); returns ((solution, shares) or None,
     bound, status)."""
     started = time.monotonic()
+    size = estimate_size(inst)
+    if det_limit is None and size / MILP_VARS_PER_S > BUILD_SHARE * remaining:
+        return None, 0.0, (f"not built: ~{size / MILP_VARS_PER_S:.2f} s to lay out {size:,} variables > "
+                           f"{BUILD_SHARE:.0%} of the {max(remaining, 0):.2f} s left")
     model = build_milp(inst, upper_ms=makespan(inst, incumbent[0]), lower_ms=lower)
     remaining -= time.monotonic() - started
     if det_limit is None and build_seconds(backend, model) > BUILD_SHARE * remaining:
