@@ -66,11 +66,12 @@ def tighten(families: list[Family], lat, best_step: float, deadline: float) -> l
         f = min(families, key=lambda f: f.step(lat))
         if f.step(lat) >= best_step:
             break  # the gap is closed
+        top = f.top(lat, best_step)
         if f.search is None and f.start is not None:
-            f.search, f.start = f.start(f.top(lat, best_step)), None
+            f.search, f.start = f.start(top), None
         if f.search is None or f.search.exhausted:
             break
-        f.search.tighten(f.top(lat, best_step))
+        f.search.tighten(top)
         before, started = f.bound, time.monotonic()
         f.search.patience = PATIENCE_SHARE * (deadline - started)  # an open trial gives way to a lower one
         f.bound = max(f.bound, f.search.improve(min(deadline, started + CHUNK_S)))

@@ -39,20 +39,24 @@ def rebalance(inst: Instance, sol: Solution, deadline: float, seed: int = 0) -> 
     for g, (_, items) in enumerate(sol):
         where[items] = g
     cost = inst.cost[:, cfg]
-    loads = inst.overhead[cfg] + np.array([cost[where == g, g].sum() for g in range(len(cfg))])
+    loads = _loads(inst, cfg, cost, where, np.arange(len(cfg)))
     rng = np.random.default_rng(seed)
     stale = 0
     while stale < MAX_STALE and time.monotonic() < deadline:
         size = min(NEIGHBOURS + stale // GROW_AFTER, MAX_NEIGHBOURS)
         groups = _neighbourhood(loads, inst.gpus[cfg], size, rng)
         moved = _reassign(inst, cfg, cost, where, groups, deadline, seed)
-        new = None if moved is None else inst.overhead[cfg[groups]] + \
-            np.array([cost[moved == g, g].sum() for g in groups])
+        new = None if moved is None else _loads(inst, cfg, cost, moved, groups)
         if new is not None and new.max() < loads[groups].max() - 1e-9:
             where, loads[groups], stale = moved, new, 0
         else:
             stale += 1
     return [(int(c), np.flatnonzero(where == g)) for g, c in enumerate(cfg)]
+
+
+def _loads(inst: Instance, cfg: np.ndarray, cost: np.ndarray, where: np.ndarray, groups) -> np.ndarray:
+    """Load of each of `groups` (overhead + its sequences' costs) under the assignment `where`."""
+    return inst.overhead[cfg[groups]] + np.array([cost[where == g, g].sum() for g in groups])
 
 
 def _neighbourhood(loads: np.ndarray, gpus: np.ndarray, size: int, rng) -> np.ndarray:

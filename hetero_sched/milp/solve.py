@@ -196,10 +196,9 @@ def _search(sl: Slice, full: Instance, lat, deadline: float, backend, threads, s
     mip_runs = backend != "none" and size <= MAX_MIP_VARIABLES
     # without the MIP, the pattern LP (clock-driven, so not under a work limit) tightens the bound
     patterns_run = not mip_runs and det_limit is None and worth_trying(inst)
-    now = time.monotonic()
     share = HEURISTIC_SHARE if mip_runs else PATTERNS_HEURISTIC_SHARE if patterns_run else 1.0
     # under a deterministic work limit nothing may depend on the clock: no deadline, no restarts
-    h_deadline = now + share * (deadline - now) if det_limit is None else float("inf")
+    h_deadline = _share(share, deadline) if det_limit is None else float("inf")
     heur = heuristic_solution(inst, lower, upper, h_deadline, seed=seed, restarts=det_limit is None)
     heur = (heur, _greedy_shares(inst, heur)) if heur else None
     found = [("heuristic", heur)] if heur and heur[1] is not None else []
