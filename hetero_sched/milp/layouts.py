@@ -10,7 +10,9 @@ where bound_f is a makespan bound over the family's plans: for mixed t, the boun
 TP ≥ t (the slice the search covers); for pure t, the bound of the plans with TP t only, which is
 higher (fewer configurations) and often what lifts the step bound, since the mixed families pay the
 extra gather. The bound is only as high as its lowest family, so the time left after the searches
-goes to the pattern LP of whichever family is lowest at each moment (tighten).
+goes to the pattern LP of whichever family is lowest at each moment (tighten). With a core to spare, the
+pure family's LP runs in a worker process from the start of its slice's search (see remote), and tighten
+reads it while raising the others here.
 """
 from __future__ import annotations
 
@@ -20,8 +22,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from .patterns import PatternBound
+from .remote import RemoteBound
 
 CHUNK_S = 1.0  # pattern LP time per turn before the lowest family is chosen again
+POLL_S = 0.05  # how often a family searched in a worker is read while nothing is left to do here
 PATIENCE_SHARE = 0.35  # of the time left: how long one trial may stay open before a lower one is tried
 
 
@@ -32,18 +36,38 @@ class Family:
     bound: float
     search: PatternBound | None = None
     start: Callable | None = None  # start(upper) -> PatternBound | None, built when first needed
+    remote: RemoteBound | None = None  # or its pattern LP searched in a worker
+
+    def poll(self) -> None:
+        if self.remote is not None:
+            self.bound = max(self.bound, self.remote.poll())
+
+    def stop_remote(self) -> None:
+        if self.remote is not None:
+            self.bound = max(self.bound, self.remote.close())
+            self.remote = None
+
+    @property
+    def open(self) -> bool:
+        """Its own pattern LP (here) can still be raised."""
+        return self.remote is None and ((self.search is not None and not self.search.exhausted)
+                                        or (self.search is None and self.start is not None))
 
     def step(self, lat) -> float:
-        if not math.isfinite(self.bound):
+        return self.step_at(lat, self.bound)
+
+    def step_at(self, lat, makespan: float) -> float:
+        """The step bound of this family's plans were its makespan bound `makespan`."""
+        if not math.isfinite(makespan):
             return math.inf
-        return self.bound + lat.sync_exposed_lower_ms(self.t, self.bound, mixed=self.mixed)
+        return makespan + lat.sync_exposed_lower_ms(self.t, makespan, mixed=self.mixed)
 
     def top(self, lat, best_step: float) -> float:
         """The makespan at which this family's step bound reaches best_step: no need to prove more."""
         lo, hi = self.bound, best_step
         for _ in range(50):
             mid = (lo + hi) / 2
-            if mid + lat.sync_exposed_lower_ms(self.t, mid, mixed=self.mixed) < best_step:
+            if self.step_at(lat, mid) < best_step:
                 lo = mid
             else:
                 hi = mid
@@ -60,22 +84,36 @@ def step_bound(families: list[Family], lat) -> float:
 
 def tighten(families: list[Family], lat, best_step: float, deadline: float) -> list[str]:
     """Raise the lowest family's bound with its pattern LP until the deadline, it reaches best_step, or
-    it cannot rise further. Returns notes of what moved."""
-    moved: dict[str, tuple[float, float]] = {}
+    it cannot rise further; a family searched in a worker is read, and meanwhile the lowest of the others
+    is worked on here. Returns notes of what moved."""
+    first = {f.name: f.bound for f in families}
+    for f in families:
+        if f.remote is not None:
+            f.remote.tighten(f.top(lat, best_step))
     while time.monotonic() < deadline:
-        f = min(families, key=lambda f: f.step(lat))
-        if f.step(lat) >= best_step:
+        for f in families:
+            f.poll()
+        if min(f.step(lat) for f in families) >= best_step:
             break  # the gap is closed
+        here = [f for f in families if f.open and f.step(lat) < best_step]
+        if not here:
+            if not any(f.remote is not None and not f.remote.exhausted for f in families):
+                break  # nothing left to raise
+            time.sleep(min(POLL_S, max(deadline - time.monotonic(), 0.0)))
+            continue
+        f = min(here, key=lambda f: f.step(lat))
         top = f.top(lat, best_step)
-        if f.search is None and f.start is not None:
+        if f.search is None:
             f.search, f.start = f.start(top), None
-        if f.search is None or f.search.exhausted:
-            break
+            if f.search is None:
+                continue
         f.search.tighten(top)
         before, started = f.bound, time.monotonic()
         f.search.patience = PATIENCE_SHARE * (deadline - started)  # an open trial gives way to a lower one
         f.bound = max(f.bound, f.search.improve(min(deadline, started + CHUNK_S)))
-        moved[f.name] = (moved.get(f.name, (before,))[0], f.bound)
-        if f.bound == before and time.monotonic() - started < 0.01:
-            break  # the LP gave up at once (numerical trouble): nothing more to gain
-    return [f"{name} makespan bound {a:.1f} -> {b:.1f} ms" for name, (a, b) in moved.items() if b > a]
+        if f.bound == before and time.monotonic() - started < 0.01 and not f.search.exhausted:
+            f.search.stalled = True  # the LP gave up at once (numerical trouble): nothing more to gain
+    for f in families:
+        f.stop_remote()
+    return [f"{f.name} makespan bound {first[f.name]:.1f} -> {f.bound:.1f} ms" for f in families
+            if f.bound > first[f.name]]

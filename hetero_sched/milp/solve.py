@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+import sys
 import time
 from dataclasses import dataclass
 
@@ -19,6 +20,7 @@ from .instance import Instance, _undominated, build_instance, check_lengths
 from .layouts import Family, step_bound, tighten
 from .lns import rebalance, swap_towards
 from .patterns import PatternBound, worth_trying
+from .remote import STARTUP_S, RemoteBound
 
 OPTIMAL_GAP = 1e-6
 MAX_MIP_VARIABLES = 60_000  # beyond this the slot MIP is not built: heuristic + bounds answer
@@ -56,29 +58,36 @@ def solve(lengths, cluster: Cluster, lat: LatencyModel, *, backend: str = "cpsat
     tps = lat.cluster.tp_degrees(lat.model)
     slices = [_slice(full, warm, t) for t in (tps if objective == "step" else [1])]
     plans, notes, bounds = [("warm start", warm)], {}, {}
-    # most promising slice first; each gets the time left in proportion to its configurations
-    todo = sorted(slices, key=lambda sl: sl.step_lower(lat))
-    while todo:
-        sl = todo.pop(0)
-        best = min(objective_key(p, objective)[0] for _, p in plans)
-        if objective == "step" and sl.step_lower(lat) >= best:
-            bounds[sl.min_tp] = sl.lower
-            notes[sl.min_tp] = f"TP>={sl.min_tp}: not searched (its step bound {sl.step_lower(lat):.1f} ms >= the " \
-                               f"best plan's {best:.1f} ms)"
-            continue
-        weight = [len(x.inst.configs) if x.inst else 0 for x in [sl] + todo]
-        now = time.monotonic()
-        slice_deadline = now + (deadline - reserve - now) * weight[0] / max(sum(weight), 1)
-        found, bounds[sl.min_tp], notes[sl.min_tp], search = _search(
-            sl, full, lat, slice_deadline, backend, threads, seed, rel_gap, deterministic_limit)
-        sl.searched(bounds[sl.min_tp], search, threads, deterministic_limit)
-        plans += found
     families = [f for sl in slices for f in sl.families]
-    if objective == "step" and deterministic_limit is None and not round_lengths:
-        best = min(p.step_ms for _, p in plans)
-        moved = tighten(families, lat, best, deadline - reserve)
-        if moved:
-            notes[max(tps) + 1] = "time left to the step bound: " + "; ".join(moved)
+    beside = objective == "step" and deterministic_limit is None and not round_lengths and threads >= 2
+    try:
+        # most promising slice first; each gets the time left in proportion to its configurations
+        todo = sorted(slices, key=lambda sl: sl.step_lower(lat))
+        while todo:
+            sl = todo.pop(0)
+            best = min(objective_key(p, objective)[0] for _, p in plans)
+            if objective == "step" and sl.step_lower(lat) >= best:
+                bounds[sl.min_tp] = sl.lower
+                notes[sl.min_tp] = f"TP>={sl.min_tp}: not searched (its step bound {sl.step_lower(lat):.1f} ms " \
+                                   f">= the best plan's {best:.1f} ms)"
+                continue
+            if beside and not any(f.remote for f in families):
+                sl.start_beside(lat, best, deadline - reserve - time.monotonic())
+            weight = [len(x.inst.configs) if x.inst else 0 for x in [sl] + todo]
+            now = time.monotonic()
+            slice_deadline = now + (deadline - reserve - now) * weight[0] / max(sum(weight), 1)
+            found, bounds[sl.min_tp], notes[sl.min_tp], search = _search(
+                sl, full, lat, slice_deadline, backend, threads, seed, rel_gap, deterministic_limit)
+            sl.searched(bounds[sl.min_tp], search, threads, deterministic_limit)
+            plans += found
+        if objective == "step" and deterministic_limit is None and not round_lengths:
+            best = min(p.step_ms for _, p in plans)
+            moved = tighten(families, lat, best, deadline - reserve)
+            if moved:
+                notes[max(tps) + 1] = "time left to the step bound: " + "; ".join(moved)
+    finally:
+        for f in families:
+            f.stop_remote()
     if round_lengths:
         plans = [(who, _on_true_lengths(p, true_lengths, lat)) for who, p in plans]
     who, plan = min(plans, key=lambda wp: (*objective_key(wp[1], objective), wp[0] != "warm start"))
@@ -144,13 +153,27 @@ class Slice:
         """No plan whose smallest TP is min_tp takes less, over the whole step."""
         return min((f.step(lat) for f in self.families), default=math.inf)
 
+    def start_beside(self, lat, best_step: float, seconds: float) -> None:
+        """With a core to spare: the pure family's pattern LP in a worker, while this slice is searched
+        (see remote). Not where the slice's MIP runs (it proves both families) or time is short."""
+        pure = self.families[0]
+        if (self.pure is None or self.inst is None or estimate_size(self.inst) <= MAX_MIP_VARIABLES
+                or not worth_trying(self.pure) or seconds < 2 * STARTUP_S):
+            return
+        upper = pure.top(lat, best_step)
+        if upper > pure.bound and sys.executable:
+            try:
+                pure.remote = RemoteBound(self.pure, pure.bound, upper, seconds)
+            except OSError:
+                pass  # no process to be had here: the family is searched after the slice, as without a core
+
     def searched(self, bound: float, search, threads: int, det_limit) -> None:
         """The slice's search proved `bound` (a bound on both families) and may have a pattern LP."""
         pure, mixed = self.families
         mixed.bound, mixed.search = max(mixed.bound, bound), search
         pure.bound = max(pure.bound, bound)
-        if self.pure is not None and det_limit is None and worth_trying(self.pure):
-            pure.start = lambda upper: _pure_search(self.pure, pure.bound, upper, threads)
+        if self.pure is not None and det_limit is None and worth_trying(self.pure) and pure.remote is None:
+            pure.start = lambda upper: _pure_search(self.pure, pure.bound, upper, threads, search)
 
 
 def _slice(full: Instance, warm: Plan, min_tp: int) -> Slice:
@@ -176,11 +199,17 @@ def _configs_where(full: Instance, keep_tp) -> Instance | None:
     return inst if np.isfinite(inst.cost).any(axis=1).all() else None
 
 
-def _pure_search(pure: Instance, lower: float, upper: float, threads: int) -> PatternBound | None:
-    """The pattern LP of the plans with one TP degree."""
+def _pure_search(pure: Instance, lower: float, upper: float, threads: int,
+                 mixed: PatternBound | None) -> PatternBound | None:
+    """The pattern LP of the plans with one TP degree, started from the slice's: the same lengths (rows),
+    so its best duals are a first centre (with fewer configurations, θ only falls: they prove at
+    least as much here), and its threshold estimate is a floor for this one's."""
     if upper <= lower:
         return None
-    return PatternBound(pure, lower, upper, (), threads, first_step=None)
+    search = PatternBound(pure, lower, upper, (), threads, first_step=None)
+    if mixed is not None:
+        search.lp.carried, search.estimate = mixed.lp.carried, mixed.estimate
+    return search
 
 
 def _search(sl: Slice, full: Instance, lat, deadline: float, backend, threads, seed, rel_gap, det_limit):
