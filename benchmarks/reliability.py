@@ -34,6 +34,7 @@ lat = hs.latency_model(hs.ModelSpec.preset("llama3-8b"), hs.Cluster(gpus=gpus))
 t = time.monotonic()
 plan = hs.solve(lengths, lat.cluster, lat, time_limit_s=30, threads=2)
 print(json.dumps(dict(wall=time.monotonic() - t, peak_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+                      worker_peak_mb=resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024,
                       n=len(lengths), distinct=len(set(lengths)), gap=plan.solver.gap)))
 """
 
@@ -65,15 +66,17 @@ def time_limit_rows() -> list[str]:
 
 
 def peak_rows() -> list[str]:
-    rows = ["| GPUs | sequences | distinct lengths | wall (s) | peak RSS (MB) | gap |", "|---|---|---|---|---|---|"]
+    rows = ["| GPUs | sequences | distinct lengths | wall (s) | peak RSS (MB) | worker peak RSS (MB) | gap |",
+            "|---|---|---|---|---|---|---|"]
     for gpus, n in [(1024, 4096), (2048, 8192), (4096, 16384)]:
         r = subprocess.run([sys.executable, "-c", PEAK_PROBE, str(gpus), str(n)], capture_output=True, text=True,
                            check=False)
         if r.returncode:
-            rows.append(f"| {gpus} | {n} | - | - | - | failed: {r.stderr.strip().splitlines()[-1]} |")
+            rows.append(f"| {gpus} | {n} | - | - | - | - | failed: {r.stderr.strip().splitlines()[-1]} |")
             continue
         d = json.loads(r.stdout)
-        rows.append(f"| {gpus} | {d['n']} | {d['distinct']} | {d['wall']:.1f} | {d['peak_mb']:.0f} | {d['gap']:.4f} |")
+        rows.append(f"| {gpus} | {d['n']} | {d['distinct']} | {d['wall']:.1f} | {d['peak_mb']:.0f} | "
+                    f"{d['worker_peak_mb']:.0f} | {d['gap']:.4f} |")
     return rows
 
 
