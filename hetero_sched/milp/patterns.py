@@ -316,12 +316,12 @@ class PatternBound:
     called again with a later deadline, and a trial cut short by a deadline goes on where it stopped.
     `solutions` (plans of makespan ≈ upper) seed the columns. Until the LP's threshold is estimated,
     trials step down from the incumbent, doubling the step (first_step=None: bisect, for a lower bound
-    already tight); each trial's last restricted-master value V ≥ LP(T) estimates the threshold as T·V/N
-    (LP(T)·T is nearly flat: more room, proportionally fewer GPUs), and the next trial goes REACH of the way
-    there: a trial's cost (mostly column generation's tail) grows only slowly as it nears the threshold
-    (64 GPUs x 256: 1.5 s at 9 ms below it, 2.3 s at 1.4 ms), so bold trials prove more. A trial cut short keeps
-    what its duals prove at a lower level (salvage); one still open after `patience` seconds (over all
-    calls) is given up as if allowed. hi and the estimate only steer the trials: the bound stays proven.
+    already tight); a trial's last restricted-master value V ≥ LP(T) estimates the threshold as T·V/N
+    (LP(T)·T is nearly flat: more room, proportionally fewer GPUs; an allowed trial's V, just below N, says
+    nothing: then bisect), and the next trial goes REACH of the way there: a trial's cost (mostly column
+    generation's tail) grows only slowly as it nears the threshold (64 GPUs x 256: 1.5 s at 9 ms below it,
+    2.3 s at 1.4 ms), so bold trials prove more. A trial cut short keeps what its duals prove at a lower
+    level (salvage); one still open after `patience` seconds (over all calls) is given up as if allowed. hi and the estimate only steer the trials: the bound stays proven.
     `estimate` may be given (e.g. a threshold known to be lower)."""
 
     def __init__(self, inst: Instance, lower: float, upper: float, solutions=(), threads: int = 1,
@@ -349,8 +349,8 @@ class PatternBound:
             verdict = self.lp.infeasible(T, deadline)
             self.spent += time.monotonic() - started
             self.pending = T if verdict is None else None
-            if math.isfinite(self.lp.last_value):  # V(T)·T is nearly flat: the threshold is about T·V/N
-                self.estimate = T * self.lp.last_value / self.lp.N
+            if verdict is not False and math.isfinite(self.lp.last_value):
+                self.estimate = T * self.lp.last_value / self.lp.N  # LP(T)·T is nearly flat: the threshold ≈ T·V/N
             if verdict is None:
                 self._salvage(T)
                 if self.spent <= self.patience:

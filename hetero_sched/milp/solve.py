@@ -4,6 +4,7 @@ from __future__ import annotations
 import math
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -148,6 +149,7 @@ class Slice:
     lower: float = math.inf
     pure: Instance | None = None
     families: tuple = ()
+    found: Callable | None = None  # told of the heuristic's plan (the worker's search steers by it)
 
     def step_lower(self, lat) -> float:
         """No plan whose smallest TP is min_tp takes less, over the whole step."""
@@ -165,7 +167,8 @@ class Slice:
             try:
                 pure.remote = RemoteBound(self.pure, pure.bound, upper, seconds)
             except OSError:
-                pass  # no process to be had here: the family is searched after the slice, as without a core
+                return  # no process to be had here: the family is searched after the slice, as without a core
+            self.found = lambda plan: pure.remote.tighten(pure.top(lat, min(best_step, plan.step_ms)))
 
     def searched(self, bound: float, search, threads: int, det_limit) -> None:
         """The slice's search proved `bound` (a bound on both families) and may have a pattern LP."""
@@ -231,6 +234,8 @@ def _search(sl: Slice, full: Instance, lat, deadline: float, backend, threads, s
     heur = heuristic_solution(inst, lower, upper, h_deadline, seed=seed, restarts=det_limit is None)
     heur = (heur, _greedy_shares(inst, heur)) if heur else None
     found = [("heuristic", heur)] if heur and heur[1] is not None else []
+    if found and sl.found is not None and (plan := _to_plan(inst, *heur, lat)) is not None:
+        sl.found(plan)
     note = f"TP>={min_tp}: {len(inst.configs)} configurations kept ({full.pruned + len(full.configs) - len(inst.configs)} pruned)"
     known = [s for s in (warm_sol, found[0][1] if found else None) if s]
     bound, status, search = lower, "not run", None
