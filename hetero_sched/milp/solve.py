@@ -45,7 +45,8 @@ def solve(lengths, cluster: Cluster, lat: LatencyModel, *, backend: str = "cpsat
     plans and the warm start (the best placed homogeneous WLB-LLM plan on the same objective), all
     recomputed from their placement: never worse than WLB-LLM on the objective. round_lengths=r prices
     lengths rounded up to a multiple of r (fewer distinct lengths; costs stay upper bounds); the plan is
-    priced on the true lengths."""
+    priced on the true lengths. threads: the backends' threads; with 2 or more, the step objective's
+    bound may also run one pattern LP in a worker process (see milp.remote)."""
     start = time.monotonic()
     _check_args(cluster, lat, backend, time_limit_s, threads, seed, rel_gap, objective, round_lengths)
     deadline = start + time_limit_s
