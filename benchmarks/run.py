@@ -303,9 +303,16 @@ def suite_anytime(progress) -> None:
 
 
 SCALE_POINT = """
-import json, resource, sys, time
+import json, sys, time
 import hetero_sched as hs
+from hetero_sched.milp import remote, solve as solve_module
 from hetero_sched.workload import synthetic
+workers = []
+class Measured(remote.RemoteBound):  # keeps each bound worker's own peak RSS, as it reported it
+    def close(self):
+        workers.append(self)
+        return super().close()
+solve_module.RemoteBound = Measured
 gpus, spec, limit, objective = int(sys.argv[1]), sys.argv[2], float(sys.argv[3]), sys.argv[4]
 lengths = synthetic(spec)
 lat = hs.latency_model(hs.ModelSpec.preset("llama3-8b"), hs.Cluster(gpus=gpus))
@@ -313,8 +320,8 @@ t = time.monotonic()
 plan = hs.solve(lengths, lat.cluster, lat, time_limit_s=limit, threads=2, objective=objective)
 wall = time.monotonic() - t
 s, b = plan.solver, plan.baseline
-print(json.dumps({"wall_s": wall, "rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6,
-                  "worker_rss_gb": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1e6,
+print(json.dumps({"wall_s": wall, "rss_gb": remote.peak_rss_bytes() / 1e9,
+                  "worker_rss_gb": max((w.peak_rss_bytes for w in workers), default=0) / 1e9,
                   "sequences": len(lengths), "distinct": len(set(lengths)), "makespan_ms": plan.makespan_ms,
                   "step_ms": plan.step_ms, "bound_ms": s.bound_ms, "gap": s.gap, "status": s.status,
                   "groups": len(plan.groups), "speedup": b[objective + "_ms"] / getattr(plan, objective + "_ms"),
@@ -354,8 +361,9 @@ def suite_scale(progress) -> None:
     body = [f"# Scale ({dt.date.today():%Y-%m})", "", environment("cpsat", "10 s", "0"), "",
             md_table(f, ["gpus", "batch", "objective", "sequences", "distinct", "wall_s", "wall_over_limit",
                          "rss_gb", "worker_rss_gb", "gap", "status", "speedup", "groups"]), "",
-            ("Each point runs in a fresh process: `rss_gb` is its peak resident memory and `worker_rss_gb` that "
-             "of the bound's worker process (step objective with a core to spare; 0 where none ran), `wall_s` "
+            ("Each point runs in a fresh process: `rss_gb` is its peak resident memory (VmHWM: getrusage would "
+             "also count what the benchmark's own process held when it started the point) and `worker_rss_gb` "
+             "that of the bound's worker process (step objective with a core to spare; 0 where none ran), `wall_s` "
              "covers pricing, "
              "the baseline search, the heuristic, bounds and (where it fits) the MIP. CP degrees that cannot "
              "help are never priced (beyond the degree at which the longest sequence stops getting faster), which "

@@ -39,8 +39,11 @@ class Family:
     remote: RemoteBound | None = None  # or its pattern LP searched in a worker
 
     def poll(self) -> None:
+        """Read the worker's bound; one that failed hands the family back to a search here."""
         if self.remote is not None:
             self.bound = max(self.bound, self.remote.poll())
+            if self.remote.failed:
+                self.stop_remote()
 
     def stop_remote(self) -> None:
         if self.remote is not None:

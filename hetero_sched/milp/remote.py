@@ -35,10 +35,12 @@ main()
 
 class RemoteBound:
     """PatternBound(inst, lower, upper) improved in a worker until `seconds` from now (or until it has
-    nothing left to prove). `lo` is the best bound reported so far; `exhausted` once the worker is done."""
+    nothing left to prove). `lo` is the best bound reported so far; `done` once the worker says it has
+    finished, `failed` when it ended (or could not be reached) without saying so."""
 
     def __init__(self, inst: Instance, lower: float, upper: float, seconds: float):
-        self.lo, self.exhausted = lower, False
+        self.lo, self.done, self.failed = lower, False, False
+        self.peak_rss_bytes = 0  # the worker's own high-water mark, as it last reported it
         package = Path(__file__).resolve().parents[1]  # this very copy of the package, wherever it lives
         self._proc = subprocess.Popen([sys.executable, "-c", _BOOT, str(package / "__init__.py"), str(package)],
                                       stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
@@ -46,6 +48,10 @@ class RemoteBound:
         self._outbox.put((inst, lower, upper, time.time() + seconds))
         threading.Thread(target=self._write, daemon=True).start()
         threading.Thread(target=self._read, daemon=True).start()
+
+    @property
+    def exhausted(self) -> bool:
+        return self.done or self.failed
 
     def poll(self) -> float:
         return self.lo
@@ -73,15 +79,15 @@ class RemoteBound:
                 pickle.dump(message, self._proc.stdin)
                 self._proc.stdin.flush()
         except (BrokenPipeError, OSError, ValueError):
-            self.exhausted = True
+            self.failed = not self.done
 
     def _read(self) -> None:
         try:
             while True:
-                lo, exhausted = pickle.load(self._proc.stdout)
-                self.lo, self.exhausted = max(self.lo, lo), exhausted
+                lo, done, peak = pickle.load(self._proc.stdout)
+                self.lo, self.done, self.peak_rss_bytes = max(self.lo, lo), done, max(self.peak_rss_bytes, peak)
         except (EOFError, OSError, ValueError, pickle.UnpicklingError):
-            self.exhausted = True  # the worker ended (or died): its last report stands
+            self.failed = not self.done  # the worker ended (or died): its last report stands
 
 
 def _serve(read, write) -> None:
@@ -98,10 +104,27 @@ def _serve(read, write) -> None:
                 return  # the caller has gone
             search.tighten(upper)
         lo = search.improve(min(deadline, time.monotonic() + REPORT_S))
-        pickle.dump((lo, search.exhausted), write)
+        pickle.dump((lo, search.exhausted, peak_rss_bytes()), write)
         write.flush()
-    pickle.dump((search.lo, True), write)
+    pickle.dump((search.lo, True, peak_rss_bytes()), write)
     write.flush()
+
+
+def peak_rss_bytes() -> int:
+    """This process's peak resident memory: Linux's VmHWM (getrusage's ru_maxrss also counts what a
+    parent held when it forked), else ru_maxrss."""
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        import resource
+    except ImportError:
+        return 0  # no such measure here
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * (1 if sys.platform == "darwin" else 1024)
 
 
 def _forward(read, uppers: queue.Queue) -> None:

@@ -176,7 +176,7 @@ class Slice:
         pure, mixed = self.families
         mixed.bound, mixed.search = max(mixed.bound, bound), search
         pure.bound = max(pure.bound, bound)
-        if self.pure is not None and det_limit is None and worth_trying(self.pure) and pure.remote is None:
+        if self.pure is not None and det_limit is None and worth_trying(self.pure):  # (used if no worker)
             pure.start = lambda upper: _pure_search(self.pure, pure.bound, upper, threads, search)
 
 

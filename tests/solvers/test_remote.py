@@ -46,6 +46,7 @@ def test_the_worker_proves_what_the_same_search_proves_here():
         here.improve(time.monotonic() + 60)
     worker = remote.RemoteBound(inst, lower, upper, seconds=60)
     assert _wait(worker, 60) < 60
+    assert worker.peak_rss_bytes > 10 * 2**20  # its own peak, reported (it imported numpy and HiGHS)
     there = worker.close()
     assert here.lo > lower  # the LP proves something here, so the comparison means something
     assert there == pytest.approx(here.lo, abs=2 * here.rel_tol * upper)
@@ -73,12 +74,14 @@ def test_a_worker_that_fails_leaves_the_lower_bound(monkeypatch):
     inst, lower, upper, _ = _instance()
     worker = remote.RemoteBound(inst, lower, upper, seconds=30)
     assert _wait(worker, 30) < 30
+    assert worker.failed and not worker.done
     assert worker.close() == lower
 
 
 def test_solve_starts_a_worker_only_with_a_core_to_spare(monkeypatch):
     """Step objective, slot MIP off (so the pattern LP bounds each family): with threads=2 the pure family's
-    LP runs in a worker, with threads=1 it does not; both bounds stay below the MIP's proven optimum."""
+    LP runs in a worker, with threads=1 it does not; every bound stays below the MIP's proven optimum, also
+    when the worker fails."""
     rng = np.random.default_rng(4)
     lat = hs.latency_model(SMALL, hs.Cluster(gpus=16))
     lengths = random_batch(rng, 10, 256, 16000)
@@ -93,7 +96,8 @@ def test_solve_starts_a_worker_only_with_a_core_to_spare(monkeypatch):
 
     monkeypatch.setattr(solve_module, "RemoteBound", Recorded)
     monkeypatch.setattr(solve_module, "MAX_MIP_VARIABLES", 0)
-    for threads, workers in ((1, 0), (2, 1)):
+    for threads, workers, boot in ((1, 0, remote._BOOT), (2, 1, remote._BOOT), (2, 1, "import sys; sys.exit(3)")):
+        monkeypatch.setattr(remote, "_BOOT", boot)  # the last: a worker that fails (its family is searched here)
         started.clear()
         plan = hs.solve(lengths, lat.cluster, lat, time_limit_s=4, objective="step", threads=threads)
         assert len(started) == workers
