@@ -169,7 +169,7 @@ class Slice:
                 pure.remote = RemoteBound(self.pure, pure.bound, upper, seconds)
             except OSError:
                 return  # no process to be had here: the family is searched after the slice, as without a core
-            self.found = lambda plan: pure.remote.tighten(pure.top(lat, min(best_step, plan.step_ms)))
+            self.found = lambda plan: pure.remote and pure.remote.tighten(pure.top(lat, min(best_step, plan.step_ms)))
 
     def searched(self, bound: float, search, threads: int, det_limit) -> None:
         """The slice's search proved `bound` (a bound on both families) and may have a pattern LP."""
