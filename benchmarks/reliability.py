@@ -27,13 +27,7 @@ BACKENDS = ("cpsat", "highs", "cbc")
 PEAK_PROBE = """
 import json, sys, time
 import hetero_sched as hs
-from hetero_sched.milp import remote, solve as solve_module
-workers = []
-class Measured(remote.RemoteBound):  # keeps each bound worker's own peak RSS, as it reported it
-    def close(self):
-        workers.append(self)
-        return super().close()
-solve_module.RemoteBound = Measured
+from hetero_sched.milp import remote
 from hetero_sched.workload import synthetic
 gpus, n = int(sys.argv[1]), int(sys.argv[2])
 lengths = synthetic(f"lognormal:n={n},context=131072,seed=0")
@@ -41,7 +35,7 @@ lat = hs.latency_model(hs.ModelSpec.preset("llama3-8b"), hs.Cluster(gpus=gpus))
 t = time.monotonic()
 plan = hs.solve(lengths, lat.cluster, lat, time_limit_s=30, threads=2)
 print(json.dumps(dict(wall=time.monotonic() - t, peak_mb=remote.peak_rss_bytes() / 2**20,
-                      worker_peak_mb=max((w.peak_rss_bytes for w in workers), default=0) / 2**20,
+                      worker_peak_mb=remote.worker_peak_rss_bytes() / 2**20,
                       n=len(lengths), distinct=len(set(lengths)), gap=plan.solver.gap)))
 """
 

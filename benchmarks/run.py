@@ -305,14 +305,8 @@ def suite_anytime(progress) -> None:
 SCALE_POINT = """
 import json, sys, time
 import hetero_sched as hs
-from hetero_sched.milp import remote, solve as solve_module
+from hetero_sched.milp import remote
 from hetero_sched.workload import synthetic
-workers = []
-class Measured(remote.RemoteBound):  # keeps each bound worker's own peak RSS, as it reported it
-    def close(self):
-        workers.append(self)
-        return super().close()
-solve_module.RemoteBound = Measured
 gpus, spec, limit, objective = int(sys.argv[1]), sys.argv[2], float(sys.argv[3]), sys.argv[4]
 lengths = synthetic(spec)
 lat = hs.latency_model(hs.ModelSpec.preset("llama3-8b"), hs.Cluster(gpus=gpus))
@@ -321,7 +315,7 @@ plan = hs.solve(lengths, lat.cluster, lat, time_limit_s=limit, threads=2, object
 wall = time.monotonic() - t
 s, b = plan.solver, plan.baseline
 print(json.dumps({"wall_s": wall, "rss_gb": remote.peak_rss_bytes() / 1e9,
-                  "worker_rss_gb": max((w.peak_rss_bytes for w in workers), default=0) / 1e9,
+                  "worker_rss_gb": remote.worker_peak_rss_bytes() / 1e9,
                   "sequences": len(lengths), "distinct": len(set(lengths)), "makespan_ms": plan.makespan_ms,
                   "step_ms": plan.step_ms, "bound_ms": s.bound_ms, "gap": s.gap, "status": s.status,
                   "groups": len(plan.groups), "speedup": b[objective + "_ms"] / getattr(plan, objective + "_ms"),

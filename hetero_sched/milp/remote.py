@@ -33,6 +33,14 @@ main()
 """  # the worker imports the caller's copy of the package, without touching sys.path
 
 
+_largest_peak = [0]  # the largest peak RSS any closed worker of this process reported
+
+
+def worker_peak_rss_bytes() -> int:
+    """The largest peak resident memory a bound worker of this process reported (0 when none ran)."""
+    return _largest_peak[0]
+
+
 class RemoteBound:
     """PatternBound(inst, lower, upper) improved in a worker until `seconds` from now (or until it has
     nothing left to prove). `lo` is the best bound reported so far; `done` once the worker says it has
@@ -63,6 +71,7 @@ class RemoteBound:
     def close(self) -> float:
         """Stop the worker; the last bound it reported."""
         self._outbox.put(None)
+        _largest_peak[0] = max(_largest_peak[0], self.peak_rss_bytes)
         if self._proc.poll() is None:
             self._proc.kill()
         self._proc.wait()

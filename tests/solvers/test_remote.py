@@ -48,6 +48,7 @@ def test_the_worker_proves_what_the_same_search_proves_here():
     assert _wait(worker, 60) < 60
     assert worker.peak_rss_bytes > 10 * 2**20  # its own peak, reported (it imported numpy and HiGHS)
     there = worker.close()
+    assert remote.worker_peak_rss_bytes() >= worker.peak_rss_bytes
     assert here.lo > lower  # the LP proves something here, so the comparison means something
     assert there == pytest.approx(here.lo, abs=2 * here.rel_tol * upper)
 
