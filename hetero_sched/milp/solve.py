@@ -87,6 +87,8 @@ def solve(lengths, cluster: Cluster, lat: LatencyModel, *, backend: str = "cpsat
             moved = tighten(families, lat, best, deadline - reserve)
             if moved:
                 notes[max(tps) + 1] = "time left to the step bound: " + "; ".join(moved)
+            for sl in slices:  # the mixed family's LP covers the whole slice: a makespan bound for all its plans
+                bounds[sl.min_tp] = max(bounds.get(sl.min_tp, -math.inf), sl.families[1].bound)
     finally:
         for f in families:
             f.stop_remote()

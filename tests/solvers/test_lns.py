@@ -132,9 +132,10 @@ def test_step_bound_by_family_never_passes_the_optimum(seed, monkeypatch):
     lat = hs.latency_model(SMALL, hs.Cluster(gpus=16))
     lengths = random_batch(rng, 8, 256, 16000)
     exact = hs.solve(lengths, lat.cluster, lat, time_limit_s=30, objective="step")
-    assert exact.solver.status == "optimal"
+    fastest = hs.solve(lengths, lat.cluster, lat, time_limit_s=30, objective="makespan")
+    assert exact.solver.status == fastest.solver.status == "optimal"
     monkeypatch.setattr(solve_module, "MAX_MIP_VARIABLES", 0)
     plan = hs.solve(lengths, lat.cluster, lat, time_limit_s=4, objective="step")
     assert plan.solver.step_bound_ms <= exact.step_ms * (1 + 1e-9)
-    assert plan.solver.makespan_bound_ms <= plan.makespan_ms * (1 + 1e-9)
+    assert plan.solver.makespan_bound_ms <= fastest.makespan_ms * (1 + 1e-9)
     assert plan.validate() == []
