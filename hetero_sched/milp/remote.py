@@ -3,8 +3,8 @@
 The step objective bounds each layout's two families with two independent LPs (see layouts), each
 single-threaded. Given threads ≥ 2, the planner searches one family's LP in a worker process, so both
 bounds rise together instead of one after the other. The worker is a fresh interpreter running this
-package's `remote.main` in a fresh interpreter, not a fork (the solvers' thread pools do not survive one)
-nor a multiprocessing spawn (which re-runs the caller's main script). Messages are pickles on its
+copy of the package's `remote.main`: not a fork (the solvers' thread pools do not survive one) nor a
+multiprocessing spawn (which re-runs the caller's main script). Messages are pickles on its
 stdin/stdout: the job, then better upper ends; back, every bound it proves. What it reports is proven by
 the same PatternBound, so a slow or failed worker costs time, never validity.
 """
@@ -50,7 +50,8 @@ class RemoteBound:
         self.lo, self.done, self.failed = lower, False, False
         self.peak_rss_bytes = 0  # the worker's own high-water mark, as it last reported it
         package = Path(__file__).resolve().parents[1]  # this very copy of the package, wherever it lives
-        self._proc = subprocess.Popen([sys.executable, "-c", _BOOT, str(package / "__init__.py"), str(package)],
+        # -P: the current directory is not put on sys.path (a stray numpy.py there cannot shadow numpy)
+        self._proc = subprocess.Popen([sys.executable, "-P", "-c", _BOOT, str(package / "__init__.py"), str(package)],
                                       stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
         self._outbox: queue.Queue = queue.Queue()  # written by a thread: the pipe blocks until the worker reads
         self._outbox.put((inst, lower, upper, time.time() + seconds))
