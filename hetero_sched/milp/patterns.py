@@ -51,7 +51,6 @@ class PatternLP:
         self.overhead = inst.overhead
         self.N = float(inst.total_gpus)
         self.J, self.C = self.cost.shape
-        self.configs = inst.configs
         self.columns: list[tuple] = []  # (config, load without overhead, lengths in it, their counts)
         self.known: dict = {}  # pattern -> its index in columns
         self.enabled: list[bool] = []
@@ -166,7 +165,7 @@ class PatternLP:
             pi_lp = np.maximum(np.asarray(solution.row_dual), 0.0)
             pi = pi_lp if center is None else SMOOTHING * center + (1 - SMOOTHING) * pi_lp
             theta, new = self._price(pi, room)
-            bound = float(pi @ self.m) / theta if theta > 0 else np.inf
+            bound = self._farley_of(pi, theta)
             if bound > best:
                 best, center = bound, pi
                 self.carried = pi
@@ -185,9 +184,8 @@ class PatternLP:
         hands its progress to the next, lower one. (centre, its bound), or (None, 0) at the first trial."""
         if self.carried is None:
             return None, 0.0
-        pi = self.carried
-        theta, _ = self._price(pi, room)
-        return pi, (float(pi @ self.m) / theta if theta > 0 else np.inf)
+        theta, _ = self._price(self.carried, room)
+        return self.carried, self._farley_of(self.carried, theta)
 
     def config_mix(self) -> np.ndarray:
         """Σ λ_p per configuration in the last optimal LP solution: how many groups of each the LP uses."""
@@ -205,6 +203,10 @@ class PatternLP:
             if bound[c] <= theta:
                 break
             theta = max(theta, _knapsack(pi, self.cost[:, c], self.m, room[c])[1] / self.gpus[c])
+        return self._farley_of(pi, theta)
+
+    def _farley_of(self, pi: np.ndarray, theta: float) -> float:
+        """π·m/θ: GPUs any covering needs when no pattern is worth more than θ per GPU at these duals."""
         return float(pi @ self.m) / theta if theta > 0 else math.inf
 
     def _price(self, pi: np.ndarray, room: np.ndarray) -> tuple[float, int]:
@@ -321,8 +323,9 @@ class PatternBound:
     nothing: then bisect), and the next trial goes REACH of the way there: a trial's cost (mostly column
     generation's tail) grows only slowly as it nears the threshold (64 GPUs x 256: 1.5 s at 9 ms below it,
     2.3 s at 1.4 ms), so bold trials prove more. A trial cut short keeps what its duals prove at a lower
-    level (salvage); one still open after `patience` seconds (over all calls) is given up as if allowed. hi and the estimate only steer the trials: the bound stays proven.
-    `estimate` may be given (e.g. a threshold known to be lower)."""
+    level (salvage); one still open after `patience` seconds (over all calls) is given up as if allowed.
+    hi and the estimate only steer the trials: the bound stays proven. `estimate` may be given (e.g. a
+    threshold known to be lower)."""
 
     def __init__(self, inst: Instance, lower: float, upper: float, solutions=(), threads: int = 1,
                  rel_tol: float = 1e-4, first_step: float | None = FIRST_STEP, patience: float = math.inf,
@@ -387,8 +390,7 @@ class PatternBound:
 
     def _next_trial(self) -> float:
         """Step down from the incumbent (or bisect) until the LP's threshold is estimated; then go REACH of
-        the way to it: a trial's cost hardly depends on how close it is (the tail of column generation
-        dominates), so fewer, bolder trials prove more."""
+        the way to it (bisect when it is above hi, a level the LP allows)."""
         top = self.hi if self.estimate is None else min(self.hi, self.estimate)
         if self.estimate is not None and top - self.lo > self.rel_tol * self.upper:
             return self.lo + (REACH if top < self.hi else 0.5) * (top - self.lo)

@@ -6,6 +6,7 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 
@@ -88,7 +89,7 @@ def solve(lengths, cluster: Cluster, lat: LatencyModel, *, backend: str = "cpsat
             if moved:
                 notes[max(tps) + 1] = "time left to the step bound: " + "; ".join(moved)
             for sl in slices:  # the mixed family's LP covers the whole slice: a makespan bound for all its plans
-                bounds[sl.min_tp] = max(bounds.get(sl.min_tp, -math.inf), sl.families[1].bound)
+                bounds[sl.min_tp] = max(bounds[sl.min_tp], sl.families[1].bound)
     finally:
         for f in families:
             f.stop_remote()
@@ -154,6 +155,11 @@ class Slice:
     families: tuple = ()
     found: Callable | None = None  # told of the heuristic's plan (the worker's search steers by it)
 
+    @cached_property
+    def size(self) -> int:
+        """Variables of this slice's slot MIP (estimate_size, computed once)."""
+        return estimate_size(self.inst)
+
     def step_lower(self, lat) -> float:
         """No plan whose smallest TP is min_tp takes less, over the whole step."""
         return min((f.step(lat) for f in self.families), default=math.inf)
@@ -162,8 +168,8 @@ class Slice:
         """With a core to spare: the pure family's pattern LP in a worker, while this slice is searched
         (see remote). Not where the slice's MIP runs (it proves both families) or time is short."""
         pure = self.families[0]
-        if (self.pure is None or self.inst is None or estimate_size(self.inst) <= MAX_MIP_VARIABLES
-                or not worth_trying(self.pure) or seconds < 2 * STARTUP_S):
+        if (self.pure is None or self.inst is None or seconds < 2 * STARTUP_S or not worth_trying(self.pure)
+                or self.size <= MAX_MIP_VARIABLES):
             return
         upper = pure.top(lat, best_step)
         if upper > pure.bound and sys.executable:
@@ -171,7 +177,8 @@ class Slice:
                 pure.remote = RemoteBound(self.pure, pure.bound, upper, seconds)
             except OSError:
                 return  # no process to be had here: the family is searched after the slice, as without a core
-            self.found = lambda plan: pure.remote and pure.remote.tighten(pure.top(lat, min(best_step, plan.step_ms)))
+            self.found = lambda plan: pure.remote and pure.remote.tighten(
+                pure.top(lat, min(best_step, plan.step_ms)))
 
     def searched(self, bound: float, search, threads: int, det_limit) -> None:
         """The slice's search proved `bound` (a bound on both families) and may have a pattern LP."""
@@ -227,7 +234,7 @@ def _search(sl: Slice, full: Instance, lat, deadline: float, backend, threads, s
     late = det_limit is None and time.monotonic() >= deadline and warm_sol is not None
     if late:  # a limit shorter than pricing: the warm start stands, with the cheap bounds only
         return [], simple_bound(inst), f"TP>={min_tp}: no time left after pricing: warm start kept, simple bounds", None
-    size = estimate_size(inst)
+    size = sl.size
     mip_runs = backend != "none" and size <= MAX_MIP_VARIABLES
     # without the MIP, the pattern LP (clock-driven, so not under a work limit) tightens the bound
     patterns_run = not mip_runs and det_limit is None and worth_trying(inst)
@@ -237,8 +244,9 @@ def _search(sl: Slice, full: Instance, lat, deadline: float, backend, threads, s
     heur = heuristic_solution(inst, lower, upper, h_deadline, seed=seed, restarts=det_limit is None)
     heur = (heur, _greedy_shares(inst, heur)) if heur else None
     found = [("heuristic", heur)] if heur and heur[1] is not None else []
-    if found and sl.found is not None and (plan := _to_plan(inst, *heur, lat)) is not None:
-        sl.found(plan)
+    heur_plan = _to_plan(inst, *heur, lat) if found and sl.found is not None else None  # priced once:
+    if heur_plan is not None:  # told to the worker now, returned below
+        sl.found(heur_plan)
     note = f"TP>={min_tp}: {len(inst.configs)} configurations kept ({full.pruned + len(full.configs) - len(inst.configs)} pruned)"
     known = [s for s in (warm_sol, found[0][1] if found else None) if s]
     bound, status, search = lower, "not run", None
@@ -263,7 +271,8 @@ def _search(sl: Slice, full: Instance, lat, deadline: float, backend, threads, s
         note += f"; {backend} status: {status}"
     else:
         note += "; no time left for the MIP"
-    plans = [(who, _to_plan(inst, s, shares, lat)) for who, (s, shares) in found]
+    plans = [(who, heur_plan if entry is heur and heur_plan is not None else _to_plan(inst, *entry, lat))
+             for who, entry in found]
     return [(who, p) for who, p in plans if p is not None], bound, note, search
 
 
