@@ -103,16 +103,11 @@ def _cpsat(m, deadline, time_limit_s, threads, seed, rel_gap, hint, det_limit) -
     model.Minimize(xs[m.t_var])
     for v, val in hint.items():
         model.AddHint(xs[v], round(val / unit) if v == m.t_var else round(val))
-    solver = cp_model.CpSolver()
+    solver = new_cpsat(_left(deadline, time_limit_s), threads, seed)
     p = solver.parameters
-    p.max_time_in_seconds = _left(deadline, time_limit_s)
-    p.num_workers = max(1, threads)
-    p.random_seed = seed
     p.relative_gap_limit = rel_gap
     if det_limit is not None:
         p.max_deterministic_time = det_limit
-    # Ctrl-C is left to Python: KeyboardInterrupt is raised as soon as Solve returns (within the limit)
-    p.catch_sigint_signal = False
     code = solver.Solve(model)
     name = solver.StatusName(code)
     if code in (cp_model.OPTIMAL, cp_model.FEASIBLE):
@@ -177,6 +172,22 @@ def _scaled(cost_ms: float, unit: float) -> int:
 
 # ---- HiGHS (highspy directly: PuLP's HiGHS API offers no MIP start) -----------------------------------
 _HIGHS_THREADS: int | None = None  # the thread count HiGHS's global scheduler was started with
+
+
+def new_cpsat(time_limit_s: float, threads: int, seed: int):
+    """A CP-SAT solver with its time limit, workers and seed. Ctrl-C is left to Python: CP-SAT's own SIGINT
+    handler (catch_sigint_signal, on by default) leaves SIGINT at its default action after Solve, so a
+    later Ctrl-C would kill the process instead of raising KeyboardInterrupt; with it off,
+    KeyboardInterrupt is raised as soon as Solve returns (within the limit)."""
+    from ortools.sat.python import cp_model
+
+    solver = cp_model.CpSolver()
+    p = solver.parameters
+    p.max_time_in_seconds = time_limit_s
+    p.num_workers = max(1, threads)
+    p.random_seed = seed
+    p.catch_sigint_signal = False
+    return solver
 
 
 def new_highs(threads: int):

@@ -19,6 +19,7 @@ import time
 
 import numpy as np
 
+from .backends import new_cpsat
 from .heuristic import Solution
 from .instance import Instance
 
@@ -89,10 +90,7 @@ def _reassign(inst, cfg, cost, where, groups, deadline, seed) -> np.ndarray | No
     for g in groups:
         m.add(sum(w * x[key] for key, w in scaled.items() if key[1] == g) + over[g] <= z)
     m.minimize(z)
-    solver = cp_model.CpSolver()
-    solver.parameters.max_time_in_seconds = max(min(SUB_LIMIT_S, deadline - time.monotonic()), 0.001)
-    solver.parameters.num_workers = 1
-    solver.parameters.random_seed = seed
+    solver = new_cpsat(max(min(SUB_LIMIT_S, deadline - time.monotonic()), 0.001), threads=1, seed=seed)
     if solver.solve(m) not in (cp_model.OPTIMAL, cp_model.FEASIBLE):
         return None
     moved = where.copy()

@@ -139,3 +139,28 @@ def test_step_bound_by_family_never_passes_the_optimum(seed, monkeypatch):
     assert plan.solver.step_bound_ms <= exact.step_ms * (1 + 1e-9)
     assert plan.solver.makespan_bound_ms <= fastest.makespan_ms * (1 + 1e-9)
     assert plan.validate() == []
+
+
+def test_ctrl_c_still_raises_after_lns(tmp_path):
+    """CP-SAT's own SIGINT handler (on by default) leaves SIGINT at its default action once Solve returns, so
+    a later Ctrl-C killed the planner instead of raising KeyboardInterrupt (the CLI's exit 130 and its
+    one line never ran). After LNS's CP-SAT calls, SIGINT must still raise KeyboardInterrupt."""
+    import subprocess
+    import sys
+    script = tmp_path / "sigint.py"
+    script.write_text(
+        "import os, signal, time\n"
+        "import numpy as np\n"
+        "from hetero_sched.milp import lns\n"
+        "from hetero_sched.milp.instance import Instance\n"
+        "inst = Instance(lengths=np.arange(1, 6), configs=[(1, 1, False), (1, 2, False), (1, 3, False)],\n"
+        "                gpus=np.array([1, 1, 1]), overhead=np.zeros(3), cost=np.ones((5, 3)), total_gpus=3)\n"
+        "start = [(0, np.arange(5)), (1, np.array([], dtype=int)), (2, np.array([], dtype=int))]\n"
+        "lns.rebalance(inst, start, time.monotonic() + 1)\n"
+        "try:\n"
+        "    os.kill(os.getpid(), signal.SIGINT)\n"
+        "    time.sleep(1)\n"
+        "except KeyboardInterrupt:\n"
+        "    print('KeyboardInterrupt')\n")
+    out = subprocess.run([sys.executable, str(script)], check=False, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0 and out.stdout.strip() == "KeyboardInterrupt", (out.returncode, out.stderr[-300:])
