@@ -17,18 +17,23 @@ BATCH = ["--lengths", ",".join(str(x) for x in HARD), "--gpus", "16"]
 
 
 def test_ctrl_c_during_a_sweep_exits_130_and_leaves_a_whole_csv(tmp_path):
+    """SIGINT once the sweep has written its first row (so the CLI's handler is installed, whatever the
+    test was started with and however slowly the interpreter starts on a busy machine), with 58 s of
+    limits still to run."""
     out = tmp_path / "s.csv"
     proc = subprocess.Popen([EXE, "sweep", *BATCH, "--time-limits", "2,3,4,5,6", "--repeat", "3",
                              "--backends", "cpsat", "--out", str(out)], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
-    time.sleep(5)
+    started = time.monotonic()
+    while not out.exists() and proc.poll() is None and time.monotonic() - started < 120:
+        time.sleep(0.05)
+    assert out.exists(), "no row written within 120 s"
     proc.send_signal(signal.SIGINT)
-    _, err = proc.communicate(timeout=60)
+    _, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, err
     assert "Traceback" not in err
-    if out.exists():  # every row written is complete and the sweep resumes from it
-        rows = list(csv.DictReader(out.open()))
-        assert all(r["status"] in ("optimal", "feasible", "baseline") for r in rows)
+    rows = list(csv.DictReader(out.open()))  # every row written is complete and the sweep resumes from it
+    assert 1 <= len(rows) < 15 and all(r["status"] in ("optimal", "feasible", "baseline") for r in rows)
     assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
 
 
@@ -78,4 +83,6 @@ def test_every_backend_keeps_a_short_time_limit(backend):
             "--time-limit", "1", "--json")
     assert r.returncode == 0, r.stderr
     assert json.loads(r.stdout)["solver"]["wall_s"] <= 1.25
-    assert time.monotonic() - start < 1.25 + 3.0  # interpreter start and imports on a loaded 2-core machine
+    # the solver's own wall (model building included) keeps the promise; the process around it only has to
+    # end: interpreter start and imports take seconds when other processes keep both cores busy
+    assert time.monotonic() - start < 1.25 + 15.0

