@@ -27,15 +27,23 @@ def first_fit_arrival(lengths, capacity: int) -> list[list[int]]:
     return batches
 
 
+def micro_batch_capacity(lengths, cap: int, context: int | None) -> int:
+    """Megatron's fixed micro-batch: the context window (the longest sequence rounded up to a power of
+    two unless given), capped by what fits."""
+    return min(context or 1 << (max(lengths) - 1).bit_length(), cap)
+
+
 def megatron_replicas(lengths, cap: int, dp: int, context: int | None) -> list[list[int]]:
-    window = context or 1 << (max(lengths) - 1).bit_length()
-    batches = first_fit_arrival(lengths, min(window, cap))
+    batches = first_fit_arrival(lengths, micro_batch_capacity(lengths, cap, context))
     return [[i for b in batches[r::dp] for i in b] for r in range(dp)]
 
 
 def _plan(inst, lengths, lat, tp, cp, reps, context) -> Plan:
-    replicas = megatron_replicas(lengths, lat.max_tokens(tp, cp), len(reps), context)
-    return placed_homogeneous_plan("megatron", inst, tp, cp, reps, replicas, lat)
+    """One global recompute setting: the least k with which a full fixed-size micro-batch fits."""
+    cap = lat.max_tokens(tp, cp)
+    replicas = megatron_replicas(lengths, cap, len(reps), context)
+    return placed_homogeneous_plan("megatron", inst, tp, cp, reps, replicas, lat,
+                                   capacity=max(micro_batch_capacity(lengths, cap, context), max(lengths)))
 
 
 def megatron_plan(lengths, cluster: Cluster, lat: LatencyModel, *, tp: int, cp: int,

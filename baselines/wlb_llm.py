@@ -11,6 +11,12 @@ Two replica counts are evaluated for each (TP, CP): every replica that can be pl
 ⌊N/(TP·CP)⌋), and only those that fit inside nodes; the better on the objective is the config's plan.
 Not implemented: the paper's multi-step outlier delay (a single step is planned here) and its
 per-document CP sharding variants (our step model charges every document split over all CP ranks).
+
+Recompute: WLB-LLM and Megatron-LM run one activation-recompute setting for the whole job, so by default
+(recompute="global") every micro-batch recomputes the least number of layers with which the longest
+sequence fits, and micro-batches are packed up to what fits with it; recompute="per-micro-batch" lets
+each micro-batch take its own least k, as hetero-sched does (compare lists both, to separate what
+heterogeneous groups gain from what adaptive recompute gains).
 """
 from __future__ import annotations
 
@@ -25,10 +31,13 @@ from hetero_sched.plan import Plan, check_objective, objective_key
 from hetero_sched.specs import Cluster
 
 
+RECOMPUTE_SETTINGS = ("global", "per-micro-batch")
+
+
 def wlb_llm_plan(lengths, cluster: Cluster, lat: LatencyModel, *, tp: int, cp: int,
-                 objective: str = "step") -> Plan:
+                 objective: str = "step", recompute: str = "global") -> Plan:
     """The WLB-LLM plan for one homogeneous (tp, cp), placed; ValueError when a sequence does not fit."""
-    _check(cluster, lat, objective)
+    _check(cluster, lat, objective, recompute)
     lat._check_config(tp, cp)
     inst = build_instance(lengths, lat, prune=False, only=(tp, cp))
     too_long = np.flatnonzero(inst.lengths > lat.max_tokens(tp, cp))
@@ -39,15 +48,16 @@ def wlb_llm_plan(lengths, cluster: Cluster, lat: LatencyModel, *, tp: int, cp: i
     options = replica_options(inst, tp, cp)
     if not options:
         raise ValueError(f"TP{tp}xCP{cp} cannot be placed on {cluster.gpus} GPUs of {cluster.gpus_per_node} per node")
-    plans = [plan_for_replicas(inst, tp, cp, reps, lat) for reps in options]
+    plans = [plan_for_replicas(inst, tp, cp, reps, lat, recompute) for reps in options]
     return min(plans, key=lambda p: objective_key(p, objective))
 
 
-def wlb_llm_best(lengths, cluster: Cluster, lat: LatencyModel, objective: str = "step") -> Plan:
+def wlb_llm_best(lengths, cluster: Cluster, lat: LatencyModel, objective: str = "step",
+                 recompute: str = "global") -> Plan:
     """The best placed homogeneous WLB-LLM plan over every (TP, CP) and both replica counts."""
-    _check(cluster, lat, objective)
+    _check(cluster, lat, objective, recompute)
     inst = build_instance(lengths, lat, prune=False)
-    return best_homogeneous_plan(inst, lat, objective)
+    return best_homogeneous_plan(inst, lat, objective, recompute)
 
 
 def replica_options(inst: Instance, tp: int, cp: int) -> list[list[bool]]:
@@ -94,22 +104,33 @@ def earliest_finish(inst: Instance, tp: int, cp: int, reps: list[bool]) -> tuple
     return out, makespan
 
 
-def plan_for_replicas(inst: Instance, tp: int, cp: int, reps: list[bool], lat: LatencyModel) -> Plan:
+def plan_for_replicas(inst: Instance, tp: int, cp: int, reps: list[bool], lat: LatencyModel,
+                      recompute: str = "global") -> Plan:
     """The WLB-LLM plan of (tp, cp) on these replicas, placed as the packer places them."""
     bins, _ = earliest_finish(inst, tp, cp, reps)
-    return placed_homogeneous_plan("wlb-llm", inst, tp, cp, reps, bins, lat)
+    return placed_homogeneous_plan("wlb-llm", inst, tp, cp, reps, bins, lat, recompute)
+
+
+def global_recompute_layers(lat: LatencyModel, tp: int, cp: int, longest: int) -> int:
+    """One setting for the whole job: the least k with which the longest sequence fits on (tp, cp)."""
+    return lat.recompute_layers(longest, tp, cp)
 
 
 def placed_homogeneous_plan(name: str, inst: Instance, tp: int, cp: int, reps: list[bool], bins: list,
-                            lat: LatencyModel) -> Plan:
+                            lat: LatencyModel, recompute: str = "global", capacity: int | None = None) -> Plan:
     """Replicas of (tp, cp) placed as replica_options counted them (intra-node ones first), each running
-    its bin of sequences; the baseline record says which config and how many replicas cross nodes."""
+    its bin of sequences; the baseline record says which config, how many replicas cross nodes and the
+    recompute setting. capacity: the micro-batch size the system packs to (sets the global k)."""
     packer = NodePacker(inst.node_caps)
     shares = [packer.take(tp, cp, cross) for cross in reps]
     ranks = ranks_from_nodes([tp] * len(reps), shares, lat.cluster.gpus_per_node)
-    plan = Plan.build(inst.lengths, [(tp, cp, b) for b in bins], lat, ranks=ranks)
+    k = None
+    if recompute == "global":
+        k = global_recompute_layers(lat, tp, cp, int(capacity or inst.lengths.max()))
+    plan = Plan.build(inst.lengths, [(tp, cp, b) for b in bins], lat, ranks=ranks, recompute_layers=k)
     plan.baseline = {"name": name, "tp": tp, "cp": cp, "dp": len(reps), "cross_node_replicas": int(sum(reps)),
-                     "makespan_ms": plan.makespan_ms, "step_ms": plan.step_ms, "sync_ms_upper": plan.sync_ms_upper}
+                     "makespan_ms": plan.makespan_ms, "step_ms": plan.step_ms, "sync_ms_upper": plan.sync_ms_upper,
+                     "recompute": recompute, "recompute_layers": k}
     return plan
 
 
@@ -117,13 +138,15 @@ def homogeneous_pairs(inst: Instance) -> list[tuple[int, int]]:
     return sorted({(tp, cp) for tp, cp, _ in inst.configs})
 
 
-def best_homogeneous_plan(inst: Instance, lat: LatencyModel, objective: str = "step") -> Plan:
+def best_homogeneous_plan(inst: Instance, lat: LatencyModel, objective: str = "step",
+                          recompute: str = "global") -> Plan:
     """Every (tp, cp) and replica count in order of a lower bound on the objective; stop when the bound
-    cannot beat the best plan built (so the answer equals the exhaustive search's)."""
+    cannot beat the best plan built (so the answer equals the exhaustive search's). The bound holds for
+    either recompute setting (it is priced with each sequence's least k)."""
     def tiebreak(bound, tp, cp, reps, _):
         return bound, tp, cp, len(reps)  # among equal plans, the first in bound order
-    return best_by_bound(inst, lat, objective, lambda tp, cp, reps: plan_for_replicas(inst, tp, cp, reps, lat),
-                         tiebreak)
+    return best_by_bound(inst, lat, objective,
+                         lambda tp, cp, reps: plan_for_replicas(inst, tp, cp, reps, lat, recompute), tiebreak)
 
 
 def best_by_bound(inst: Instance, lat: LatencyModel, objective: str, build, tiebreak) -> Plan:
@@ -157,7 +180,9 @@ def _lower_bound(inst: Instance, lat: LatencyModel, tp: int, cp: int, reps: list
     return ms + lat.sync_exposed_lower_ms(tp, ms)
 
 
-def _check(cluster: Cluster, lat: LatencyModel, objective: str) -> None:
+def _check(cluster: Cluster, lat: LatencyModel, objective: str, recompute: str = "global") -> None:
     if cluster != lat.cluster:
         raise ValueError(f"cluster {cluster} does not match the latency model's {lat.cluster}")
     check_objective(objective)
+    if recompute not in RECOMPUTE_SETTINGS:
+        raise ValueError(f"recompute={recompute!r}: choose one of {', '.join(RECOMPUTE_SETTINGS)}")

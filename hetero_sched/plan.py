@@ -1,6 +1,7 @@
 """Plan, Group and SolveResult: the planner's output, its JSON form and its validation."""
 from __future__ import annotations
 
+import itertools
 import json
 import math
 from collections.abc import Sequence
@@ -9,11 +10,14 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 
 from .latency import LatencyModel, latency_model
+from .latency.base import window_share
 from .packing import pack_micro_batches
 from .placement import nodes_spanned, place_groups, tp_group_inside_node
 from .specs import Cluster, ModelSpec
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+READABLE_VERSIONS = (1, 2)  # version 1: every micro-batch recomputed every layer, all-gather not overlapped
+EXACT_ORDER_GROUPS = 8  # up to this many groups with a choice, every (first, last) combination is priced
 REL_TOL = 1e-6  # recomputed figures must match the file to this relative tolerance
 OBJECTIVES = ("step", "makespan")
 
@@ -41,6 +45,9 @@ class Group:
     """Sequence ids of each micro-batch, in run order; each ≤ max_tokens(tp, cp) tokens."""
     latency_ms: float
     memory_gb: float
+    recompute_layers: list[int] = field(default_factory=list)
+    """Layers each micro-batch recomputes (Megatron's block method: the first k blocks), one int per
+    micro-batch; each micro-batch must fit in memory with its k."""
 
     @property
     def gpus(self) -> int:
@@ -95,10 +102,14 @@ class Plan:
     @classmethod
     def build(cls, lengths: Sequence[int], assignment: Sequence[tuple[int, int, Sequence[int]]],
               lat: LatencyModel, solver: SolveResult | None = None, baseline: dict | None = None,
-              ranks: Sequence[Sequence[int]] | None = None) -> Plan:
+              ranks: Sequence[Sequence[int]] | None = None, recompute_layers: int | None = None) -> Plan:
         """Place (tp, cp, sequence ids) groups on ranks (given, or placed greedily inside nodes where
-        possible), pack micro-batches (the largest runs last: it opens the longest window for the
-        gradient sync to overlap), price everything. Groups without sequences are dropped."""
+        possible), pack micro-batches, choose their order, price everything. Groups without sequences are
+        dropped. recompute_layers=None: each micro-batch recomputes the least k with which it fits (the
+        model's recompute mode; sequences of one class k share micro-batches up to that class's cap, so a
+        micro-batch's least k is its class's and its cost the sum of its sequences' — exactly what the
+        solver priced); an int: that k for every micro-batch (one global setting, as Megatron-LM and
+        WLB-LLM run), micro-batches packed up to what fits with it. Order: see order_micro_batches."""
         lengths = [int(x) for x in lengths]
         cluster = lat.cluster
         if ranks is None:
@@ -108,29 +119,117 @@ class Plan:
         groups = []
         for (tp, cp, ids), rk in kept:
             ids = sorted(int(i) for i in ids)
-            batches = pack_micro_batches(lengths, ids, lat.max_tokens(tp, cp))
-            batches.sort(key=lambda mb: sum(lengths[i] for i in mb))
+            batches, ks = _pack(lengths, ids, tp, cp, lat, recompute_layers)
             groups.append(Group(tp=tp, cp=cp, ranks=rk, sequence_ids=ids, micro_batches=batches,
-                                latency_ms=0.0, memory_gb=0.0))
+                                latency_ms=0.0, memory_gb=0.0, recompute_layers=ks))
         plan = cls(model=lat.model, cluster=cluster, latency_model=lat.describe(), lengths=lengths,
                    groups=groups, makespan_ms=0.0, sync_ms=0.0, step_ms=0.0, solver=solver, baseline=baseline)
-        plan.reprice(lat)
+        plan.order_micro_batches(lat)
         return plan
+
+    def order_micro_batches(self, lat: LatencyModel) -> None:
+        """Choose each group's run order, then price the plan. Only two micro-batches matter to the step:
+        the first, whose forward hides the overlapped parameter all-gather (a longer forward waits less),
+        and the last, whose backward window hides the gradient reduce-scatter (a longer window, less
+        exposed); the step never rises when either grows. So the best order takes the longest forward
+        first and the longest window last when they are different micro-batches; when one micro-batch has
+        both, it goes last with the next longest forward first, or first with the next longest window
+        last — the only two orders not beaten by another. Up to EXACT_ORDER_GROUPS groups with that
+        choice, every combination is priced; beyond, the choice is made group by group, slowest first.
+        The others run in increasing size."""
+        stats = self._micro_batch_stats(lat)
+        options = [_order_options(f, w) for f, w, _ in stats]
+        choice = [0] * len(self.groups)
+        open_ = [k for k, o in enumerate(options) if len(o) > 1]
+        if open_ and lat.overlap_param_gather:
+            choice = self._best_orders(lat, stats, options, open_)
+        for g, opts, c, (_, _, tokens) in zip(self.groups, options, choice, stats):
+            first, last = opts[c]
+            middle = sorted((j for j in range(len(g.micro_batches)) if j not in (first, last)),
+                            key=lambda j: (tokens[j], j))
+            order = ([first] if first != last else []) + middle + [last]
+            g.micro_batches = [g.micro_batches[j] for j in order]
+            g.recompute_layers = [g.recompute_layers[j] for j in order]
+        self.reprice(lat)
+
+    def _best_orders(self, lat, stats, options, open_: list[int]) -> list[int]:
+        """Index into each group's options that gives the least step (see order_micro_batches)."""
+        tps = [g.tp for g in self.groups]
+        timings = self._timings_from(stats, [o[0] for o in options])
+
+        def step_with(k: int, c: int) -> None:
+            first, last = options[k][c]
+            timings[k] = (timings[k][0], stats[k][0][first], stats[k][1][last])
+
+        def step() -> float:
+            return lat.sync_exposed_ms(tps, timings)
+
+        choice = [0] * len(self.groups)
+        if len(open_) <= EXACT_ORDER_GROUPS:
+            best, best_combo = math.inf, None
+            for combo in itertools.product(*[range(len(options[k])) for k in open_]):
+                for k, c in zip(open_, combo):
+                    step_with(k, c)
+                value = step()
+                if value < best - 1e-12:
+                    best, best_combo = value, combo
+            for k, c in zip(open_, best_combo):
+                choice[k] = c
+            return choice
+        best = step()
+        for k in sorted(open_, key=lambda k: -self.groups[k].latency_ms):
+            step_with(k, 1)
+            value = step()
+            if value < best - 1e-12:
+                best, choice[k] = value, 1
+            else:
+                step_with(k, 0)
+        return choice
+
+    def _micro_batch_stats(self, lat: LatencyModel) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+        """Per group, in its recorded order: (forward ms, backward window ms, tokens) of each micro-batch;
+        sets every group's latency_ms (overhead + Σ seq_latency_ms at its micro-batch's k) and memory_gb
+        (its largest micro-batch under its k). The forward of a micro-batch carries the overhead's forward
+        part, its window BACKWARD_SHARE-at-k of overhead + its sequences (see LatencyModel.sync_exposed_ms)."""
+        gpn, layers = self.cluster.gpus_per_node, self.model.layers
+        lengths = np.asarray(self.lengths, dtype=np.int64)
+        keys = [(g.tp, g.cp, nodes_spanned(g.ranks, gpn) > 1) for g in self.groups]
+        fwd, cost = np.zeros(len(lengths)), np.zeros(len(lengths))
+        for key in set(keys):
+            members = [g for g, k in zip(self.groups, keys) if k == key]
+            ids = np.array([i for g in members for mb in g.micro_batches for i in mb], dtype=np.int64)
+            ks = np.array([k for g in members for mb, k in zip(g.micro_batches, g.recompute_layers) for _ in mb])
+            if ids.size:
+                f, r, b = lat.seq_parts_array(lengths[ids], *key, recompute_layers=ks)
+                fwd[ids], cost[ids] = f, f + r + b
+        stats = []
+        for g, key in zip(self.groups, keys):
+            o_fwd, o_rec, o_bwd = lat.overhead_parts(*key)
+            overhead = o_fwd + o_rec + o_bwd
+            mb_of = np.repeat(np.arange(len(g.micro_batches)), [len(mb) for mb in g.micro_batches])
+            flat = np.array([i for mb in g.micro_batches for i in mb], dtype=np.int64)
+            mb_cost = np.bincount(mb_of, weights=cost[flat], minlength=len(g.micro_batches))
+            mb_fwd = np.bincount(mb_of, weights=fwd[flat], minlength=len(g.micro_batches))
+            tokens = np.bincount(mb_of, weights=lengths[flat], minlength=len(g.micro_batches)).astype(np.int64)
+            ks = np.asarray(g.recompute_layers, dtype=float)
+            g.latency_ms = overhead + float(cost[g.sequence_ids].sum())  # overhead + Σ seq_latency_ms
+            g.memory_gb = float(lat.memory_gb_array(tokens, g.tp, g.cp, g.recompute_layers).max())
+            stats.append((o_fwd + mb_fwd, window_share(ks / layers) * (overhead + mb_cost), tokens))
+        return stats
+
+    def _timings_from(self, stats, pairs=None) -> list[tuple[float, float, float]]:
+        """(end, first micro-batch's forward, last one's window) of each group; pairs: (first, last)
+        indices to use instead of the recorded order's."""
+        pairs = pairs or [(0, len(f) - 1) for f, _, _ in stats]
+        return [(g.latency_ms, float(f[a]), float(w[b])) for g, (f, w, _), (a, b) in zip(self.groups, stats, pairs)]
 
     def reprice(self, lat: LatencyModel) -> None:
         """Recompute every figure from the step model (never from a solver's objective)."""
-        cost, shape = self._sequence_costs(lat)
-        last = []
-        for g, (tp, cp, cross) in zip(self.groups, shape):
-            overhead = lat.overhead_ms(tp, cp, cross)
-            g.latency_ms = overhead + float(cost[g.sequence_ids].sum())  # overhead + Σ seq_latency_ms
-            last.append(overhead + float(cost[g.micro_batches[-1]].sum()))
-            biggest = max(sum(self.lengths[i] for i in mb) for mb in g.micro_batches)
-            g.memory_gb = lat.memory_gb(biggest, g.tp, g.cp)
+        stats = self._micro_batch_stats(lat)
         self.makespan_ms = max((g.latency_ms for g in self.groups), default=0.0)
         tps = [g.tp for g in self.groups]
         self.sync_ms_upper = lat.sync_upper_ms(tps)
-        self.sync_ms = lat.sync_exposed_ms(tps, [(g.latency_ms, t) for g, t in zip(self.groups, last)])
+        self.sync_ms = lat.sync_exposed_ms(tps, self._timings_from(stats))
         self.step_ms = self.makespan_ms + self.sync_ms
         if self.solver is not None:
             s = self.solver
@@ -139,19 +238,6 @@ class Plan:
             s.objective_ms = self.step_ms if s.objective == "step" else self.makespan_ms
             s.bound_ms = s.step_bound_ms if s.objective == "step" else s.makespan_bound_ms
             s.gap = (s.objective_ms - s.bound_ms) / s.objective_ms if s.objective_ms > 0 else 0.0
-
-    def _sequence_costs(self, lat: LatencyModel):
-        """seq_latency_ms of every sequence on its group's configuration, placed as the ranks say (one
-        vectorised call per configuration), and each group's (tp, cp, crosses nodes)."""
-        gpn = self.cluster.gpus_per_node
-        shape = [(g.tp, g.cp, nodes_spanned(g.ranks, gpn) > 1) for g in self.groups]
-        cost = np.zeros(len(self.lengths))
-        lengths = np.asarray(self.lengths, dtype=np.int64)
-        for key in set(shape):
-            ids = np.array([i for g, s in zip(self.groups, shape) if s == key for i in g.sequence_ids], dtype=int)
-            if ids.size:
-                cost[ids] = lat.seq_latency_array(lengths[ids], *key)
-        return cost, shape
 
     @property
     def gpus_used(self) -> int:
@@ -185,10 +271,15 @@ class Plan:
         problems = []
         for k, g in enumerate(self.groups):
             cap = lat.max_tokens(g.tp, g.cp)
-            for mb in g.micro_batches:
+            for j, (mb, layers) in enumerate(zip(g.micro_batches, g.recompute_layers)):
                 tokens = sum(self.lengths[i] for i in mb)
                 if tokens > cap:
                     problems.append(f"group {k}: micro-batch of {tokens} tokens exceeds max_tokens {cap}")
+                elif tokens > lat.tokens_cap(g.tp, g.cp, layers):
+                    problems.append(f"group {k}: micro-batch {j} of {tokens} tokens does not fit with {layers} "
+                                    f"recomputed layers ({lat.memory_gb(tokens, g.tp, g.cp, layers):.1f} GB > "
+                                    f"{lat.usable_bytes / 1e9:.1f} GB usable; it needs "
+                                    f"{lat.recompute_layers_array([tokens], g.tp, g.cp)[0]} or more)")
         if problems:
             return problems
         copy = Plan.from_dict(self.to_dict())
@@ -231,6 +322,8 @@ class Plan:
             data = json.loads(text)
         except json.JSONDecodeError as exc:
             raise ValueError(f"plan is not valid JSON: {exc}") from None
+        from .planfile import check_schema
+        check_schema(data)  # a wrong type is named here, not met as a TypeError deep in validate()
         return cls.from_dict(data)
 
     @classmethod
@@ -238,23 +331,65 @@ class Plan:
         if not isinstance(data, dict):
             raise ValueError("plan JSON must be an object")
         version = data.get("schema_version")
-        if version != SCHEMA_VERSION:
-            raise ValueError(f"unsupported plan schema_version {version!r} (this tool reads {SCHEMA_VERSION})")
+        if version not in READABLE_VERSIONS or isinstance(version, bool):
+            raise ValueError(f"unsupported plan schema_version {version!r} (this tool reads "
+                             f"{', '.join(map(str, READABLE_VERSIONS))})")
         try:
             seqs = data["sequences"]
             ids = [s["id"] for s in seqs]
             if ids != list(range(len(seqs))):
                 raise ValueError("sequence ids must be 0..n-1 in order")
-            groups = [Group(**{k: g[k] for k in ("tp", "cp", "ranks", "sequence_ids", "micro_batches",
-                                                 "latency_ms", "memory_gb")}) for g in data["groups"]]
+            model = ModelSpec.from_dict(data["model"])
+            groups = [_group_from(g, version, model.layers) for g in data["groups"]]
+            described = dict(data["latency_model"])
+            if version == 1:  # made before recompute was chosen and the all-gather overlapped
+                described |= {"recompute": "full", "overlap_param_gather": False}
             solver = SolveResult(**data["solver"]) if data.get("solver") else None
-            return cls(model=ModelSpec.from_dict(data["model"]), cluster=Cluster.from_dict(data["cluster"]),
-                       latency_model=dict(data["latency_model"]), lengths=[s["length"] for s in seqs],
+            return cls(model=model, cluster=Cluster.from_dict(data["cluster"]),
+                       latency_model=described, lengths=[s["length"] for s in seqs],
                        groups=groups, makespan_ms=float(data["makespan_ms"]), sync_ms=float(data["sync_ms"]),
                        step_ms=float(data["step_ms"]), solver=solver, baseline=data.get("baseline"),
                        extra=data.get("extra", {}), sync_ms_upper=float(data.get("sync_ms_upper", data["sync_ms"])))
         except (KeyError, TypeError) as exc:
             raise ValueError(f"malformed plan JSON: missing or wrong field {exc}") from None
+
+
+def _group_from(g: dict, version: int, layers: int) -> Group:
+    fields = {k: g[k] for k in ("tp", "cp", "ranks", "sequence_ids", "micro_batches", "latency_ms", "memory_gb")}
+    if version == 1:
+        fields["recompute_layers"] = [layers] * len(fields["micro_batches"])
+    else:
+        fields["recompute_layers"] = g["recompute_layers"]
+    return Group(**fields)
+
+
+def _pack(lengths: list[int], ids: list[int], tp: int, cp: int, lat: LatencyModel,
+          recompute_layers: int | None) -> tuple[list[list[int]], list[int]]:
+    """Micro-batches of a group and the k each recomputes (see Plan.build)."""
+    if recompute_layers is not None:
+        batches = pack_micro_batches(lengths, ids, lat.tokens_cap(tp, cp, recompute_layers))
+        return batches, [int(recompute_layers)] * len(batches)
+    own = lat.recompute_layers_array(np.array([lengths[i] for i in ids], dtype=np.int64), tp, cp)
+    batches, ks = [], []
+    for k in sorted(set(own.tolist())):
+        members = [i for i, ki in zip(ids, own) if ki == k]
+        packed = pack_micro_batches(lengths, members, lat.tokens_cap(tp, cp, k))
+        batches += packed
+        ks += [k] * len(packed)
+    return batches, ks
+
+
+def _order_options(forwards: np.ndarray, windows: np.ndarray) -> list[tuple[int, int]]:
+    """(first, last) micro-batch pairs no other pair beats on both the first forward and the last window
+    (the largest window last first: with one option, the only one)."""
+    if len(forwards) == 1:
+        return [(0, 0)]
+    a, b = int(np.argmax(forwards)), int(np.argmax(windows))
+    if a != b:
+        return [(a, b)]
+    others_w = np.where(np.arange(len(windows)) == b, -np.inf, windows)
+    others_f = np.where(np.arange(len(forwards)) == a, -np.inf, forwards)
+    return [(int(np.argmax(others_f)), b), (a, int(np.argmax(others_w)))]
 
 
 def _check_group(k: int, g: Group, n: int, cl: Cluster, model: ModelSpec, used: set, seen: list) -> list[str]:
@@ -270,6 +405,11 @@ def _check_group(k: int, g: Group, n: int, cl: Cluster, model: ModelSpec, used: 
     used |= set(g.ranks)
     if not tp_group_inside_node(g.ranks, g.tp, cl.gpus_per_node):
         problems.append(f"group {k}: a TP group spans nodes")
+    ks = g.recompute_layers
+    if not isinstance(ks, list) or len(ks) != len(g.micro_batches) or any(
+            isinstance(k, bool) or not isinstance(k, int) or not 0 <= k <= model.layers for k in ks):
+        problems.append(f"group {k}: recompute_layers must hold one integer in 0..{model.layers} per micro-batch, "
+                        f"got {ks!r}")
     in_batches = sorted(i for mb in g.micro_batches for i in mb)
     if in_batches != sorted(g.sequence_ids) or any(not mb for mb in g.micro_batches):
         problems.append(f"group {k}: micro-batches do not hold exactly the group's sequences once")
@@ -288,12 +428,14 @@ def latency_for(plan: Plan) -> LatencyModel:
     desc = plan.latency_model
     if desc.get("calibration_sha256"):
         raise ValueError("the plan was made with a calibration file; pass it with --calibration")
+    options = {"recompute": desc.get("recompute", "full"),
+               "overlap_param_gather": desc.get("overlap_param_gather", False)}
     if desc.get("kind") == "analytic":
-        return latency_model(plan.model, plan.cluster)
+        return latency_model(plan.model, plan.cluster, **options)
     if desc.get("kind") == "table":
         from ._data import shipped_table_by_sha
         path = shipped_table_by_sha(plan.cluster.gpu, desc.get("table_sha256"))
         if path is None:
             raise ValueError("the plan's latency table is not shipped with this tool; pass it with --table")
-        return latency_model(plan.model, plan.cluster, table=path)
+        return latency_model(plan.model, plan.cluster, table=path, **options)
     raise ValueError(f"unknown latency model kind {desc.get('kind')!r}")

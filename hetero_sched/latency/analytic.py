@@ -47,9 +47,9 @@ class AnalyticLatency(LatencyModel):
     kind = "analytic"
     version = "1.0"
 
-    def __init__(self, model, cluster, kernels=None) -> None:
+    def __init__(self, model, cluster, kernels=None, **options) -> None:
         self._affine: dict = {}
-        super().__init__(model, cluster, kernels)
+        super().__init__(model, cluster, kernels, **options)
 
     def linear_fwd_ms(self, tokens, tp: int):
         """Affine in tokens (every fitted curve is): intercept + slope·tokens, coefficients cached per tp."""

@@ -1,7 +1,8 @@
 """The step model shared by every latency implementation.
 
-A group of `tp`·`cp` GPUs runs each sequence through all layers: forward, a recomputed forward (full
-activation checkpointing) and backward. A sequence of L tokens is split over the cp ranks (L/cp tokens
+A group of `tp`·`cp` GPUs runs each sequence through all layers: forward, a recomputed forward of k of
+the layers (k = the least number with which the micro-batch fits, Megatron's block method; k = layers
+under recompute="full") and backward. A sequence of L tokens is split over the cp ranks (L/cp tokens
 each). Subclasses provide only the per-layer forward time of the token-proportional kernels
 (linear layers + pointwise ops); attention, communication, memory and sync are shared.
 
@@ -22,8 +23,17 @@ from ..specs import Cluster, ModelSpec
 from . import constants as K
 from .kernels import Kernels
 
-PASSES_FWD = 1 + K.RECOMPUTE_FORWARDS  # forward + recomputed forward
+PASSES_FWD = 1 + K.RECOMPUTE_FORWARDS  # forward + recomputed forward (full checkpointing)
 GB = 1e9
+RECOMPUTE_MODES = ("auto", "full")
+
+
+def window_share(k_frac):
+    """Share of a micro-batch's time spent in its backward sweep (recompute of k layers + backward) when a
+    fraction k_frac of the layers is recomputed: (k_frac + 2)/(1 + k_frac + 2) — see constants.BACKWARD_SHARE."""
+    k_frac = np.asarray(k_frac, dtype=float)
+    return (K.RECOMPUTE_FORWARDS * k_frac + K.LINEAR_BWD_RATIO) / (1 + K.RECOMPUTE_FORWARDS * k_frac
+                                                                    + K.LINEAR_BWD_RATIO)
 
 
 class LatencyModel(ABC):
@@ -32,12 +42,23 @@ class LatencyModel(ABC):
     kind: str = "abstract"
     version: str = "1.0"
 
-    def __init__(self, model: ModelSpec, cluster: Cluster, kernels: Kernels | None = None) -> None:
+    def __init__(self, model: ModelSpec, cluster: Cluster, kernels: Kernels | None = None, *,
+                 recompute: str = "auto", overlap_param_gather: bool = True) -> None:
+        if recompute not in RECOMPUTE_MODES:
+            raise ValueError(f"recompute={recompute!r}: choose one of {', '.join(RECOMPUTE_MODES)}")
+        if not isinstance(overlap_param_gather, bool):
+            raise ValueError(f"overlap_param_gather must be True or False, got {overlap_param_gather!r}")
         self.model = model
         self.cluster = cluster
         self.k = kernels or Kernels.for_gpu(cluster.spec)
+        self.recompute = recompute
+        """'auto': each micro-batch recomputes the least number of layers with which it fits; 'full': all."""
+        self.overlap_param_gather = overlap_param_gather
+        """The ZeRO-1 parameter all-gather runs under the next step's first forward (Megatron-LM's
+        --overlap-param-gather) instead of after the optimizer step."""
         self._overheads: dict = {}
         self._intercepts: dict = {}
+        self._rank_caps: dict = {}
         self._check_fits()
 
     # ---- what subclasses provide ----------------------------------------------------------------
@@ -50,9 +71,11 @@ class LatencyModel(ABC):
         return None
 
     # ---- public contract ------------------------------------------------------------------------
-    def seq_latency_ms(self, length: int, tp: int, cp: int, cross_node: bool | None = None) -> float:
-        """Forward + recompute + backward of one sequence through all layers, ms, overhead excluded."""
-        return float(self.seq_latency_array(np.array([length]), tp, cp, cross_node)[0])
+    def seq_latency_ms(self, length: int, tp: int, cp: int, cross_node: bool | None = None,
+                       recompute_layers: int | None = None) -> float:
+        """Forward + recompute + backward of one sequence through all layers, ms, overhead excluded; the
+        sequence recomputes `recompute_layers` layers (default: the least with which it fits alone)."""
+        return float(self.seq_latency_array(np.array([length]), tp, cp, cross_node, recompute_layers)[0])
 
     def overhead_ms(self, tp: int, cp: int, cross_node: bool | None = None) -> float:
         """What one micro-batch costs whatever its size: the intercept of every token-linear kernel
@@ -63,14 +86,22 @@ class LatencyModel(ABC):
         return self._overheads[key]
 
     def _overhead(self, tp: int, cp: int, cross_node: bool | None) -> float:
+        """The floors of forward + full recompute + backward: charged once per group, with every layer's
+        recompute floor whatever the micro-batches' k (an upper bound by ≤ one forward's launch floors)."""
+        return sum(self.overhead_parts(tp, cp, cross_node))
+
+    def overhead_parts(self, tp: int, cp: int, cross_node: bool | None = None) -> tuple[float, float, float]:
+        """(forward, recompute of every layer, backward) of the overhead, ms."""
         m = self.model
         linear0 = float(self._linear_intercept(tp))
         tpc0 = self._tp_allreduce(tp).floor_ms * K.TP_ALLREDUCES_PER_LAYER_FWD if tp > 1 else 0.0
         ring0 = (cp - 1) * self._ring_curve(tp, cp, cross_node).floor_ms if cp > 1 else 0.0
-        per_layer = ((PASSES_FWD + K.LINEAR_BWD_RATIO) * linear0 + (PASSES_FWD + 1) * tpc0
-                     + (PASSES_FWD + 1) * self.k.attn_floor_ms * self.k.compute_scale + (PASSES_FWD + 2) * ring0)
-        head0 = (1 + K.LINEAR_BWD_RATIO) * self._gemm_intercept(m.hidden, m.vocab // tp)
-        return m.layers * per_layer + head0
+        attn0 = self.k.attn_floor_ms * self.k.compute_scale
+        fwd_layer = linear0 + tpc0 + attn0 + ring0
+        bwd_layer = K.LINEAR_BWD_RATIO * linear0 + tpc0 + attn0 + 2 * ring0
+        head0 = self._gemm_intercept(m.hidden, m.vocab // tp)
+        return (m.layers * fwd_layer + head0, K.RECOMPUTE_FORWARDS * m.layers * fwd_layer,
+                m.layers * bwd_layer + K.LINEAR_BWD_RATIO * head0)
 
     def group_latency_ms(self, lengths: Sequence[int], tp: int, cp: int, cross_node: bool | None = None) -> float:
         """overhead_ms + Σ seq_latency_ms: the group runs its sequences one micro-batch after another."""
@@ -81,11 +112,27 @@ class LatencyModel(ABC):
         seqs = self.seq_latency_array(lengths, tp, cp, cross_node).sum() if lengths.size else 0.0
         return self.overhead_ms(tp, cp, cross_node) + float(seqs)
 
-    def seq_latency_array(self, lengths: np.ndarray, tp: int, cp: int, cross_node: bool | None = None) -> np.ndarray:
-        """Vectorised seq_latency_ms over many lengths for one configuration."""
+    def seq_latency_array(self, lengths: np.ndarray, tp: int, cp: int, cross_node: bool | None = None,
+                          recompute_layers=None) -> np.ndarray:
+        """Vectorised seq_latency_ms over many lengths for one configuration; recompute_layers: one int
+        (every sequence), one per sequence, or None (each at the least k with which it fits alone)."""
+        fwd, rec, bwd = self.seq_parts_array(lengths, tp, cp, cross_node, recompute_layers)
+        return fwd + rec + bwd
+
+    def seq_parts_array(self, lengths, tp: int, cp: int, cross_node: bool | None = None,
+                        recompute_layers=None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(forward, recompute of its k layers, backward) of each sequence, ms, overhead excluded."""
         self._check_config(tp, cp)
+        L = np.asarray(lengths, dtype=float)
         cross = self._default_cross(tp, np.array([cp])) if cross_node is None else np.array([cross_node])
-        return self._seq_costs(np.asarray(lengths, dtype=float), tp, np.array([cp]), cross)
+        k = self._layers_recomputed(L, tp, cp, recompute_layers)
+        fwd, rec_all, bwd = self._seq_parts(L, tp, np.array([cp]), cross)
+        return fwd, rec_all * (k / self.model.layers), bwd
+
+    def _layers_recomputed(self, L: np.ndarray, tp: int, cp: int, given) -> np.ndarray:
+        if given is None:
+            return self.recompute_layers_array(L, tp, cp)
+        return np.broadcast_to(np.asarray(given, dtype=float), L.shape)
 
     def cost_table(self, lengths: np.ndarray, tp: int, cps: np.ndarray, cross_node: bool | None = None) -> np.ndarray:
         """seq_latency_ms of every length (rows) on TP tp and each CP degree of cps (columns): across
@@ -96,37 +143,88 @@ class LatencyModel(ABC):
             self._check_config(tp, int(cp))
         L = np.asarray(lengths, dtype=float)[:, None]
         cross = self._default_cross(tp, cps) if cross_node is None else np.full(cps.shape, bool(cross_node))
-        return self._seq_costs(L, tp, cps[None, :], cross[None, :])
+        fwd, rec_all, bwd = self._seq_parts(L, tp, cps[None, :], cross[None, :])
+        if self.recompute == "full":
+            return fwd + rec_all + bwd
+        k = np.column_stack([self.recompute_layers_array(L[:, 0], tp, int(cp)) for cp in cps]) \
+            if cps.size else np.zeros((len(L), 0))
+        return fwd + rec_all * (k / self.model.layers) + bwd
 
     def _default_cross(self, tp: int, cps: np.ndarray) -> np.ndarray:
         return tp * cps > self.cluster.gpus_per_node
 
-    def _seq_costs(self, L: np.ndarray, tp: int, cp: np.ndarray, cross: np.ndarray) -> np.ndarray:
-        """Cost of lengths L on (tp, cp) with broadcasting: L (n,) with cp (1,), or L (n,1) with cp (1,k)."""
+    def _seq_parts(self, L: np.ndarray, tp: int, cp: np.ndarray, cross: np.ndarray):
+        """(forward, recompute of every layer, backward) of lengths L on (tp, cp) with broadcasting: L (n,)
+        with cp (1,), or L (n,1) with cp (1,k). A recomputed layer re-runs its forward (Korthikanti et al.
+        2022, table 2); the LM head is never recomputed."""
         m = self.model
         T = L / cp  # tokens per CP rank
-        linear = (self.linear_fwd_ms(T, tp) - self._linear_intercept(tp)) * (PASSES_FWD + K.LINEAR_BWD_RATIO)
-        tpc = self._tp_comm_var(T, tp) * (PASSES_FWD + 1)  # backward moves as much as a forward
+        linear = self.linear_fwd_ms(T, tp) - self._linear_intercept(tp)
+        tpc = self._tp_comm_var(T, tp)  # backward moves as much as a forward
         attn_fwd = self._attention_fwd_ms(L, tp, cp)
         attn_bwd = attn_fwd * K.FA_BWD_FLOP_RATIO / self.k.fa_bwd_rate
         ring_fwd = self._ring_var(T, tp, cp, cross)
         ring_bwd = 2 * ring_fwd  # backward circulates K,V and their gradients
         # ring transfers overlap the attention they feed: each pass costs max(compute, transfer)
-        attn = PASSES_FWD * np.maximum(attn_fwd, ring_fwd) + np.maximum(attn_bwd, ring_bwd)
-        head = (self._gemm_ms(T, m.hidden, m.vocab / tp) - self._gemm_intercept(m.hidden, m.vocab // tp)) \
-            * (1 + K.LINEAR_BWD_RATIO)  # LM head: forward + backward, not recomputed
-        return m.layers * (linear + tpc + attn) + head
+        fwd_layer = linear + tpc + np.maximum(attn_fwd, ring_fwd)
+        bwd_layer = K.LINEAR_BWD_RATIO * linear + tpc + np.maximum(attn_bwd, ring_bwd)
+        head = self._gemm_ms(T, m.hidden, m.vocab / tp) - self._gemm_intercept(m.hidden, m.vocab // tp)
+        return (m.layers * fwd_layer + head, K.RECOMPUTE_FORWARDS * m.layers * fwd_layer,
+                m.layers * bwd_layer + K.LINEAR_BWD_RATIO * head)
 
     def max_tokens(self, tp: int, cp: int) -> int:
-        """Largest micro-batch (tokens over all cp ranks) that fits in memory; 0 if nothing fits."""
-        self._check_config(tp, cp)
-        free = self.usable_bytes - self._static_bytes(tp)
-        return max(0, int(free // self._bytes_per_token(tp))) * cp
+        """Largest micro-batch (tokens over all cp ranks) that fits in memory, every layer recomputed;
+        0 if nothing fits."""
+        return self.tokens_cap(tp, cp, self.model.layers)
 
-    def memory_gb(self, microbatch_tokens: int, tp: int, cp: int) -> float:
-        """Peak memory per GPU (GB) for a micro-batch of `microbatch_tokens` tokens over the group."""
+    def tokens_cap(self, tp: int, cp: int, recompute_layers: int) -> int:
+        """Largest micro-batch that fits when it recomputes `recompute_layers` layers (its class's cap)."""
+        self._check_config(tp, cp)
+        return int(self._caps(tp)[self._check_k(recompute_layers)]) * cp
+
+    def _caps(self, tp: int) -> np.ndarray:
+        """Tokens per CP rank that fit with k = 0 … layers recomputed layers (nondecreasing in k)."""
+        if tp not in self._rank_caps:
+            free = self.usable_bytes - self._static_bytes(tp)
+            ks = np.arange(self.model.layers + 1)
+            self._rank_caps[tp] = np.maximum(0, np.floor(free / self._bytes_per_token(tp, ks))).astype(np.int64)
+        return self._rank_caps[tp]
+
+    def recompute_layers(self, microbatch_tokens: int, tp: int, cp: int) -> int:
+        """k of a micro-batch: the least number of recomputed layers with which it fits ('auto'), or every
+        layer ('full'); ValueError when it does not fit even then."""
+        tokens = int(microbatch_tokens)
+        if tokens > self.max_tokens(tp, cp):
+            raise ValueError(f"a micro-batch of {tokens} tokens exceeds max_tokens={self.max_tokens(tp, cp)} "
+                             f"of TP{tp}xCP{cp}")
+        return int(self.recompute_layers_array(np.array([tokens]), tp, cp)[0])
+
+    def recompute_layers_array(self, tokens, tp: int, cp: int) -> np.ndarray:
+        """Vectorised recompute_layers (no fit check: tokens beyond max_tokens get k = layers)."""
+        tokens = np.asarray(tokens)
+        if self.recompute == "full":
+            return np.full(tokens.shape, self.model.layers, dtype=np.int64)
+        per_rank = -(-tokens.astype(np.int64) // cp)  # ⌈tokens/cp⌉
+        k = np.searchsorted(self._caps(tp), per_rank, side="left")  # least k with per_rank ≤ cap_k
+        return np.minimum(k, self.model.layers).astype(np.int64)
+
+    def memory_gb(self, microbatch_tokens: int, tp: int, cp: int, recompute_layers: int | None = None) -> float:
+        """Peak memory per GPU (GB) for a micro-batch of `microbatch_tokens` tokens over the group that
+        recomputes `recompute_layers` layers (default: recompute_layers() of it, or every layer if none fits)."""
+        if recompute_layers is None:
+            recompute_layers = int(self.recompute_layers_array(np.array([microbatch_tokens]), tp, cp)[0])
         per_rank = math.ceil(microbatch_tokens / cp)
-        return (self._static_bytes(tp) + per_rank * self._bytes_per_token(tp)) / GB
+        return (self._static_bytes(tp) + per_rank * self._bytes_per_token(tp, self._check_k(recompute_layers))) / GB
+
+    def memory_gb_array(self, microbatch_tokens, tp: int, cp: int, recompute_layers) -> np.ndarray:
+        """Vectorised memory_gb over micro-batches with their k (no range check on k)."""
+        per_rank = -(-np.asarray(microbatch_tokens, dtype=np.int64) // cp)
+        return (self._static_bytes(tp) + per_rank * self._bytes_per_token(tp, np.asarray(recompute_layers))) / GB
+
+    def _check_k(self, k) -> int:
+        if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 0 <= k <= self.model.layers:
+            raise ValueError(f"recompute_layers={k!r}: need an integer in 0..{self.model.layers}")
+        return int(k)
 
     def sync_ms(self, tps: Sequence[int]) -> float:
         """Non-overlapped gradient synchronisation for groups of these TP degrees: an upper bound on
@@ -183,34 +281,75 @@ class LatencyModel(ABC):
         pieces += [(m.params_per_layer, (j + 1) / m.layers) for j in range(m.layers)]
         return pieces + [(m.vocab * m.hidden, 1.0)]
 
-    def sync_exposed_ms(self, tps: Sequence[int], finishes: Sequence[tuple[float, float]]) -> float:
-        """Sync time the step pays once overlap with backward is counted.
+    def param_buckets(self, groups: int) -> list[tuple[float, float]]:
+        """The gradient buckets in forward order, as the parameter all-gather runs them: (share of the
+        parameter bytes, share of a forward done when the first of its layers is reached)."""
+        m = self.model
+        cap = max(K.BUCKET_PARAMS_MIN, K.BUCKET_PARAMS_PER_DP * max(1, groups))
+        pieces = self._gradient_pieces()
+        positions = [1.0] + [(m.layers - 1 - j) / m.layers for j in range(m.layers)] + [0.0]  # forward position
+        buckets, size, need = [], 0, 1.0
+        for (params, _), pos in zip(pieces, positions):
+            size += params
+            need = min(need, pos)
+            if size >= cap:
+                buckets.append((size / m.params, need))
+                size, need = 0, 1.0
+        if size:
+            buckets.append((size / m.params, need))
+        return buckets[::-1]
 
-        finishes: (end_ms, last micro-batch ms) of each group. A group's last micro-batch spends
-        BACKWARD_SHARE of its time in the backward sweep (recompute + backward), producing the layers'
-        gradients evenly in reverse order; a bucket may be reduced once every group has produced it
-        (earlier micro-batches only accumulate), buckets go one after another on the network, and the
-        fast groups wait. Exposed = (last bucket reduced − makespan)⁺ + the parameter all-gather, which
-        follows the optimizer step and is never hidden here."""
-        if not finishes:
+    def gather_delays(self, allgather_ms: float, first_forwards, groups: int) -> np.ndarray:
+        """How long each group's first forward waits for the overlapped parameter all-gather: bucket b
+        completes at c_b = allgather·Σ_{b'≤b} share (buckets back to back from the step's start, forward
+        order) and is needed at F·pos_b by a group whose first micro-batch's forward takes F ms, so
+        delay = max_b (c_b − F·pos_b)⁺ (a layer waits, and every later one shifts with it)."""
+        shares, pos = np.array(self.param_buckets(groups)).T
+        complete = allgather_ms * np.cumsum(shares)
+        first = np.asarray(first_forwards, dtype=float)
+        return np.maximum(0.0, (complete[None, :] - first[:, None] * pos[None, :]).max(axis=1))
+
+    def sync_exposed_ms(self, tps: Sequence[int], timings: Sequence[tuple]) -> float:
+        """Sync time the step pays once overlap is counted.
+
+        timings: (end_ms, first forward ms, last backward window ms) of each group — or (end_ms, last
+        micro-batch ms), its window BACKWARD_SHARE of that and no forward to hide behind. Parameter
+        all-gather (overlap_param_gather): bucket by bucket under each group's first forward, which waits
+        for what has not arrived (gather_delays), shifting that group's end; otherwise it follows the
+        optimizer step, never hidden. Gradient reduce-scatter: a group's last micro-batch produces the
+        layers' gradients evenly in reverse order over its window; a bucket may be reduced once every
+        group has produced it (earlier micro-batches only accumulate), buckets go one after another on the
+        network after the all-gather, and the fast groups wait. Exposed = the last event − makespan."""
+        if not timings:
             return 0.0
+        ends, firsts, windows = self._timing_columns(timings)
         gather, reduce, allgather = self.sync_parts(tps)
-        makespan = max(end for end, _ in finishes)
-        starts = [(end, K.BACKWARD_SHARE * last) for end, last in finishes]
-        clock = -math.inf
-        for share, done in self.gradient_buckets(len(finishes)):
-            ready = max(end - window * (1.0 - done) for end, window in starts)
-            clock = max(clock, ready) + (gather + reduce) * share
-        return max(0.0, clock - makespan) + allgather
+        makespan = float(ends.max())
+        if self.overlap_param_gather:
+            ends = ends + self.gather_delays(allgather, firsts, len(ends))
+        clock = allgather if self.overlap_param_gather else -math.inf
+        for share, done in self.gradient_buckets(len(ends)):
+            clock = max(clock, float((ends - windows * (1.0 - done)).max())) + (gather + reduce) * share
+        exposed = max(clock, float(ends.max())) - makespan
+        return exposed if self.overlap_param_gather else exposed + allgather
+
+    @staticmethod
+    def _timing_columns(timings) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        rows = [t if len(t) == 3 else (t[0], 0.0, K.BACKWARD_SHARE * t[1]) for t in timings]
+        ends, firsts, windows = (np.array(col, dtype=float) for col in zip(*rows))
+        return ends, firsts, windows
 
     def sync_exposed_lower_ms(self, t_layout: int, makespan_lower_ms: float, mixed: bool = False) -> float:
-        """A lower bound on makespan + exposed sync − makespan_lower over plans whose smallest TP is
-        t_layout and whose makespan is ≥ makespan_lower_ms: one bucket per layer (any real bucketing
-        merges them, which only delays), and the slowest group's whole makespan taken as its backward
-        window. A plan whose groups all have TP t_layout gathers nothing; mixed=True bounds the plans that
-        also hold a larger TP, which gather at least the least layout gather of any larger TP degree
-        (inf when there is none). makespan + exposed grows with the makespan (each ready time rises by
-        1 − BACKWARD_SHARE·(1 − done) ≥ 0 per ms), so the bound holds for every makespan above."""
+        """A lower bound on step − makespan_lower over plans whose smallest TP is t_layout and whose
+        makespan is ≥ makespan_lower_ms. It follows the slowest group g alone (makespan M): its first
+        forward is ≤ FORWARD_SHARE_MAX·M, so it waits d(M) ≥ max_b (c_b − FORWARD_SHARE_MAX·M·pos_b)⁺ for
+        the overlapped all-gather (buckets only merge pieces, which delays); it ends at x = M + d(M), its
+        window is ≤ BACKWARD_SHARE·M ≤ BACKWARD_SHARE·x; one bucket per layer (any real bucketing merges
+        them, which only delays). A plan whose groups all have TP t_layout gathers nothing; mixed=True bounds
+        the plans that also hold a larger TP, which gather at least the least layout gather of any larger TP
+        degree (inf when there is none). M + d(M) rises with M (FORWARD_SHARE_MAX·pos ≤ 1) and x + exposed
+        rises with x (each ready time rises by 1 − BACKWARD_SHARE·(1 − done) ≥ 0 per ms), so the bound
+        holds for every makespan above makespan_lower_ms."""
         _, reduce, allgather = self.sync_parts([t_layout])
         gather = 0.0
         if mixed:
@@ -219,13 +358,29 @@ class LatencyModel(ABC):
                 return math.inf
             gather = min(self.sync_parts([t_layout, tp])[0] for tp in larger)
         T = makespan_lower_ms
-        clock = -math.inf
+        x, clock = T, -math.inf
+        if self.overlap_param_gather:
+            x = T + self._least_gather_delay(allgather, T)
+            clock = allgather
         for params, done in self._gradient_pieces():
-            clock = max(clock, T - K.BACKWARD_SHARE * T * (1.0 - done)) + (gather + reduce) * params / self.model.params
-        return max(0.0, clock - T) + allgather
+            clock = max(clock, x - K.BACKWARD_SHARE * x * (1.0 - done)) + (gather + reduce) * params / self.model.params
+        exposed = max(clock, x) - T
+        return exposed if self.overlap_param_gather else exposed + allgather
+
+    def _least_gather_delay(self, allgather_ms: float, makespan_ms: float) -> float:
+        """max over pieces (forward order) of (complete − FORWARD_SHARE_MAX·M·pos)⁺, one piece per layer."""
+        m = self.model
+        pieces = self._gradient_pieces()[::-1]  # embedding, layers 0 … L−1, head
+        positions = [0.0] + [j / m.layers for j in range(m.layers)] + [1.0]
+        done, delay = 0.0, 0.0
+        for (params, _), pos in zip(pieces, positions):
+            done += allgather_ms * params / m.params
+            delay = max(delay, done - K.FORWARD_SHARE_MAX * makespan_ms * pos)
+        return delay
 
     def describe(self) -> dict:
-        d = {"kind": self.kind, "version": self.version, "table_sha256": self.table_sha256}
+        d = {"kind": self.kind, "version": self.version, "table_sha256": self.table_sha256,
+             "recompute": self.recompute, "overlap_param_gather": self.overlap_param_gather}
         if self.k.calibrated_by_file:
             d["calibration_sha256"] = self.k.sha256
         return d
@@ -245,13 +400,26 @@ class LatencyModel(ABC):
         p = self.model.params
         return K.WEIGHT_GRAD_BYTES * p / tp + K.OPTIMIZER_BYTES * p / self.cluster.gpus
 
-    def _bytes_per_token(self, tp: int) -> float:
+    def _bytes_per_token(self, tp: int, recompute_layers=None):
+        """Activation bytes per token per GPU with k recomputed layers (default: every layer): the k
+        recomputed blocks keep their input only (hidden·dtype bytes), the layers − k others every
+        activation (the Korthikanti et al. 2022 per-layer bytes below), plus one block's working set (the
+        block being recomputed, or the backward's temporaries) and the logits; all sharded over TP
+        (sequence parallelism). Array-friendly in k."""
+        m = self.model
+        k = m.layers if recompute_layers is None else np.asarray(recompute_layers)
+        checkpoints = k * m.hidden * m.dtype_bytes
+        kept = (m.layers - k) * self._layer_activation_bytes()
+        working = self._layer_activation_bytes()
+        logits = K.LOGIT_BYTES * m.vocab
+        return (checkpoints + kept + working + logits) / tp
+
+    def _layer_activation_bytes(self) -> float:
+        """Bytes per token one block holds for its backward: 34·h for a 4h MLP (Korthikanti et al. 2022,
+        eq. 2 / table 2, FlashAttention: no s² term), the MLP part scaled by the real MLP width."""
         m = self.model
         mlp_scale = m.ffn * (1.5 if m.gated_mlp else 1.0) / (4 * m.hidden)
-        checkpoints = m.layers * m.hidden * m.dtype_bytes  # one block input kept per layer
-        working = (K.ACT_ATTN_COEF + K.ACT_MLP_COEF * mlp_scale) * m.hidden  # one block being recomputed
-        logits = K.LOGIT_BYTES * m.vocab
-        return (checkpoints + working + logits) / tp
+        return (K.ACT_ATTN_COEF + K.ACT_MLP_COEF * mlp_scale) * m.hidden
 
     def _check_fits(self) -> None:
         best_tp = max(self.cluster.tp_degrees(self.model), default=1)

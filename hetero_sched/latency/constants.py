@@ -42,8 +42,11 @@ ATTN_FLOOR_MS = GEMM_FLOOR_MS  # a kernel launch + tail: the fitted GEMM floor s
 # A linear layer's backward computes dX and dW: 2x its forward FLOPs at the same efficiency
 # (Narayanan et al. 2021, "Efficient Large-Scale Language Model Training", eq. 3).
 LINEAR_BWD_RATIO = 2.0
-# Full activation checkpointing re-runs each block's forward once during backward (Korthikanti et al.
-# 2022, "Reducing Activation Recomputation", table 2): one extra forward.
+# A recomputed block re-runs its forward once during backward (Korthikanti et al. 2022, "Reducing
+# Activation Recomputation", table 2): one extra forward per recomputed layer. Which layers: Megatron-LM's
+# block method (--recompute-granularity full --recompute-method block --recompute-num-layers k) recomputes
+# the first k blocks and keeps every activation of the others; recompute="auto" takes the least k with
+# which a micro-batch fits, recompute="full" k = layers.
 RECOMPUTE_FORWARDS = 1
 
 # --- Communication ----------------------------------------------------------------------------------
@@ -68,7 +71,18 @@ BUCKET_PARAMS_PER_DP = 1_000_000
 # forward) + backward (LINEAR_BWD_RATIO forwards) out of forward + recompute + backward — (1+2)/(1+1+2).
 # Attention's backward is heavier (FA_BWD_FLOP_RATIO / FA_BWD_RATE ≈ 3.4 forwards), so 0.75 understates
 # the window: the exposed sync is, if anything, overstated.
+# With k of the layers recomputed the share is (k/layers + 2)/(1 + k/layers + 2) ≤ BACKWARD_SHARE (the bound
+# takes BACKWARD_SHARE, the largest).
 BACKWARD_SHARE = (RECOMPUTE_FORWARDS + LINEAR_BWD_RATIO) / (1 + RECOMPUTE_FORWARDS + LINEAR_BWD_RATIO)
+# Parameter all-gather overlapped with the next forward (Megatron-LM distributed optimizer,
+# --overlap-param-gather: each bucket's all-gather is waited for when the forward reaches its first
+# parameter; megatron/core/distributed/param_and_grad_buffer.py). The forward a group's first micro-batch
+# can hide it behind is computed from the step model's forward parts; a bound needs the largest share of a
+# micro-batch's time its forward can take: per component forward/(forward + backward) with nothing
+# recomputed is 1/3 for linear layers (LINEAR_BWD_RATIO = 2) and the LM head, ≤ 1/3 for attention and the
+# ring (their backward is ≥ 2x the forward), 1/2 for the TP collectives (backward moves as much as the
+# forward); a sum of parts never exceeds its largest part's share.
+FORWARD_SHARE_MAX = 0.5
 
 # --- Memory ---------------------------------------------------------------------------------------
 # Bytes per parameter: bf16 weights + bf16 gradients, sharded over TP, replicated across groups.

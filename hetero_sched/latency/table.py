@@ -39,7 +39,7 @@ class TableLatency(LatencyModel):
     kind = "table"
     version = "1.0"
 
-    def __init__(self, model: ModelSpec, cluster: Cluster, table_path: str | Path, kernels=None) -> None:
+    def __init__(self, model: ModelSpec, cluster: Cluster, table_path: str | Path, kernels=None, **options) -> None:
         self.table_path = Path(table_path)
         table = read_table(self.table_path)
         self._check_shape(table, model)
@@ -49,7 +49,7 @@ class TableLatency(LatencyModel):
             times = rows[[f"{op}_ms" for op in OPERATORS]].sum(axis=1).to_numpy()
             self._curves[int(tp)] = (rows["num_tokens"].to_numpy(float), np.maximum.accumulate(times))
         self._sha = file_sha256(self.table_path)
-        super().__init__(model, cluster, kernels)  # sets the caches; _check_fits needs no table curve
+        super().__init__(model, cluster, kernels, **options)  # sets the caches; _check_fits needs no table curve
         missing = [tp for tp in cluster.tp_degrees(model) if tp not in self._curves]
         if missing:
             raise ValueError(f"latency table {str(self.table_path)!r} has no rows for TP {missing}")

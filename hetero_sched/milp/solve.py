@@ -60,7 +60,7 @@ def solve(lengths, cluster: Cluster, lat: LatencyModel, *, backend: str = "cpsat
     reserve = _pricing_seconds(warm, lat) * RESERVE_PLANS  # placing and pricing the plans found, after the search
     tps = lat.cluster.tp_degrees(lat.model)
     slices = [_slice(full, warm, t) for t in (tps if objective == "step" else [1])]
-    plans, notes, bounds = [("warm start", warm)], {}, {}
+    plans, notes, bounds = [("warm start", warm)] + _per_micro_batch(warm, lat), {}, {}
     families = [f for sl in slices for f in sl.families]
     beside = objective == "step" and deterministic_limit is None and not round_lengths and threads >= 2
     try:
@@ -107,6 +107,17 @@ def solve(lengths, cluster: Cluster, lat: LatencyModel, *, backend: str = "cpsat
     s.message = f"objective {objective}; {rounding}plan from {who}; " + " | ".join(notes[t] for t in sorted(notes))
     s.wall_s = time.monotonic() - start
     return plan
+
+
+def _per_micro_batch(warm: Plan, lat: LatencyModel) -> list[tuple[str, Plan]]:
+    """The warm start's groups with each micro-batch at its own least k (cheaper than WLB-LLM's one global
+    setting whenever they differ): a candidate like any plan found."""
+    if lat.recompute != "auto" or all(len(set(g.recompute_layers)) == 1 and g.recompute_layers[0] == 0
+                                      for g in warm.groups):
+        return []
+    plan = Plan.build(warm.lengths, [(g.tp, g.cp, g.sequence_ids) for g in warm.groups], lat,
+                      ranks=[g.ranks for g in warm.groups])
+    return [("WLB-LLM's groups with per-micro-batch recompute", plan)]
 
 
 def _pricing_seconds(plan: Plan, lat: LatencyModel) -> float:

@@ -28,6 +28,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
+from torch.utils.checkpoint import checkpoint
 from torch import nn
 
 from ..plan import Plan
@@ -167,35 +168,59 @@ def _layout(lengths: list[int], cp: int, cp_rank: int, device=None) -> _Layout:
                    all_doc=torch.cat([d for _, d in per_rank]).to(device))
 
 
+BLOCK_CALLS = [0]
+
+
+def checkpointed_blocks(recompute_layers: int, model_layers: int, plan_layers: int) -> int:
+    """How many of the executed model's first blocks a micro-batch recomputes: the plan's k when the
+    model has the plan's layers, else the same share rounded up (a tiny model standing in for a large one)."""
+    if model_layers == plan_layers:
+        return recompute_layers
+    return min(model_layers, -(-recompute_layers * model_layers // plan_layers))
+
+
 def _micro_batch_loss(params: dict, cfg: TinyConfig, docs: list[torch.Tensor], view: RankView,
-                      groups: RankGroups) -> torch.Tensor:
-    """Σ CE over the next-token targets of this rank's tokens of the micro-batch (not normalised)."""
+                      groups: RankGroups, recompute: int = 0) -> torch.Tensor:
+    """Σ CE over the next-token targets of this rank's tokens of the micro-batch (not normalised); the
+    first `recompute` blocks keep only their input and run their forward again in backward
+    (torch.utils.checkpoint, Megatron's block method)."""
     stream = torch.cat(docs)
     lay = _layout([len(t) for t in docs], view.cp, view.cp_rank, stream.device)
     ends = torch.tensor([len(t) for t in docs], device=stream.device)[lay.doc]
     has_target = lay.pos < ends - 1
     x = nn.functional.embedding(stream[lay.index], params["embed.weight"])
-    hq, hkv, hd = cfg.heads // view.tp, cfg.kv_heads // view.tp, cfg.head_dim
     for b in range(cfg.layers):
         p = {k.split(".", 2)[2]: v for k, v in params.items() if k.startswith(f"blocks.{b}.")}
-        h = _tp_in(rms_norm(x, p["attn_norm"], cfg.norm_eps), view, groups)
-        q = rope(nn.functional.linear(h, p["q_proj.weight"]).view(-1, hq, hd), lay.pos, cfg.rope_theta)
-        k = rope(nn.functional.linear(h, p["k_proj.weight"]).view(-1, hkv, hd), lay.pos, cfg.rope_theta)
-        v = nn.functional.linear(h, p["v_proj.weight"]).view(-1, hkv, hd)
-        if view.cp > 1:
-            k = _GatherCP.apply(k, groups.cp_group, lay.sizes, view.cp_rank)
-            v = _GatherCP.apply(v, groups.cp_group, lay.sizes, view.cp_rank)
-            a = attention(q, k, v, lay.pos, lay.all_pos, lay.doc, lay.all_doc)
+        if b < recompute:
+            x = checkpoint(_block, x, p, cfg, lay, view, groups, use_reentrant=False)
         else:
-            a = attention(q, k, v, lay.pos, lay.pos, lay.doc, lay.doc)
-        x = x + _tp_out(nn.functional.linear(a.reshape(len(x), -1), p["o_proj.weight"]), view, groups)
-        h = _tp_in(rms_norm(x, p["mlp_norm"], cfg.norm_eps), view, groups)
-        mlp = nn.functional.silu(nn.functional.linear(h, p["gate_proj.weight"])) * \
-            nn.functional.linear(h, p["up_proj.weight"])
-        x = x + _tp_out(nn.functional.linear(mlp, p["down_proj.weight"]), view, groups)
+            x = _block(x, p, cfg, lay, view, groups)
     logits = nn.functional.linear(rms_norm(x, params["norm"], cfg.norm_eps), params["lm_head.weight"])
     targets = stream[(lay.index + 1).clamp(max=len(stream) - 1)]
     return nn.functional.cross_entropy(logits[has_target], targets[has_target], reduction="sum")
+
+
+def _block(x: torch.Tensor, p: dict, cfg: TinyConfig, lay: _Layout, view: RankView,
+           groups: RankGroups) -> torch.Tensor:
+    """One decoder block on this rank's tokens (TP-sharded weights p, CP key/value gather)."""
+    BLOCK_CALLS[0] += 1  # forwards run, recomputations included (tests count them)
+    hq, hkv, hd = cfg.heads // view.tp, cfg.kv_heads // view.tp, cfg.head_dim
+    h = _tp_in(rms_norm(x, p["attn_norm"], cfg.norm_eps), view, groups)
+    q = rope(nn.functional.linear(h, p["q_proj.weight"]).view(-1, hq, hd), lay.pos, cfg.rope_theta)
+    k = rope(nn.functional.linear(h, p["k_proj.weight"]).view(-1, hkv, hd), lay.pos, cfg.rope_theta)
+    v = nn.functional.linear(h, p["v_proj.weight"]).view(-1, hkv, hd)
+    if view.cp > 1:
+        k = _GatherCP.apply(k, groups.cp_group, lay.sizes, view.cp_rank)
+        v = _GatherCP.apply(v, groups.cp_group, lay.sizes, view.cp_rank)
+        a = attention(q, k, v, lay.pos, lay.all_pos, lay.doc, lay.all_doc)
+    else:
+        a = attention(q, k, v, lay.pos, lay.pos, lay.doc, lay.doc)
+    x = x + _tp_out(nn.functional.linear(a.reshape(len(x), -1), p["o_proj.weight"]), view, groups)
+    h = _tp_in(rms_norm(x, p["mlp_norm"], cfg.norm_eps), view, groups)
+    mlp = nn.functional.silu(nn.functional.linear(h, p["gate_proj.weight"])) * \
+        nn.functional.linear(h, p["up_proj.weight"])
+    x = x + _tp_out(nn.functional.linear(mlp, p["down_proj.weight"]), view, groups)
+    return x
 
 
 # ---- sharding and synchronisation ------------------------------------------------------------------------------
@@ -271,8 +296,11 @@ def run_step(plan: Plan, model: TinyLlama, tokens, groups: RankGroups | None = N
     start = time.perf_counter()
     loss = 0.0
     if not view.idle:
-        for mb in view.micro_batches:
-            part = _micro_batch_loss(local, model.config, [tokens[i] for i in mb], view, groups) / total
+        layers = plan.model.layers
+        ks = view.recompute_layers or (layers,) * len(view.micro_batches)
+        for mb, k in zip(view.micro_batches, ks):
+            blocks = checkpointed_blocks(k, model.config.layers, layers)
+            part = _micro_batch_loss(local, model.config, [tokens[i] for i in mb], view, groups, blocks) / total
             part.backward()
             loss += float(part.detach())
     seconds = time.perf_counter() - start

@@ -28,6 +28,8 @@ class RankView:
     """Global ranks of this rank's CP group (CP rank order)."""
     sequence_ids: tuple[int, ...] = ()
     micro_batches: tuple[tuple[int, ...], ...] = ()
+    recompute_layers: tuple[int, ...] = ()
+    """Blocks each micro-batch recomputes (the first k, as the plan records them)."""
     token_slices: dict = field(default_factory=dict)
     """sequence id → ((start, end), (start, end)): the two zigzag chunks of the plan's length this rank holds."""
 
@@ -62,5 +64,6 @@ def rank_plan(plan: Plan, rank: int) -> RankView:
         return RankView(rank=rank, group=k, tp=g.tp, cp=g.cp, tp_rank=tp_rank, cp_rank=cp_rank,
                         tp_ranks=tuple(g.ranks[cp_rank * g.tp:(cp_rank + 1) * g.tp]),
                         cp_ranks=tuple(g.ranks[tp_rank::g.tp]), sequence_ids=tuple(g.sequence_ids),
-                        micro_batches=tuple(tuple(mb) for mb in g.micro_batches), token_slices=slices)
+                        micro_batches=tuple(tuple(mb) for mb in g.micro_batches),
+                        recompute_layers=tuple(g.recompute_layers), token_slices=slices)
     return RankView(rank=rank, group=None, tp_ranks=(rank,), cp_ranks=(rank,))

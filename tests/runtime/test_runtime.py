@@ -12,15 +12,17 @@ WORLD = 8
 SEED = 1234
 
 
-def _lat(gpus=WORLD, gpn=8):
-    return hs.latency_model(hs.ModelSpec.preset("llama3-8b"), hs.Cluster(gpus=gpus, gpus_per_node=gpn))
+def _lat(gpus=WORLD, gpn=8, recompute="auto"):
+    return hs.latency_model(hs.ModelSpec.preset("llama3-8b"), hs.Cluster(gpus=gpus, gpus_per_node=gpn),
+                            recompute=recompute)
 
 
 def _plans() -> dict:
     """The plans of the proof: solved (≥ 3 shapes), hand-mixed TP/CP, homogeneous, an idle rank,
     several micro-batches in a group."""
     lat = _lat()
-    solved = hs.solve([6550, 2306, 5407, 38336, 47587, 2905, 8196], lat.cluster, lat, time_limit_s=5,
+    full = _lat(recompute="full")  # every layer recomputed: this batch then solves to three shapes
+    solved = hs.solve([6550, 2306, 5407, 38336, 47587, 2905, 8196], full.cluster, full, time_limit_s=5,
                       objective="makespan", threads=1, deterministic_limit=5.0)
     assert len({(g.tp, g.cp) for g in solved.groups}) >= 3
     mixed = hs.Plan.build([9000, 3000, 2500, 1200, 800, 700], [(2, 2, [0]), (1, 2, [1, 2]), (1, 1, [3, 4]),
@@ -30,7 +32,18 @@ def _plans() -> dict:
     many = hs.Plan.build([30000, 30000, 20000, 1000], [(1, 1, [0, 1, 2]), (2, 2, [3])], lat,
                          ranks=[[7], [0, 1, 2, 3]])
     assert sum(g.gpus for g in idle.groups) < WORLD and max(len(g.micro_batches) for g in many.groups) >= 2
-    return {"solved": solved, "mixed": mixed, "homogeneous": homogeneous, "idle": idle, "micro-batches": many}
+    return {"solved": solved, "mixed": mixed, "homogeneous": homogeneous, "idle": idle, "micro-batches": many,
+            "recompute": _recompute_plan(lat)}
+
+
+def _recompute_plan(lat):
+    """Micro-batches recomputing none, some and all of the layers (the tiny model's 0, 1 and 2 blocks),
+    as recompute='auto' chooses them, beside a CP group and a TP group."""
+    plan = hs.Plan.build([30000, 7000, 3000, 1000, 900, 800], [(1, 1, [0, 1, 2]), (2, 2, [3, 4]), (2, 1, [5])],
+                         lat, ranks=[[7], [0, 1, 2, 3], [4, 5]])
+    ks = sorted(plan.groups[0].recompute_layers)
+    assert ks[0] == 0 and 0 < ks[1] < 16 and ks[2] == 32 and plan.validate(lat) == []
+    return plan
 
 
 def _tokens(plan, vocab):
@@ -44,6 +57,7 @@ def _worker(rank, plans_json, out_dir):
     import torch.distributed as dist
 
     from hetero_sched.runtime import TinyConfig, TinyLlama, init_groups, rank_plan, reference_loss, run_step
+    from hetero_sched.runtime.parallel import BLOCK_CALLS
 
     torch.set_default_dtype(torch.float64)
     results = {}
@@ -56,7 +70,9 @@ def _worker(rank, plans_json, out_dir):
         mine = [tokens[i] if i in view.sequence_ids else torch.zeros(len(tokens[i]), dtype=torch.long)
                 for i in range(len(tokens))]  # a rank reads only its own group's sequences
         groups = init_groups(plan)
+        BLOCK_CALLS[0] = 0
         grads = run_step(plan, model, mine, groups)
+        block_calls = BLOCK_CALLS[0]
         views = [None] * WORLD
         dist.all_gather_object(views, (view.group, view.tp_rank, view.cp_rank, view.tp_ranks, view.cp_ranks))
         reference = {}
@@ -65,7 +81,8 @@ def _worker(rank, plans_json, out_dir):
             loss.backward()
             reference = {n: p.grad for n, p in model.named_parameters()}
             reference["__loss__"] = float(loss)
-        results[name] = {"grads": dict(grads), "loss": grads.loss, "views": views, "reference": reference}
+        results[name] = {"grads": dict(grads), "loss": grads.loss, "views": views, "reference": reference,
+                         "block_calls": block_calls}
     torch.save(results, f"{out_dir}/rank{rank}.pt")
 
 
@@ -79,7 +96,10 @@ def outcome(tmp_path_factory):
     return plans, [torch.load(out / f"rank{r}.pt") for r in range(WORLD)]
 
 
-@pytest.mark.parametrize("name", ["solved", "mixed", "homogeneous", "idle", "micro-batches"])
+NAMES = ["solved", "mixed", "homogeneous", "idle", "micro-batches", "recompute"]
+
+
+@pytest.mark.parametrize("name", NAMES)
 def test_gradients_equal_one_process(outcome, name):
     _, ranks = outcome
     ref = ranks[0][name]["reference"]
@@ -92,7 +112,22 @@ def test_gradients_equal_one_process(outcome, name):
             assert (g - ref[param]).abs().max().item() <= 1e-9 * scale, (r, param)
 
 
-@pytest.mark.parametrize("name", ["solved", "mixed", "homogeneous", "idle", "micro-batches"])
+@pytest.mark.parametrize("name", NAMES)
+def test_each_micro_batch_recomputes_the_plans_blocks(outcome, name):
+    """Block forwards run on a rank = layers per micro-batch + the blocks its k recomputes (checkpointed
+    blocks run their forward again in backward)."""
+    from hetero_sched.runtime.parallel import checkpointed_blocks
+
+    plans, ranks = outcome
+    plan = plans[name]
+    for r in range(WORLD):
+        owner = [g for g in plan.groups if r in g.ranks]
+        expected = sum(2 + checkpointed_blocks(k, 2, plan.model.layers) for k in owner[0].recompute_layers) \
+            if owner else 0
+        assert ranks[r][name]["block_calls"] == expected, (name, r)
+
+
+@pytest.mark.parametrize("name", NAMES)
 def test_every_rank_sees_the_plan(outcome, name):
     from hetero_sched.runtime import rank_plan
 
