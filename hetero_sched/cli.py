@@ -42,6 +42,12 @@ def _add_cluster(p: argparse.ArgumentParser) -> None:
     p.add_argument("--table", help="profiled latency table (models/README.md) for the table step model")
     p.add_argument("--calibration", help="calibration file from `hetero-sched profile`: every curve of the step "
                    "model is read from it")
+    p.add_argument("--recompute", default="auto", choices=["auto", "full"],
+                   help="activation recompute: each micro-batch recomputes the least number of layers with which "
+                   "it fits (auto, default), or every layer (full checkpointing)")
+    p.add_argument("--no-overlap-param-gather", dest="overlap_param_gather", action="store_false",
+                   help="charge the ZeRO-1 parameter all-gather after the optimizer step, exposed (default: it "
+                   "overlaps the next step's first forward, bucket by bucket)")
 
 
 def _add_solver(p: argparse.ArgumentParser) -> None:
@@ -83,7 +89,19 @@ def _model(args) -> ModelSpec:
 def _setup(args):
     model = _model(args)
     cluster = Cluster(gpus=args.gpus, gpus_per_node=args.gpus_per_node, gpu=args.gpu)
-    return latency_model(model, cluster, table=args.table, calibration=args.calibration)
+    lat = latency_model(model, cluster, table=args.table, calibration=args.calibration, recompute=args.recompute,
+                        overlap_param_gather=args.overlap_param_gather)
+    note = _calibration_note(lat)
+    if note:
+        err.print(f"note: {note}", markup=False, soft_wrap=True)
+    return lat
+
+
+def _calibration_note(lat) -> str | None:
+    """A line when the calibration file was measured on another device than the --gpu preset."""
+    from .latency.calibfile import device_note
+
+    return device_note(lat.k.device, lat.cluster.gpu, lat.k.path) if lat.k.calibrated_by_file else None
 
 
 def _check_solver_args(args) -> None:
@@ -114,18 +132,23 @@ def cmd_solve(args) -> int:
     if args.json:
         out.print(plan.to_json(), markup=False, soft_wrap=True)
     else:
-        print_plan(plan)
+        print_plan(plan, lat)
     if args.out:
         write_atomic(args.out, plan.to_json())
         err.print(f"plan written to {args.out}")
     return 0
 
 
-def print_plan(plan) -> None:
-    gpu = plan.cluster.gpu if plan.cluster.spec.calibrated or plan.latency_model.get("calibration_sha256") \
-        else f"{plan.cluster.gpu} (UNCALIBRATED)"
+def print_plan(plan, lat=None) -> None:
+    """The plan's groups as a table, then its summary; `lat` (the step model it was priced with) names
+    the device a calibration file was measured on."""
+    if lat is not None:
+        gpu = gpu_label(lat)
+    else:
+        gpu = plan.cluster.gpu if plan.cluster.spec.calibrated or plan.latency_model.get("calibration_sha256") \
+            else f"{plan.cluster.gpu} (UNCALIBRATED)"
     t = Table(title=f"{plan.model.name} on {plan.cluster.gpus} x {gpu} "
-                    f"({plan.cluster.gpus_per_node}/node): {len(plan.lengths)} sequences, "
+                    f"({plan.cluster.gpus_per_node}/node): {plural(len(plan.lengths), 'sequence')}, "
                     f"{sum(plan.lengths):,} tokens")
     for col in ("group", "TP", "CP", "ranks", "sequences", "tokens", "micro-batches", "latency ms", "memory GB"):
         t.add_column(col, justify="right" if col not in ("ranks",) else "left")
@@ -198,9 +221,13 @@ def cmd_latency(args) -> int:
 
 
 def gpu_label(lat) -> str:
-    """The GPU's name, flagged when its curves were not measured on it."""
+    """The GPU's name, flagged when its curves were not measured on it; with a calibration file, the device
+    that file was measured on (and the --gpu preset when that is another device)."""
     if lat.k.calibrated_by_file:
-        return f"{lat.cluster.gpu} (calibrated: {lat.k.source})"
+        device = lat.k.device.get("name") or "?"
+        note = _calibration_note(lat)
+        preset = f"; --gpu {lat.cluster.gpu} for what it did not measure" if note else ""
+        return f"{device} (calibration {Path(lat.k.path).name}{preset})"
     if not lat.calibrated:
         return f"{lat.cluster.gpu} (UNCALIBRATED: H100 curves scaled by datasheet ratios)"
     return lat.cluster.gpu
@@ -251,7 +278,7 @@ def cmd_compare(args) -> int:
         out.print(json.dumps({"objective": args.objective, "rows": rows, "plan": plan.to_dict()}, indent=1),
                   markup=False, soft_wrap=True)
         return 0
-    t = Table(title=f"{len(lengths)} sequences, {sum(lengths):,} tokens on {lat.cluster.gpus} GPUs, sorted by "
+    t = Table(title=f"{plural(len(lengths), 'sequence')}, {sum(lengths):,} tokens on {lat.cluster.gpus} GPUs, sorted by "
                     f"{args.objective} (* = best)")
     for col in ("", "plan", "TP", "CP", "DP", "fits", "makespan ms", "sync ms (upper)", "step ms",
                 f"hetero-sched speed-up ({args.objective})"):
@@ -271,49 +298,53 @@ def cmd_compare(args) -> int:
 
 
 def cmd_validate(args) -> int:
-    plan = _read_plan(args.plan)
-    lat = _setup_from_plan(plan, args.table, args.calibration) if args.table or args.calibration else None
+    plan, lat = _read_plan(args)
     problems = plan.validate(lat)
     if problems:
-        err.print(f"{args.plan}: INVALID ({len(problems)} problems)")
-        for p in problems:
-            err.print(f"  - {p}", markup=False)
+        _print_problems(args.plan, problems)
         return 1
-    out.print(f"{args.plan}: valid ({len(plan.groups)} groups, {len(plan.lengths)} sequences, "
+    out.print(f"{args.plan}: valid ({plural(len(plan.groups), 'group')}, {plural(len(plan.lengths), 'sequence')}, "
               f"makespan {plan.makespan_ms:,.1f} ms, step {plan.step_ms:,.1f} ms)")
     return 0
 
 
-def _read_plan(path):
-    from .plan import Plan
-
-    try:
-        text = Path(path).read_text()
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ValueError(f"cannot read plan {path!r}: {getattr(exc, 'strerror', None) or exc}") from None
-    return Plan.from_json(text)
+def plural(count: int, noun: str) -> str:
+    """'1 group', '2 groups'."""
+    return f"{count:,} {noun}{'' if count == 1 else 's'}"
 
 
-def _setup_from_plan(plan, table, calibration=None):
-    lat = latency_model(plan.model, plan.cluster, table=table, calibration=calibration)
-    if lat.describe() != plan.latency_model:
-        raise ValueError(f"the step model given ({lat.describe()}) is not the plan's ({plan.latency_model})")
-    return lat
+def _print_problems(path, problems, tail: str = "") -> None:
+    err.print(f"{path}: INVALID ({plural(len(problems), 'problem')}){tail}", markup=False)
+    for p in problems:
+        err.print(f"  - {p}", markup=False)
+
+
+def _read_plan(args):
+    """The plan file and the step model its --table / --calibration name (None: the plan's own)."""
+    from .planfile import read_plan, step_model_for
+
+    plan = read_plan(args.plan)
+    return plan, step_model_for(plan, args.table, args.calibration)
+
+
+def _add_plan_model(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--table", help="the profiled table the plan was made with (when it is not shipped)")
+    p.add_argument("--calibration", help="the calibration file the plan was made with")
 
 
 def cmd_show(args) -> int:
-    from .viz import gantt_image
+    from .viz import _pyplot, gantt_image, image_format
 
-    plan = _read_plan(args.plan)
     if args.png:
         check_writable(args.png)
-    problems = plan.validate()
+        image_format(Path(args.png).suffix)
+        _pyplot()  # fail now, before the table is printed, when matplotlib is missing
+    plan, lat = _read_plan(args)
+    problems = plan.validate(lat)
     if problems:
-        err.print(f"{args.plan}: INVALID ({len(problems)} problems); not shown")
-        for p in problems:
-            err.print(f"  - {p}", markup=False)
+        _print_problems(args.plan, problems, "; not shown")
         return 1
-    print_plan(plan)
+    print_plan(plan, lat)
     if args.png:
         write_atomic(args.png, gantt_image(plan, Path(args.png).suffix))
         err.print(f"Gantt chart written to {args.png}")
@@ -346,7 +377,7 @@ def cmd_sweep(args) -> int:
     lat = _setup(args)
     rows = run_sweep(lengths, lat, backends, limits, args.repeat, args.threads, args.out, args.png, out,
                      objective=args.objective)
-    out.print(f"{len(rows)} runs in {args.out}" + (f", anytime plot in {args.png}" if args.png else ""))
+    out.print(f"{plural(len(rows), 'run')} in {args.out}" + (f", anytime plot in {args.png}" if args.png else ""))
     return 0
 
 
@@ -358,18 +389,19 @@ def cmd_run(args) -> int:
     import json
     import tempfile
 
-    plan = _read_plan(args.plan)
-    problems = plan.validate()
-    if problems:
-        raise ValueError(f"{args.plan} is not a valid plan: {problems[0]}")
-    nproc = args.nproc or plan.cluster.gpus
+    from .planfile import check_run_options, check_runnable
+
+    if args.nproc is not None and args.nproc < 1:
+        raise ValueError(f"--nproc must be >= 1, got {args.nproc}")
+    check_run_options(args.max_tokens, args.timeout)
+    plan, lat = _read_plan(args)
+    nproc = plan.cluster.gpus if args.nproc is None else args.nproc
+    check_runnable(plan, plan.cluster.gpus, lat, source=args.plan)
     if nproc != plan.cluster.gpus:
         raise ValueError(f"--nproc {nproc} does not match the plan's {plan.cluster.gpus} GPUs (one process a GPU)")
     if nproc > MAX_LOCAL_PROCESSES:
         raise ValueError(f"the plan has {nproc} ranks: more than {MAX_LOCAL_PROCESSES} local processes; launch it with "
                          "torchrun -m hetero_sched.runtime on the cluster instead")
-    if args.max_tokens < 2:
-        raise ValueError(f"--max-tokens must be >= 2, got {args.max_tokens}")
     try:
         from .runtime.launch import demo_step, spawn
     except ImportError as exc:
@@ -407,26 +439,40 @@ def cmd_plan_dataset(args) -> int:
         raise ValueError(f"--workers must be >= 1, got {args.workers}")
     if args.address and args.executor != "ray":
         raise ValueError("--address joins a Ray cluster: it needs --executor ray")
+    _check_step_args(args)
     rule = StepRule(tokens_per_step=args.tokens_per_step, context=args.context, shuffle=args.shuffle,
                     delay_steps=args.delay_steps, outlier_factor=args.outlier_factor)
     lengths = read_documents(args.data, args.column, args.tokenizer)
     lat = _setup(args)
     opts = PlanOptions(model=lat.model.to_dict(), cluster=lat.cluster.to_dict(), table=args.table,
-                       calibration=args.calibration,
+                       calibration=args.calibration, recompute=lat.recompute,
+                       overlap_param_gather=lat.overlap_param_gather,
                        backend=args.backend, time_limit_s=args.time_limit, work_limit=args.work_limit,
                        threads=args.threads, seed=args.seed, objective=args.objective,
                        round_lengths=args.round_lengths)
     with Progress(*Progress.get_default_columns()[:1], BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  console=err, transient=True) as bar:
+                  console=err, transient=True, disable=not err.is_terminal) as bar:  # a pipe gets no bar
         task = bar.add_task("planning steps", total=None)
         run = plan_dataset(lengths, rule, opts, args.out, executor=args.executor, workers=args.workers,
                            address=args.address, progress=lambda k, n: bar.update(task, completed=k, total=n))
-    out.print(f"{len(run.steps)} steps ({run.done_before} already planned, {run.planned} now) in {args.out}; "
+    out.print(f"{plural(len(run.steps), 'step')} ({run.done_before} already planned, {run.planned} now) in {args.out}; "
               f"summary in {args.out}/summary.md")
     summary = (Path(args.out) / "summary.md").read_text().splitlines()
     for line in summary[4:9]:
         out.print(line, markup=False)
     return 0
+
+
+def _check_step_args(args) -> None:
+    """plan-dataset's step options, named as the user typed them (StepRule names its fields)."""
+    for option, value, least in (("--tokens-per-step", args.tokens_per_step, 1), ("--context", args.context, 1),
+                                 ("--delay-steps", args.delay_steps, 0)):
+        if value < least:
+            raise ValueError(f"{option} must be >= {least}, got {value}")
+    if args.shuffle is not None and args.shuffle < 0:
+        raise ValueError(f"--shuffle takes a seed >= 0, got {args.shuffle}")
+    if not args.outlier_factor > 1:
+        raise ValueError(f"--outlier-factor must be > 1, got {args.outlier_factor}")
 
 
 def cmd_profile(args) -> int:
@@ -472,8 +518,11 @@ def build_parser() -> argparse.ArgumentParser:
     c.set_defaults(func=cmd_compare)
     w = sub.add_parser("sweep", help="time limits x backends: CSV and an anytime plot")
     _add_batch(w), _add_cluster(w)
-    w.add_argument("--time-limits", default="0.1,0.3,1,3,10")
-    w.add_argument("--backends", default="cpsat,highs,cbc")
+    w.add_argument("--time-limits", default="0.1,0.3,1,3,10",
+                   help="comma-separated time limits in seconds, one run each (default 0.1,0.3,1,3,10)")
+    w.add_argument("--backends", default="cpsat,highs,cbc",
+                   help=f"comma-separated backends, each run at every time limit (default cpsat,highs,cbc; "
+                        f"known: {', '.join(BACKENDS)})")
     w.add_argument("--repeat", type=int, default=1, help="runs per (backend, limit), seeds 0..repeat-1")
     w.add_argument("--threads", type=int, default=2)
     w.add_argument("--out", default="sweep.csv", help="CSV (resumed when it exists)")
@@ -482,19 +531,20 @@ def build_parser() -> argparse.ArgumentParser:
     w.set_defaults(func=cmd_sweep)
     v = sub.add_parser("validate", help="re-check a plan JSON: 0 valid, 1 invalid, 2 unreadable")
     v.add_argument("plan")
-    v.add_argument("--table", help="the profiled table a table-model plan was made with")
-    v.add_argument("--calibration", help="the calibration file the plan was made with")
+    _add_plan_model(v)
     v.set_defaults(func=cmd_validate)
     sh = sub.add_parser("show", help="a plan JSON as a table and a Gantt chart")
     sh.add_argument("plan")
     sh.add_argument("--png", help="write a Gantt chart here: .png, .svg or .pdf by extension (plot extra)")
+    _add_plan_model(sh)
     sh.set_defaults(func=cmd_show)
     r = sub.add_parser("run", help="execute a plan: one step of a tiny Llama on local gloo workers (torch extra)")
     r.add_argument("plan")
     r.add_argument("--nproc", type=int, help="processes to spawn (default and only valid value: the plan's GPUs)")
     r.add_argument("--max-tokens", type=int, default=256, help="tokens per stand-in document (default 256)")
     r.add_argument("--seed", type=int, default=0, help="model and token seed")
-    r.add_argument("--timeout", type=float, default=120, help="seconds before a stuck collective fails")
+    r.add_argument("--timeout", type=float, default=120, help="seconds before a stuck collective fails (default 120)")
+    _add_plan_model(r)
     r.set_defaults(func=cmd_run)
     d = sub.add_parser("plan-dataset", help="plan every step of a dataset (process pool or Ray) into plans.jsonl")
     d.add_argument("data", help="lengths (.parquet .jsonl .csv .txt .json) or, with --tokenizer, text (.parquet .jsonl)")

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from .baselines.megatron import megatron_best
-from .baselines.wlb_llm import wlb_llm_plan
+from .baselines.wlb_llm import wlb_llm_best, wlb_llm_plan
 from .latency import LatencyModel, latency_model
 from .milp.solve import solve
 from .seeds import SEED_CASES
@@ -13,7 +13,8 @@ ALL_CONFIGS_UP_TO = 64  # GPUs; beyond, only power-of-two CP degrees are listed 
 
 def compare_batch(lengths, lat: LatencyModel, backend: str, time_limit_s: float, threads: int, seed: int,
                   objective: str = "step", round_lengths: int | None = None):
-    """Rows for each homogeneous WLB-LLM config (placed; or why it does not fit), Megatron's best and the
+    """Rows for each homogeneous WLB-LLM config (placed, one global recompute setting; or why it does not
+    fit), Megatron's best, the best WLB-LLM config with per-micro-batch recompute (recompute='auto') and the
     planner's plan, sorted by the objective; the best row is marked."""
     cluster = lat.cluster
     plan = solve(lengths, cluster, lat, backend=backend, time_limit_s=time_limit_s, threads=threads, seed=seed,
@@ -29,6 +30,9 @@ def compare_batch(lengths, lat: LatencyModel, backend: str, time_limit_s: float,
             rows.append({"plan": "WLB-LLM", "tp": tp, "cp": cp, "dp": cluster.gpus // (tp * cp), "fits": False,
                          "why_not": str(exc)})
     rows.append(_row("Megatron (best)", megatron_best(lengths, cluster, lat, objective=objective)))
+    if lat.recompute == "auto":  # what adaptive recompute alone gives WLB-LLM, without heterogeneous groups
+        rows.append(_row("WLB-LLM (best) + per-micro-batch recompute",
+                         wlb_llm_best(lengths, cluster, lat, objective=objective, recompute="per-micro-batch")))
     rows.append(_row(f"hetero-sched [{plan.solver.status}] {shape_summary(plan)}", plan, homogeneous=False))
     key = f"{objective}_ms"
     rows.sort(key=lambda r: (not r["fits"], r.get(key, 0.0), r.get("makespan_ms", 0.0)))

@@ -31,7 +31,7 @@ import numpy as np
 
 from .latency import LatencyModel, latency_model
 from .specs import Cluster, ModelSpec
-from .workload import as_length, read_values
+from .workload import as_length, quote_value, read_values
 
 PLANS = "plans.jsonl"
 MANIFEST = "manifest.json"
@@ -56,7 +56,7 @@ def read_documents(path, column: str | None = None, tokenizer: str | None = None
         raise ValueError(f"cannot load tokenizer {str(tokenizer)!r}: {exc}") from None
     bad = next((k for k, v in enumerate(values) if not isinstance(v, str)), None)
     if bad is not None:
-        raise ValueError(f"{str(path)!r}: row {bad} of the text column is {values[bad]!r}, not text")
+        raise ValueError(f"{str(path)!r}: row {bad} of the text column is {quote_value(values[bad])}, not text")
     return [max(1, len(e.ids)) for e in tok.encode_batch(values)]
 
 
@@ -75,6 +75,9 @@ class StepRule:
                 raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)!r}")
         if not isinstance(self.delay_steps, int) or self.delay_steps < 0:
             raise ValueError(f"delay_steps must be a non-negative integer, got {self.delay_steps!r}")
+        if self.shuffle is not None and (isinstance(self.shuffle, bool) or not isinstance(self.shuffle, int)
+                                         or self.shuffle < 0):
+            raise ValueError(f"shuffle must be a non-negative integer seed (or None), got {self.shuffle!r}")
         if not self.outlier_factor > 1:
             raise ValueError(f"outlier_factor must be > 1, got {self.outlier_factor!r}")
 
@@ -181,6 +184,8 @@ class PlanOptions:
     seed: int = 0
     objective: str = "step"
     round_lengths: int | None = None
+    recompute: str = "auto"
+    overlap_param_gather: bool = True
 
 
 _LAT_CACHE: dict = {}
@@ -188,10 +193,11 @@ _LAT_CACHE: dict = {}
 
 def _lat(opts: PlanOptions) -> LatencyModel:
     key = (json.dumps(opts.model, sort_keys=True), json.dumps(opts.cluster, sort_keys=True), opts.table,
-           opts.calibration)
+           opts.calibration, opts.recompute, opts.overlap_param_gather)
     if key not in _LAT_CACHE:
         _LAT_CACHE[key] = latency_model(ModelSpec.from_dict(opts.model), Cluster.from_dict(opts.cluster),
-                                        table=opts.table, calibration=opts.calibration)
+                                        table=opts.table, calibration=opts.calibration, recompute=opts.recompute,
+                                        overlap_param_gather=opts.overlap_param_gather)
     return _LAT_CACHE[key]
 
 
@@ -314,6 +320,7 @@ def plan_dataset(lengths: list[int], rule: StepRule, opts: PlanOptions, out: str
     for other data or options is refused. Writes the summary (markdown + PNG) at the end."""
     start = time.monotonic()
     out = Path(out)
+    _check_budget(lengths, rule)
     steps, delay = make_steps(lengths, rule)
     _check_fits(lengths, rule, opts)
     manifest = _manifest(lengths, rule, opts)
@@ -338,6 +345,18 @@ def plan_dataset(lengths: list[int], rule: StepRule, opts: PlanOptions, out: str
                      wall_s=time.monotonic() - start)
     write_summary(out, delay, run.wall_s, executor, workers)
     return run
+
+
+def _check_budget(lengths, rule: StepRule) -> None:
+    """Every step within its budget: a document longer than tokens_per_step after truncation would get a
+    step of its own over it (make_steps' rule), so such a dataset is refused."""
+    if rule.tokens_per_step >= rule.context:
+        return
+    row = next((k for k, x in enumerate(lengths) if min(x, rule.context) > rule.tokens_per_step), None)
+    if row is not None:
+        raise ValueError(f"--tokens-per-step {rule.tokens_per_step} is below --context {rule.context}, and document "
+                         f"{row} has {min(lengths[row], rule.context)} tokens after truncation: its step would exceed "
+                         f"the budget; use --context {rule.tokens_per_step} or a larger --tokens-per-step")
 
 
 def _check_fits(lengths, rule: StepRule, opts: PlanOptions) -> None:
@@ -443,17 +462,35 @@ def write_summary(out: Path, delay: dict[int, int], wall_s: float, executor: str
 
 
 def _summary_png(s: dict, delays: np.ndarray) -> bytes:
-    from .viz import _png, _pyplot
+    from .viz import _png
+
+    return _png(summary_figure(s, delays))
+
+
+def summary_figure(s: dict, delays: np.ndarray):
+    """Per-step speed-ups (steps are counted: integer ticks) and the outlier delays (a note instead of a
+    histogram when no document waited)."""
+    from matplotlib.ticker import MaxNLocator
+
+    from .viz import _pyplot
 
     plt = _pyplot()
     fig, (a1, a2) = plt.subplots(1, 2, figsize=(11, 4))
     a1.hist(s["per_step_speedup"], bins=40)
     a1.axvline(1, color="black", lw=0.8)
+    a1.yaxis.set_major_locator(MaxNLocator(integer=True))
     a1.set(xlabel="step speed-up over the best WLB-LLM config", ylabel="steps", title="per-step speed-up")
-    a2.hist(delays, bins=range(int(delays.max()) + 2), align="left")
-    a2.set(xlabel="delay (steps)", ylabel="documents", yscale="log", title="outlier delay")
+    a2.set(xlabel="delay (steps)", ylabel="documents", title="outlier delay")
+    if delays.size and delays.max() > 0:
+        a2.hist(delays, bins=range(int(delays.max()) + 2), align="left")
+        a2.set(yscale="log")
+        a2.xaxis.set_major_locator(MaxNLocator(integer=True))
+    else:
+        a2.set(xticks=[], yticks=[])
+        a2.text(0.5, 0.5, f"no document delayed ({delays.size:,} documents)", ha="center", va="center",
+                transform=a2.transAxes)
     fig.tight_layout()
-    return _png(fig)
+    return fig
 
 
 # ---- planning ahead of training ---------------------------------------------------------------------------------
