@@ -1,6 +1,7 @@
 """Fuzz the planner on random small instances: python benchmarks/fuzz.py [--cases 10000] [--minutes 30]
 
-Every case checks, on its objective (step or makespan, alternating): the plan validates and its JSON
+Every case draws a step model (recompute auto or full; the parameter all-gather overlapped in 7 cases
+of 10) and checks, on its objective (step or makespan, alternating): the plan validates and its JSON
 round-trips unchanged; it is never worse than the best placed WLB-LLM plan (recomputed figures, exact
 comparison); bounds ≤ the plan's figures; exposed sync ≤ its upper bound; on makespan cases small enough
 for brute force (≤ 6 sequences, ≤ 16 GPUs), bound ≤ the exhaustive topology-aware optimum ≤ makespan and
@@ -33,6 +34,7 @@ MODELS = [hs.ModelSpec(name="small-1b", layers=24, hidden=2048, heads=16, kv_hea
 
 def draw_case(rng: np.random.Generator):
     model = MODELS[int(rng.integers(len(MODELS)))]
+    options = {"recompute": str(rng.choice(["auto", "full"])), "overlap_param_gather": bool(rng.random() < 0.7)}
     gpn = int(rng.choice([2, 4, 8]))
     gpus = int(rng.integers(1, 33))
     n = int(rng.integers(1, 9))
@@ -43,15 +45,15 @@ def draw_case(rng: np.random.Generator):
         lengths = np.full(n, rng.integers(128, 65536))
     else:
         lengths = rng.integers(1, 4096, n)
-    return model, gpus, gpn, [int(x) for x in lengths]
+    return model, gpus, gpn, [int(x) for x in lengths], options
 
 
 def check_case(rng, lat_cache, backend, objective) -> tuple[str, str]:
-    model, gpus, gpn, lengths = draw_case(rng)
-    key = (model.name, gpus, gpn)
+    model, gpus, gpn, lengths, options = draw_case(rng)
+    key = (model.name, gpus, gpn, *options.values())
     try:
         if key not in lat_cache:
-            lat_cache[key] = hs.latency_model(model, hs.Cluster(gpus=gpus, gpus_per_node=gpn))
+            lat_cache[key] = hs.latency_model(model, hs.Cluster(gpus=gpus, gpus_per_node=gpn), **options)
         lat = lat_cache[key]
     except ValueError as exc:
         if "cannot fit" in str(exc):
