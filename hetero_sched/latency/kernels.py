@@ -12,6 +12,7 @@ import numpy as np
 
 from ..specs import REFERENCE_GPU, GpuSpec, gpu_preset
 from . import constants as K
+from .calibfile import check_document
 from .nccl import NcclCurve, nccl_curve
 
 CALIBRATION_FORMAT = "hetero-sched-calibration"
@@ -66,6 +67,8 @@ class Kernels:
     """Measured curves: (kind, workers, devices_per_node) → NcclCurve (others come from the preset)."""
     reference_gpu: str = REFERENCE_GPU
     source: str = "H100 constants (latency/constants.py)"
+    device: dict = field(default_factory=dict)
+    """The calibration file's `device` (name, kind, memory_gb, ...), when one was read."""
     sha256: str | None = None
     """Hash of the calibration file, when one was read."""
     path: str | None = None
@@ -95,6 +98,7 @@ class Kernels:
             raise ValueError(f"{str(path)!r} has calibration version {data.get('version')!r}; this tool reads "
                              f"{CALIBRATION_VERSION}")
         try:
+            check_document(data)
             return cls._from_dict(data, hashlib.sha256(raw).hexdigest(), str(path))
         except (KeyError, TypeError, ValueError) as exc:
             raise ValueError(f"malformed calibration {str(path)!r}: {exc}") from None
@@ -102,6 +106,7 @@ class Kernels:
     @classmethod
     def _from_dict(cls, data: dict, sha: str, where: str) -> Kernels:
         gemm, att, pw = data["gemm"], data["attention"], data["pointwise"]
+        device = data.get("device") or {}
         missing = sorted(set(K.POINTWISE) - set(pw))
         if missing:
             raise ValueError(f"pointwise operators {missing} are missing")
@@ -118,8 +123,8 @@ class Kernels:
                   pointwise={op: (float(pw[op][0]), float(pw[op][1])) for op in K.POINTWISE},
                   fa_fwd_seqlen=tuple(float(x) for x in att["fwd_seqlen"]),
                   fa_fwd_tflops=tuple(float(x) for x in att["fwd_tflops"]), fa_bwd_rate=float(att["bwd_rate"]),
-                  attn_floor_ms=float(att["floor_ms"]), memory_gb=data.get("device", {}).get("memory_gb"),
-                  nccl=nccl, source=f"calibration {where} ({data.get('device', {}).get('name', '?')})", sha256=sha, path=where)
+                  attn_floor_ms=float(att["floor_ms"]), memory_gb=device.get("memory_gb"), device=device,
+                  nccl=nccl, source=f"calibration {where} ({device.get('name', '?')})", sha256=sha, path=where)
         out._check()
         return out
 
