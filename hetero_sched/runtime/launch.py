@@ -5,7 +5,9 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
+import signal
 import socket
+import threading
 import time
 
 import torch
@@ -13,6 +15,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from ..plan import Plan
+from ..planfile import MAX_TIMEOUT_S
 from .model import TinyConfig, TinyLlama
 from .parallel import init_groups, run_step
 
@@ -26,12 +29,50 @@ def free_port() -> int:
 
 
 def spawn(worker, nproc: int, *args, timeout_s: float = DEFAULT_TIMEOUT_S) -> None:
-    """Run worker(rank, *args) in nproc processes joined by a gloo process group on this machine."""
+    """Run worker(rank, *args) in nproc processes joined by a gloo process group on this machine. Ctrl-C
+    stops them all without a word from any of them and raises KeyboardInterrupt here."""
+    if nproc < 1:
+        raise ValueError(f"nproc must be >= 1, got {nproc}")
+    if not 0 < timeout_s <= MAX_TIMEOUT_S:
+        raise ValueError(f"timeout_s must be > 0 and <= {MAX_TIMEOUT_S:.0f}, got {timeout_s!r}")
     port = free_port()
-    mp.spawn(_entry, args=(worker, nproc, port, timeout_s, args), nprocs=nproc, join=True)
+    ctx = _start(nproc, (worker, nproc, port, timeout_s, args))
+    try:
+        while not ctx.join():
+            pass
+    except KeyboardInterrupt:
+        _stop(ctx)
+        raise
+    except mp.ProcessExitedException as exc:
+        if exc.signal_name == "SIGINT":  # Ctrl-C reached a worker before this process noticed it
+            _stop(ctx)
+            raise KeyboardInterrupt from None
+        raise
+
+
+def _start(nproc: int, args: tuple):
+    """Start the workers with SIGINT ignored (inherited across exec): a Ctrl-C while they import torch
+    would otherwise print a KeyboardInterrupt traceback from each. _entry restores the default action."""
+    main = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN) if main else None
+    try:
+        return mp.start_processes(_entry, args=args, nprocs=nproc, join=False, start_method="spawn")
+    finally:
+        if main:
+            signal.signal(signal.SIGINT, previous)
+
+
+def _stop(ctx) -> None:
+    for p in ctx.processes:
+        if p.is_alive():
+            p.terminate()
+    for p in ctx.processes:
+        p.join()
 
 
 def _entry(rank: int, worker, nproc: int, port: int, timeout_s: float, args) -> None:
+    # Ctrl-C (and the parent's death, which torch turns into SIGINT) ends a worker at once and silently
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
     os.environ["MASTER_ADDR"], os.environ["MASTER_PORT"] = "127.0.0.1", str(port)
     torch.set_num_threads(1)
     dist.init_process_group("gloo", rank=rank, world_size=nproc, timeout=dt.timedelta(seconds=timeout_s))
