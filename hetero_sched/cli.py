@@ -499,6 +499,69 @@ def cmd_profile(args) -> int:
     return 0
 
 
+def cmd_check_model(args) -> int:
+    from .workload import parse_length
+
+    check_writable(args.out)
+    model = _model(args)
+    lengths = [parse_length(x) for x in args.lengths.split(",")] if args.lengths else None
+    save = None
+    if args.calibration is None:
+        out_path = Path(args.out)
+        save = args.save_calibration or str(out_path.with_name(out_path.stem + ".calibration.json"))
+        check_writable(save)
+    try:
+        import torch  # noqa: F401
+
+        from .check_model import check_model, write_check
+    except ImportError:
+        raise ValueError("check-model needs PyTorch: pip install 'hetero-sched[torch]'") from None
+    result = check_model(model, calibration=args.calibration, device=args.device, quick=args.quick,
+                         recompute=args.recompute, lengths=lengths, gpus=args.gpus, threads=args.threads,
+                         calibration_out=save, capacity=not args.no_capacity,
+                         progress=lambda msg: err.print(msg, markup=False))
+    write_check(result, args.out)
+    _print_check(result)
+    if result.calibration["made_here"]:
+        err.print(f"calibration written to {result.calibration['path']}")
+    err.print(f"check written to {args.out}")
+    return 0
+
+
+def _print_check(result) -> None:
+    cuda = result.device["kind"] == "cuda"
+    shape = result.shape
+    out.print(f"{result.model.name} decoder layers ({shape.hidden} wide, {shape.heads}/{shape.kv_heads} heads, ffn "
+              f"{shape.ffn}) on {result.device['name']} ({result.device['kind']}, {result.software['attention']}), "
+              f"TP1 CP1: ms per layer, forward + recompute ({result.recompute}) + backward", markup=False)
+    t = Table()
+    for col in ["tokens", "predicted ms", "measured ms", "error"] + (["predicted GB", "measured GB"] if cuda else []):
+        t.add_column(col, justify="right")
+    for r in result.rows:
+        cells = [f"{r.length:,}", f"{r.predicted_ms:,.2f}",
+                 "out of memory" if r.measured_ms is None else f"{r.measured_ms:,.2f}",
+                 "-" if r.error is None else f"{r.error:+.1%}"]
+        if cuda:
+            cells += ["-" if r.predicted_gb is None else f"{r.predicted_gb:.1f}",
+                      "-" if r.measured_gb is None else f"{r.measured_gb:.1f}"]
+        t.add_row(*cells)
+    out.print(t)
+    med = result.median_abs_error
+    sha = result.calibration["sha256"][:12]
+    out.print(f"median |error| {'-' if med is None else f'{med:.1%}'} over {len(result.rows)} lengths "
+              f"(layers {result.layers[0]} and {result.layers[1]} differenced); calibration {sha}… "
+              f"({'profiled here' if result.calibration['made_here'] else result.calibration['path']}); "
+              f"{result.wall_s:.0f} s")
+    cap = result.capacity
+    if cap:
+        verdict = (f"fits: peak {cap['measured_gb']:.1f} GB (model {cap['predicted_gb']:.1f} GB), "
+                   f"{cap['measured_ms']:,.0f} ms (model {cap['predicted_ms']:,.0f} ms)") if cap["fits"] \
+            else f"does NOT fit ({cap.get('oom', 'out of memory')}); model {cap['predicted_gb']:.1f} GB"
+        out.print(f"max_tokens(1, 1) = {cap['tokens']:,} tokens through all {cap['layers']} layers: {verdict}")
+    for note in result.notes:
+        out.print(f"note: {note}", markup=False)
+
+
 # ---- parser and entry point -----------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="hetero-sched", description="Plan heterogeneous TP/CP groups for a "
@@ -569,6 +632,28 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--device", default="cuda", help="cuda (default) or cpu (to exercise the code path)")
     pr.add_argument("--quick", action="store_true", help="a reduced sweep (under a minute on 2 CPU cores)")
     pr.set_defaults(func=cmd_profile)
+    cm = sub.add_parser("check-model", help="the step model against real decoder layers on this device "
+                        "(profiles first without --calibration; torch extra)")
+    cm.add_argument("--model", help=f"model preset whose layers are timed (default {DEFAULT_MODEL})")
+    cm.add_argument("--hf-config", help="Hugging Face config.json instead of --model")
+    cm.add_argument("--calibration", help="calibration file from `hetero-sched profile` (default: profile now)")
+    cm.add_argument("--save-calibration", help="where the calibration profiled here goes (default: beside --out, "
+                    "OUT.calibration.json)")
+    cm.add_argument("--device", default="cuda", help="cuda (default) or cpu")
+    cm.add_argument("--quick", action="store_true", help="widths / 8 and 128-1K tokens: the closed loop in under "
+                    "a minute on 2 CPU cores")
+    cm.add_argument("--recompute", default="full", choices=["full", "auto"],
+                    help="what the predictions charge: every layer recomputed (default), or the model's least k "
+                         "per micro-batch (step models with that choice)")
+    cm.add_argument("--lengths", help="tokens to time, comma-separated, K suffix allowed (default 1K-128K; "
+                    "--quick 128-1K)")
+    cm.add_argument("--gpus", type=int, default=8, help="cluster size whose ZeRO-1 optimizer shard the memory "
+                    "figures include (default 8)")
+    cm.add_argument("--threads", type=int, help="CPU threads (default 1: steadier on a shared machine)")
+    cm.add_argument("--no-capacity", action="store_true", help="skip the max_tokens(1, 1) micro-batch through "
+                    "every layer (CUDA)")
+    cm.add_argument("--out", required=True, help="check.json to write (atomically)")
+    cm.set_defaults(func=cmd_check_model)
     lt = sub.add_parser("latency", help="the step model's table for every (TP, CP)")
     _add_cluster(lt)
     lt.add_argument("--at", help="lengths to price, comma-separated, K/M suffixes allowed (default 1K,8K,32K,128K)")

@@ -101,13 +101,18 @@ class Block(nn.Module):
         self.up_proj = nn.Linear(c.hidden, c.ffn, bias=False)
         self.down_proj = nn.Linear(c.ffn, c.hidden, bias=False)
 
+    def attend(self, q, k, v, pos, doc) -> torch.Tensor:
+        """Causal attention inside documents (`attention`); a subclass may swap in a fused kernel of the same
+        math (check_model.py times the layer with SDPA or flash-attn this way)."""
+        return attention(q, k, v, pos, pos, doc, doc)
+
     def forward(self, x: torch.Tensor, pos: torch.Tensor, doc: torch.Tensor) -> torch.Tensor:
         c = self.c
         h = rms_norm(x, self.attn_norm, c.norm_eps)
         q = rope(self.q_proj(h).view(-1, c.heads, c.head_dim), pos, c.rope_theta)
         k = rope(self.k_proj(h).view(-1, c.kv_heads, c.head_dim), pos, c.rope_theta)
         v = self.v_proj(h).view(-1, c.kv_heads, c.head_dim)
-        x = x + self.o_proj(attention(q, k, v, pos, pos, doc, doc).reshape(len(x), -1))
+        x = x + self.o_proj(self.attend(q, k, v, pos, doc).reshape(len(x), -1))
         h = rms_norm(x, self.mlp_norm, c.norm_eps)
         return x + swiglu(h, self.gate_proj.weight, self.up_proj.weight, self.down_proj.weight)
 
