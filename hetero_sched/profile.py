@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import math
 import platform
 import statistics
 import time
@@ -28,11 +29,13 @@ from .specs import ModelSpec
 
 FULL = {"tokens": (64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384), "seqlen": tuple(2 ** k for k in range(7, 18)),
         "warmup": 3, "repeats": 10}
-QUICK = {"tokens": (32, 128, 512), "seqlen": (128, 256, 512), "warmup": 1, "repeats": 3}
+QUICK = {"tokens": (32, 128, 512, 1024), "seqlen": (128, 256, 512, 1024), "warmup": 1, "repeats": 3}
 
 
-def profile(model: ModelSpec, device: str = "cuda", quick: bool = False, tps=(1, 2, 4, 8)) -> dict:
-    """Measure, fit and return the calibration document (a dict ready for JSON)."""
+def profile(model: ModelSpec, device: str = "cuda", quick: bool = False, tps=(1, 2, 4, 8),
+            collectives: bool = True) -> dict:
+    """Measure, fit and return the calibration document (a dict ready for JSON). collectives=False skips
+    the NCCL (gloo on CPU) timings: the preset's curves stay, and the file says so."""
     import torch
 
     if device == "cuda" and not torch.cuda.is_available():
@@ -47,7 +50,8 @@ def profile(model: ModelSpec, device: str = "cuda", quick: bool = False, tps=(1,
     gemm_rows = _gemms(torch, timer, model, tps, sweep["tokens"], device, dtype)
     point_rows = _pointwise(torch, timer, model, tps, sweep["tokens"], device, dtype)
     attn_rows, impl = _attention(torch, timer, model, sweep["seqlen"], device, dtype, quick)
-    nccl, nccl_note = _nccl(torch, device, quick)
+    nccl, nccl_note = _nccl(torch, device, quick) if collectives else ({}, "collectives were not timed (the "
+                                                                        "preset's curves are used)")
     return {
         "format": CALIBRATION_FORMAT, "version": CALIBRATION_VERSION, "model": model.to_dict(),
         "device": _device(torch, device), "software": _software(torch, impl), "quick": quick,
@@ -60,21 +64,29 @@ def profile(model: ModelSpec, device: str = "cuda", quick: bool = False, tps=(1,
 
 
 # ---- timing ---------------------------------------------------------------------------------------------------
+def device_clock(device: str):
+    """Wall clock on CUDA (synchronised around the kernels); this process's CPU time on CPU, so that other
+    processes sharing the cores do not stretch a kernel's time (a CPU calibration and `check-model` then
+    count the same thing: CPU-seconds at the thread count they ran with, which they record)."""
+    return time.process_time if device == "cpu" else time.perf_counter
+
+
 class _Timer:
     def __init__(self, torch, device, warmup, repeats) -> None:
         self.torch, self.device, self.warmup, self.repeats = torch, device, warmup, repeats
 
     def __call__(self, fn) -> float:
         """Median milliseconds of fn() over repeats, after warm-up (device synchronised)."""
+        clock = device_clock(self.device)
         for _ in range(self.warmup):
             fn()
         times = []
         for _ in range(self.repeats):
             self._sync()
-            start = time.perf_counter()
+            start = clock()
             fn()
             self._sync()
-            times.append((time.perf_counter() - start) * 1e3)
+            times.append((clock() - start) * 1e3)
         return statistics.median(times)
 
     def _sync(self) -> None:
@@ -239,7 +251,7 @@ def _driver() -> str | None:
 
 def _software(torch, impl) -> dict:
     return {"torch": torch.__version__, "cuda": torch.version.cuda, "python": platform.python_version(),
-            "attention": impl}
+            "attention": impl, "threads": torch.get_num_threads()}
 
 
 # ---- fits (numpy only) ------------------------------------------------------------------------------------------
@@ -273,12 +285,16 @@ def fit_pointwise(rows) -> dict:
 
 
 def fit_attention(rows, model: ModelSpec) -> dict:
-    """Forward TFLOP/s per sequence length (causal: 2·L²·head_dim·heads FLOPs, half of the full 4·L²);
-    backward rate = forward time · FA_BWD_FLOP_RATIO / backward time (the model's convention); floor = the
-    fastest forward (a launch)."""
+    """Forward TFLOP/s per sequence length, counted as the step model charges attention: ⌈L/128⌉ query
+    tiles, n(n+1)/2 causal tile pairs of 4·128²·head_dim FLOPs per head (latency/base.py,
+    `_attention_fwd_ms`), so that the model gives back the measured forward time at every length profiled.
+    (Counting the exact causal 2·L²·head_dim·heads, as FlashAttention's benchmarks do, made the model charge
+    (1 + 128/L)× the measured time: 2× at 128 tokens, 1.125× at 1K.) Backward rate = forward time ·
+    FA_BWD_FLOP_RATIO / backward time (the model's convention); floor = the fastest forward (a launch)."""
     seqlen, rate, bwd = [], [], []
     for L, heads, hd, t_fwd, t_bwd in rows:
-        flops = 2.0 * L * L * hd * heads
+        n = math.ceil(L / K.ATTN_TILE)
+        flops = n * (n + 1) / 2 * 4.0 * K.ATTN_TILE ** 2 * hd * heads
         seqlen.append(float(L))
         rate.append(flops / (t_fwd * 1e9))
         bwd.append(t_fwd * K.FA_BWD_FLOP_RATIO / t_bwd)
