@@ -72,12 +72,13 @@ def device_clock(device: str):
 
 
 class _Timer:
-    def __init__(self, torch, device, warmup, repeats) -> None:
+    def __init__(self, torch, device, warmup, repeats, clock=None) -> None:
         self.torch, self.device, self.warmup, self.repeats = torch, device, warmup, repeats
+        self.clock = clock or device_clock(device)
 
     def __call__(self, fn) -> float:
         """Median milliseconds of fn() over repeats, after warm-up (device synchronised)."""
-        clock = device_clock(self.device)
+        clock = self.clock
         for _ in range(self.warmup):
             fn()
         times = []
@@ -199,7 +200,8 @@ def _collective_worker(rank, world, port, device, sizes, quick, out_dir) -> None
         torch.cuda.set_device(rank)
     dist.init_process_group("nccl" if device == "cuda" else "gloo", rank=rank, world_size=world,
                             timeout=datetime.timedelta(seconds=300))
-    timer = _Timer(torch, device, 1 if quick else 3, 3 if quick else 10)
+    # wall clock even on CPU: a rank waiting for its peers is the time a collective takes
+    timer = _Timer(torch, device, 1 if quick else 3, 3 if quick else 10, clock=time.perf_counter)
     rows = {"all_reduce": [], "send_recv": []}
     try:
         for w in (2, 4, 8):
