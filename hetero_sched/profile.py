@@ -96,14 +96,18 @@ class _Timer:
 
 
 def _gemms(torch, timer, model, tps, tokens, device, dtype) -> list:
+    """x·Wᵀ with W stored [N, K], as nn.Linear and Megatron-LM's parallel linear layers hold and apply their
+    weights (torch.nn.functional.linear): the layout the layers run, which BLAS libraries may time
+    differently from x·W."""
+    linear = torch.nn.functional.linear
     rows = []
     for tp in tps:
         for name, (n, k) in block_gemm_shapes(model.hidden, model.heads, model.kv_heads, model.ffn,
                                               model.gated_mlp, tp).items():
-            w = torch.randn(int(k), int(n), device=device, dtype=dtype)
+            w = torch.randn(int(n), int(k), device=device, dtype=dtype)
             for m in tokens:
                 x = torch.randn(m, int(k), device=device, dtype=dtype)
-                rows.append([name, tp, m, int(n), int(k), timer(lambda x=x, w=w: x @ w)])
+                rows.append([name, tp, m, int(n), int(k), timer(lambda x=x, w=w: linear(x, w))])
     return rows
 
 
