@@ -10,8 +10,14 @@ from pathlib import Path
 from .io import write_atomic
 from .milp.solve import solve
 
-FIELDS = ["problem", "objective", "backend", "time_limit_s", "threads", "seed", "makespan_ms", "bound_ms", "gap",
-          "status", "wall_s", "step_ms", "baseline_ms"]
+# Each figure names what it measures: the bound and the baseline of the makespan and of the step; `gap` is on the
+# row's objective ((objective - its bound) / objective).
+FIELDS = ["problem", "objective", "backend", "time_limit_s", "threads", "seed", "makespan_ms", "makespan_bound_ms",
+          "step_ms", "step_bound_ms", "gap", "status", "wall_s", "baseline_makespan_ms", "baseline_step_ms"]
+OLD_FIELDS = ["problem", "objective", "backend", "time_limit_s", "threads", "seed", "makespan_ms", "bound_ms", "gap",
+              "status", "wall_s", "step_ms", "baseline_ms"]  # before 0.1.1: bound and baseline of the objective only
+NUMBERS = ("time_limit_s", "makespan_ms", "makespan_bound_ms", "step_ms", "step_bound_ms", "gap", "wall_s",
+           "baseline_makespan_ms", "baseline_step_ms")
 
 
 def problem_key(lengths, lat, objective: str, threads: int) -> str:
@@ -30,9 +36,9 @@ def load_rows(path, key: str | None = None) -> list[dict]:
         return []
     with path.open() as fh:
         reader = csv.DictReader(fh)
-        if reader.fieldnames != FIELDS:
+        if reader.fieldnames not in (FIELDS, OLD_FIELDS):
             raise ValueError(f"{str(path)!r} is not a sweep CSV of this tool (columns {reader.fieldnames})")
-        rows = [_typed(r) for r in reader]
+        rows = [_typed(_renamed(r)) for r in reader]
     other = {r["problem"] for r in rows} - {key}
     if key is not None and other:
         raise ValueError(f"{str(path)!r} holds a sweep of another problem (key {min(other)}, this one {key}: "
@@ -40,9 +46,18 @@ def load_rows(path, key: str | None = None) -> list[dict]:
     return rows
 
 
+def _renamed(r: dict) -> dict:
+    """A row of an older sweep CSV under today's columns (the other objective's bound and baseline unknown)."""
+    if "bound_ms" not in r:
+        return r
+    out = {k: r.get(k, "nan") for k in FIELDS}
+    out[f"{r['objective']}_bound_ms"], out[f"baseline_{r['objective']}_ms"] = r["bound_ms"], r["baseline_ms"]
+    return out
+
+
 def _typed(r: dict) -> dict:
     out = dict(r)
-    for k in ("time_limit_s", "makespan_ms", "bound_ms", "gap", "wall_s", "step_ms", "baseline_ms"):
+    for k in NUMBERS:
         out[k] = float(r[k])
     out["threads"], out["seed"] = int(r["threads"]), int(r["seed"])
     return out
@@ -54,6 +69,14 @@ def _csv_text(rows: list[dict]) -> str:
     w.writeheader()
     w.writerows(rows)
     return buf.getvalue()
+
+
+def _row(key: str, objective: str, backend: str, limit: float, threads: int, seed: int, plan) -> dict:
+    s, b = plan.solver, plan.baseline
+    return {"problem": key, "objective": objective, "backend": backend, "time_limit_s": float(limit), "threads": threads,
+            "seed": seed, "makespan_ms": plan.makespan_ms, "makespan_bound_ms": s.makespan_bound_ms,
+            "step_ms": plan.step_ms, "step_bound_ms": s.step_bound_ms, "gap": s.gap, "status": s.status,
+            "wall_s": s.wall_s, "baseline_makespan_ms": b["makespan_ms"], "baseline_step_ms": b["step_ms"]}
 
 
 def run_sweep(lengths, lat, backends, limits, repeat, threads, csv_path, png_path, console=None,
@@ -73,9 +96,7 @@ def run_sweep(lengths, lat, backends, limits, repeat, threads, csv_path, png_pat
             plan = solve(lengths, lat.cluster, lat, backend=backend, time_limit_s=limit, threads=threads, seed=seed,
                          objective=objective)
             s = plan.solver
-            rows.append({"problem": key, "objective": objective, "backend": backend, "time_limit_s": float(limit), "threads": threads, "seed": seed,
-                             "makespan_ms": plan.makespan_ms, "bound_ms": s.bound_ms, "gap": s.gap, "status": s.status,
-                             "wall_s": s.wall_s, "step_ms": plan.step_ms, "baseline_ms": plan.baseline[f"{objective}_ms"]})
+            rows.append(_row(key, objective, backend, limit, threads, seed, plan))
             write_atomic(csv_path, _csv_text(rows))
             progress.advance(task)
     if png_path:

@@ -59,7 +59,8 @@ def _gantt_by_shape(plan: Plan):
         ids = [k for _, k in shapes[(tp, cp)]]
         ax.barh(y, max(lat), color=colors[y % 20], edgecolor="black", linewidth=0.5)
         ax.barh(y, min(lat), color="white", alpha=0.35)
-        ax.text(1, y, f"TP{tp}xCP{cp}: {len(lat)} groups (ids {_id_range(ids)}), {len(lat) * tp * cp} GPUs, "
+        ax.text(1, y, f"TP{tp}xCP{cp}: {len(lat)} group{'s' if len(lat) != 1 else ''} (ids {_id_range(ids)}), "
+                      f"{len(lat) * tp * cp} GPUs, "
                       f"{min(lat):.0f}-{max(lat):.0f} ms", va="center", fontsize=7)
     ax.axvspan(plan.makespan_ms, plan.step_ms, color="grey", alpha=0.3, label=f"exposed sync {plan.sync_ms:.0f} ms")
     ax.set(yticks=range(len(order)), yticklabels=[f"TP{t}xCP{c}" for t, c in order], xlabel="time (ms)",
@@ -117,8 +118,9 @@ def anytime_png(rows: list[dict]) -> bytes:
         m = d.groupby("time_limit_s")[[value, "gap"]].median().reset_index()
         a1.plot(m.time_limit_s, m[value], marker=markers.get(backend, "x"), label=backend)
         a2.plot(m.time_limit_s, 100 * m.gap, marker=markers.get(backend, "x"), label=backend)
-    if "baseline_ms" in frame:
-        a1.axhline(frame.baseline_ms.median(), color="grey", linestyle="--", label="best WLB-LLM")
+    baseline = f"baseline_{value}"
+    if baseline in frame and frame[baseline].notna().any():
+        a1.axhline(frame[baseline].median(), color="grey", linestyle="--", label="best WLB-LLM")
     for ax in (a1, a2):
         ax.ticklabel_format(axis="y", style="plain", useOffset=False)
     a1.set(xscale="log", xlabel="time limit (s)", ylabel=value.replace("_ms", " (ms)"), title="plan quality")

@@ -65,13 +65,22 @@ def as_length(v, path, k) -> int:
     """Entry k of a length file as a positive integer; ValueError naming the row otherwise."""
     value = _as_int(v, path, k)
     if value <= 0:
-        raise ValueError(f"{str(path)!r}: entry {k} is {v!r}, not a positive token length")
+        raise ValueError(f"{str(path)!r}: entry {k} is {quote_value(v)}, not a positive token length")
     return value
+
+
+QUOTE_CHARS = 40  # an entry quoted in an error is cut here (a text column holds whole documents)
+
+
+def quote_value(v) -> str:
+    """repr(v), cut to QUOTE_CHARS characters."""
+    text = repr(v)
+    return text if len(text) <= QUOTE_CHARS else f"{text[:QUOTE_CHARS - 3]}... ({len(str(v)):,} characters)"
 
 
 def _as_int(v, path, k):
     if isinstance(v, bool):
-        raise ValueError(f"{str(path)!r}: entry {k} is {v!r}, not a token length")
+        raise ValueError(f"{str(path)!r}: entry {k} is {quote_value(v)}, not a token length")
     if isinstance(v, (int, np.integer)):
         return int(v)
     if isinstance(v, float) and v.is_integer():
@@ -81,7 +90,8 @@ def _as_int(v, path, k):
             return int(v.strip())
         except ValueError:
             pass
-    raise ValueError(f"{str(path)!r}: entry {k} is {v!r}, not a token length")
+    hint = "; a text column needs --tokenizer" if isinstance(v, str) and len(v) > QUOTE_CHARS else ""
+    raise ValueError(f"{str(path)!r}: entry {k} is {quote_value(v)}, not a token length{hint}")
 
 
 def _read_txt(path, column):

@@ -1,7 +1,18 @@
-import numpy as np
-import pytest
+"""Shared fixtures. First of all: the tests import the installed package, however pytest was started."""
+import sys
+from pathlib import Path
 
-import hetero_sched as hs
+# `python -m pytest` puts the project root first on sys.path, where the bare hetero_sched folder would
+# shadow the installed package — and lacks hetero_sched.baselines and hetero_sched.models, which the
+# install maps from baselines/ and models/ (package-dir). `pytest` does not add the root; without it both
+# import the same package (an editable install still finds the checkout through its own finder).
+ROOT = Path(__file__).resolve().parents[1]
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != ROOT]
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+import hetero_sched as hs  # noqa: E402
 
 
 @pytest.fixture(scope="session")

@@ -302,3 +302,103 @@ def test_latency_flags_uncalibrated_presets(tmp_path):
     r = run("latency", "--gpu", "b200", "--max-cp", "1", "--csv", str(tmp_path / "l.csv"))
     assert r.returncode == 0 and "UNCALIBRATED" in r.stdout
     assert (tmp_path / "l.csv").read_text().splitlines()[1].startswith("b200,False")
+
+
+# ---- issue 25: what a new user hit --------------------------------------------------------------------------
+WRONG_TYPES = [(lambda d: d["groups"][0].__setitem__("tp", "1"), "groups[0].tp"),
+               (lambda d: d["groups"][0].__setitem__("ranks", None), "groups[0].ranks"),
+               (lambda d: d["groups"][0].__setitem__("memory_gb", "x"), "groups[0].memory_gb"),
+               (lambda d: d["sequences"][1].__setitem__("length", 10.5), "sequences[1].length"),
+               (lambda d: d.pop("groups"), "groups is missing")]
+
+
+@pytest.mark.parametrize("command", ["validate", "show", "run"])
+@pytest.mark.parametrize("mutate,field", WRONG_TYPES, ids=[f for _, f in WRONG_TYPES])
+def test_wrong_types_in_a_plan_file_exit_2_naming_the_field(plan_file, tmp_path, command, mutate, field):
+    data = json.loads(plan_file.read_text())
+    mutate(data)
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps(data))
+    r = run(command, str(bad))
+    assert r.returncode == 2, (r.stdout, r.stderr)
+    assert "Traceback" not in r.stderr and r.stderr.count("\n") == 1 and field in r.stderr, r.stderr
+
+
+def test_show_refuses_an_unknown_image_format_before_printing(plan_file, tmp_path):
+    r = run("show", str(plan_file), "--png", str(tmp_path / "g.jpg"))
+    assert r.returncode == 2 and r.stdout == "" and ".jpg" in r.stderr and r.stderr.count("\n") == 1
+
+
+def test_counts_are_pluralised(plan_file, tmp_path):
+    data = json.loads(plan_file.read_text())
+    data["makespan_ms"] *= 0.5  # one problem: the makespan
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps(data))
+    assert "(1 problem)" in run("validate", str(bad)).stderr
+    one = tmp_path / "one.json"
+    assert run("solve", "--lengths", "65536", "--gpus", "8", "--time-limit", "1", "--out", str(one)).returncode == 0
+    r = run("validate", str(one))
+    assert r.returncode == 0 and "(1 group, 1 sequence," in r.stdout, r.stdout
+
+
+def test_sweep_options_have_help():
+    r = run("sweep", "--help")
+    text = " ".join(r.stdout.split())
+    assert "--time-limits TIME_LIMITS comma-separated time limits" in text
+    assert "--backends BACKENDS comma-separated backends" in text
+
+
+def _calibration(tmp_path, filename="c.json", **device):
+    from hetero_sched.latency.kernels import reference_document
+
+    doc = reference_document()
+    doc["device"].update(device)
+    (tmp_path / filename).write_text(json.dumps(doc))
+    return tmp_path / filename
+
+
+def test_show_and_validate_take_the_calibration_and_check_its_hash(tmp_path):
+    calib = _calibration(tmp_path)
+    other = _calibration(tmp_path, "other.json", memory_gb=79.0)
+    plan = tmp_path / "p.json"
+    assert run("solve", *SMALL, "--calibration", str(calib), "--out", str(plan)).returncode == 0
+    r = run("show", str(plan), "--calibration", str(calib))
+    assert r.returncode == 0 and "calibration c.json" in r.stdout, r.stderr
+    for command in ("show", "validate"):
+        r = run(command, str(plan), "--calibration", str(other))
+        assert r.returncode == 2 and "is not the file the plan was made with" in r.stderr, r.stderr
+        assert r.stderr.count("\n") == 1
+    r = run("validate", str(plan_file_without_calibration(tmp_path)), "--calibration", str(calib))
+    assert r.returncode == 2 and "made without a calibration file" in r.stderr
+
+
+def plan_file_without_calibration(tmp_path):
+    path = tmp_path / "plain.json"
+    assert run("solve", *SMALL, "--out", str(path)).returncode == 0
+    return path
+
+
+def test_show_and_validate_take_an_unshipped_table(tmp_path):
+    from hetero_sched._data import model_data_path
+
+    table = tmp_path / "t.csv"
+    table.write_text(model_data_path("h100", "Llama-2-7b-hf.csv").read_text() + "\n")  # same rows, another hash
+    plan = tmp_path / "p.json"
+    args = ["--lengths", "8192,1024", "--gpus", "8", "--model", "llama2-7b", "--time-limit", "1"]
+    assert run("solve", *args, "--table", str(table), "--out", str(plan)).returncode == 0
+    r = run("show", str(plan))
+    assert r.returncode == 1 and "--table" in r.stderr
+    for command in ("show", "validate"):
+        assert run(command, str(plan), "--table", str(table)).returncode == 0
+
+
+def test_solve_names_the_device_a_calibration_was_measured_on(tmp_path):
+    calib = _calibration(tmp_path, kind="cpu", name="x86_64")
+    r = run("solve", *SMALL, "--gpu", "h200", "--calibration", str(calib))
+    assert r.returncode == 0, r.stderr
+    assert "8 x x86_64 (calibration c.json" in " ".join(r.stdout.split())
+    assert "8 x h200" not in r.stdout and "8 x h100" not in r.stdout
+    assert "note: calibration" in r.stderr and "not on a h200" in r.stderr
+    same = _calibration(tmp_path, "gpu.json", kind="cuda", name="NVIDIA H100 80GB HBM3")
+    r = run("solve", *SMALL, "--calibration", str(same))
+    assert r.returncode == 0 and "note:" not in r.stderr and "NVIDIA H100 80GB HBM3" in r.stdout

@@ -110,6 +110,9 @@ BAD = [
     ("frac.txt", "100\n2.5\n", [], "2.5"),
     ("huge.txt", "100\n90000000\n", ["--context", "100000000"], "document 1"),
     ("ok.txt", "100\n200\n", ["--executor", "ray", "--address", "127.0.0.1:1"], "Ray cluster"),
+    ("long.txt", "100\n1500\n", ["--context", "2000"], "--tokens-per-step 1000 is below --context 2000"),
+    ("ok.txt", "100\n200\n", ["--shuffle", "-1"], "--shuffle"),
+    ("text.jsonl", json.dumps({"text": "word " * 700}) + "\n", ["--column", "text"], "a text column needs --tokenizer"),
 ]
 
 
@@ -122,5 +125,13 @@ def test_bad_input_exits_2_and_writes_nothing(tmp_path, name, text, extra, needl
             "--out", str(tmp_path / "out"), timeout=180)
     assert r.returncode == 2, (r.stdout, r.stderr)
     assert "Traceback" not in r.stderr and r.stderr.strip().count("\n") == 0, r.stderr
-    assert needle in r.stderr
+    assert needle in r.stderr and len(r.stderr) < 300  # a document's text is quoted, not printed whole
     assert not (tmp_path / "out").exists()
+
+
+def test_a_run_writes_nothing_to_stderr_through_a_pipe(tmp_path):
+    (tmp_path / "l.txt").write_text("100\n200\n300\n")
+    r = run("plan-dataset", str(tmp_path / "l.txt"), "--gpus", "8", "--tokens-per-step", "1000", "--work-limit",
+            "0.1", "--out", str(tmp_path / "out"), timeout=180)
+    assert r.returncode == 0 and r.stderr == "", repr(r.stderr)
+    assert r.stdout.startswith("1 step (0 already planned, 1 now)")

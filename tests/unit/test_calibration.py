@@ -116,3 +116,57 @@ def test_gpu_presets_are_datasheet_scaled_and_flagged():
     assert lats["h200"].max_tokens(1, 1) > lats["h100"].max_tokens(1, 1)
     assert lats["h100"].calibrated and not any(lats[g].calibrated for g in ("a100-80g", "h200", "b200"))
     assert hs.Cluster(gpus=8, gpu="H200").gpu == "h200"
+
+
+def _with(change) -> dict:
+    doc = copy.deepcopy(h100_document())
+    change(doc)
+    return doc
+
+
+BAD_FIELDS = {  # a calibration file broken in one field → the path the error must name
+    "negative all-reduce": (lambda d: d["nccl"].__setitem__("all_reduce", nccl_rows("all_reduce", 2, 2, -1.0)),
+                            "nccl.all_reduce[0]: time_ms"),
+    "negative send/recv": (lambda d: d["nccl"].__setitem__("send_recv", nccl_rows("send_recv", 2, 1, -1.0)),
+                           "nccl.send_recv[0]: time_ms"),
+    "zero bytes": (lambda d: d["nccl"].__setitem__("send_recv", [[2, 1, 0, 0.01]]), "nccl.send_recv[0]: bytes"),
+    "short row": (lambda d: d["nccl"].__setitem__("all_reduce", [[2, 2, 1024]]), "nccl.all_reduce[0] must be"),
+    "more per node than workers": (lambda d: d["nccl"].__setitem__("all_reduce", [[2, 4, 1024, 0.01]]),
+                                   "devices_per_node 4 exceeds workers 2"),
+    "unknown collective": (lambda d: d["nccl"].__setitem__("all_gather", []), "nccl.all_gather"),
+    "no gemm": (lambda d: d.pop("gemm"), "gemm is missing"),
+    "no peak": (lambda d: d["gemm"].pop("peak_tflops"), "gemm.peak_tflops is missing"),
+    "negative peak": (lambda d: d["gemm"].__setitem__("peak_tflops", -5), "gemm.peak_tflops"),
+    "text floor": (lambda d: d["gemm"].__setitem__("floor_ms", "fast"), "gemm.floor_ms"),
+    "pointwise op": (lambda d: d["pointwise"].pop("mlp_act"), "pointwise.mlp_act is missing"),
+    "pointwise slope": (lambda d: d["pointwise"].__setitem__("add", [0.001, -1e-9]), "pointwise.add[1]"),
+    "seqlen order": (lambda d: d["attention"].__setitem__("fwd_seqlen", [512, 512, 2048, 4096, 8192, 16384]),
+                     "attention.fwd_seqlen must increase"),
+    "tflops length": (lambda d: d["attention"].__setitem__("fwd_tflops", [300.0]), "attention.fwd_tflops has 1"),
+    "zero tflops": (lambda d: d["attention"]["fwd_tflops"].__setitem__(2, 0), "attention.fwd_tflops[2]"),
+    "backward rate": (lambda d: d["attention"].__setitem__("bwd_rate", 0), "attention.bwd_rate"),
+    "memory": (lambda d: d["device"].__setitem__("memory_gb", -80), "device.memory_gb"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_FIELDS))
+def test_every_calibration_field_is_checked_and_named(tmp_path, case):
+    change, needle = BAD_FIELDS[case]
+    with pytest.raises(ValueError, match="malformed calibration") as info:
+        lat_with(tmp_path, _with(change))
+    assert needle in str(info.value), str(info.value)
+
+
+def test_non_finite_calibration_numbers_are_refused(tmp_path):
+    path = tmp_path / "calib.json"
+    path.write_text(json.dumps(h100_document()).replace('"bwd_rate": 0.725', '"bwd_rate": NaN'))
+    with pytest.raises(ValueError, match="attention.bwd_rate must be a finite number"):
+        hs.latency_model(LLAMA, hs.Cluster(gpus=16), calibration=path)
+
+
+def test_a_profiled_cpu_file_still_loads(tmp_path):
+    """What `profile --device cpu` writes: memory_gb null, gloo rows for the collectives."""
+    doc = _with(lambda d: d.__setitem__("device", {"kind": "cpu", "name": "x86_64", "memory_gb": None, "count": 1}))
+    doc["nccl"] = {"all_reduce": nccl_rows("all_reduce", 2, 2, 1.0), "send_recv": nccl_rows("send_recv", 2, 2, 1.0)}
+    lat = lat_with(tmp_path, doc)
+    assert lat.k.device["kind"] == "cpu" and ("send_recv", 2, 2) in lat.k.nccl

@@ -36,7 +36,7 @@ def test_delay_spreads_outliers_over_steps():
 
 
 @pytest.mark.parametrize("bad", [{"tokens_per_step": 0}, {"context": -1}, {"delay_steps": -2},
-                                 {"outlier_factor": 0.5}])
+                                 {"outlier_factor": 0.5}, {"shuffle": -1}, {"shuffle": 1.5}])
 def test_bad_rules(bad):
     with pytest.raises(ValueError):
         StepRule(**{"tokens_per_step": 1000, "context": 1000, **bad})
@@ -75,3 +75,14 @@ def test_steps_are_planned_with_the_calibration_given(tmp_path):
     plain = json.loads(plan_step(0, [8192, 1024], [0, 1], PlanOptions(**opts)))
     slow = json.loads(plan_step(0, [8192, 1024], [0, 1], PlanOptions(**opts, calibration=str(tmp_path / "c.json"))))
     assert slow["latency_model"].get("calibration_sha256") and slow["makespan_ms"] > plain["makespan_ms"]
+
+
+def test_a_dataset_whose_steps_would_exceed_the_budget_is_refused(tmp_path):
+    """--tokens-per-step below --context: a longer document would get a step of its own, over the budget."""
+    import hetero_sched as hs
+    from hetero_sched.dataset import PlanOptions, plan_dataset
+
+    opts = PlanOptions(model=hs.ModelSpec.preset("llama3-8b").to_dict(), cluster=hs.Cluster(gpus=8).to_dict())
+    with pytest.raises(ValueError, match="document 1 has 32768 tokens after truncation"):
+        plan_dataset([1000, 40000, 2000], StepRule(tokens_per_step=16384, context=32768), opts, tmp_path / "out")
+    assert not (tmp_path / "out").exists()

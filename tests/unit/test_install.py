@@ -1,7 +1,11 @@
 """The package's data is found from the installed package, not from the source tree."""
+import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 import hetero_sched
 
@@ -43,3 +47,28 @@ def test_parquet_batches(tmp_path):
 
     pd.DataFrame({"tokens": [32768, 1024]}).to_parquet(tmp_path / "b.parquet")
     assert read_batch(tmp_path / "b.parquet") == [32768, 1024]
+
+
+def test_python_m_pytest_tests_the_installed_package(tmp_path):
+    """`python -m pytest` from the project root puts the root first on sys.path, where the bare hetero_sched
+    folder (without baselines/ and models/, which an install puts inside it) used to shadow a regular
+    install. The install is laid out here as pip lays it out, first on PYTHONPATH."""
+    site = tmp_path / "site"
+    skip = shutil.ignore_patterns("__pycache__")
+    shutil.copytree(REPO / "hetero_sched", site / "hetero_sched", ignore=skip)
+    for name in ("baselines", "models"):
+        shutil.copytree(REPO / name, site / "hetero_sched" / name, ignore=skip)
+    env = {**os.environ, "PYTHONPATH": str(site), "HETERO_SCHED_EXPECTED": str(site / "hetero_sched")}
+    r = subprocess.run([sys.executable, "-m", "pytest", "-p", "no:cacheprovider",
+                        f"{Path(__file__).resolve()}::test_the_package_under_test_is_the_installed_one"],
+                       cwd=REPO, env=env, capture_output=True, text=True, timeout=300, check=False)
+    assert r.returncode == 0 and "1 passed" in r.stdout, r.stdout[-2000:] + r.stderr[-2000:]
+
+
+def test_the_package_under_test_is_the_installed_one():
+    expected = os.environ.get("HETERO_SCHED_EXPECTED")
+    if not expected:
+        pytest.skip("run by test_python_m_pytest_tests_the_installed_package")
+    from hetero_sched.baselines.wlb_llm import wlb_llm_best  # noqa: F401 — only in the installed layout
+
+    assert Path(hetero_sched.__file__).resolve().parent == Path(expected).resolve()
