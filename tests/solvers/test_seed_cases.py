@@ -39,13 +39,18 @@ def test_seed_cases_are_proven_optimal_and_valid(results, name):
 
 @pytest.mark.parametrize("name", ["case2", "case3"])
 @pytest.mark.parametrize("backend", ["cpsat", "highs", "cbc"])
-def test_step_objective_wins_on_step_time_and_is_proven(name, backend):
+@pytest.mark.parametrize("overlap", [False, True])
+def test_step_objective_wins_on_step_time_and_is_proven(name, backend, overlap):
+    """Proven optimal where the parameter all-gather follows the optimizer step; with it overlapped (the
+    default) the step bound cannot see how long each group's first forward is, so it proves less (the
+    README states the gaps) — the plan still beats every homogeneous plan."""
     case = SEED_CASES[name]
     cluster = hs.Cluster(gpus=case["gpus"])
-    lat = hs.latency_model(hs.ModelSpec.preset("llama3-8b"), cluster)
+    lat = hs.latency_model(hs.ModelSpec.preset("llama3-8b"), cluster, overlap_param_gather=overlap)
     plan = hs.solve(case["lengths"], cluster, lat, time_limit_s=20, backend=backend)  # step: the default
     assert plan.validate() == []
-    assert plan.solver.objective == "step" and plan.solver.status == "optimal", plan.solver.message
+    assert plan.solver.objective == "step"
+    assert plan.solver.status == "optimal" or overlap, plan.solver.message
     assert plan.solver.bound_ms == plan.solver.step_bound_ms <= plan.step_ms
     homogeneous_steps = []
     for tp, cp in cluster.configs(lat.model):
