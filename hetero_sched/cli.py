@@ -150,14 +150,24 @@ def print_plan(plan, lat=None) -> None:
     t = Table(title=f"{plan.model.name} on {plan.cluster.gpus} x {gpu} "
                     f"({plan.cluster.gpus_per_node}/node): {plural(len(plan.lengths), 'sequence')}, "
                     f"{sum(plan.lengths):,} tokens")
-    for col in ("group", "TP", "CP", "ranks", "sequences", "tokens", "micro-batches", "latency ms", "memory GB"):
+    for col in ("group", "TP", "CP", "ranks", "sequences", "tokens", "micro-batches", "recompute", "latency ms",
+                "memory GB"):
         t.add_column(col, justify="right" if col not in ("ranks",) else "left")
     for k, g in enumerate(plan.groups):
         t.add_row(str(k), str(g.tp), str(g.cp), _ranks(g.ranks), str(len(g.sequence_ids)),
                   f"{sum(plan.lengths[i] for i in g.sequence_ids):,}", str(len(g.micro_batches)),
-                  f"{g.latency_ms:,.1f}", f"{g.memory_gb:.1f}")
+                  _recompute_range(g.recompute_layers, plan.model.layers), f"{g.latency_ms:,.1f}",
+                  f"{g.memory_gb:.1f}")
     out.print(t)
     print_summary(plan)
+
+
+def _recompute_range(ks, layers: int) -> str:
+    """Layers its micro-batches recompute, of the model's: '0/32', '3-32/32'."""
+    if not ks:
+        return "-"
+    low, high = min(ks), max(ks)
+    return f"{low}/{layers}" if low == high else f"{low}-{high}/{layers}"
 
 
 def print_summary(plan) -> None:
