@@ -155,6 +155,8 @@ def check_model(model: ModelSpec, *, calibration: str | Path | None = None, devi
     _check_device(torch, device)
     if recompute not in recompute_modes():
         raise ValueError(f"recompute={recompute!r}: this step model supports {', '.join(recompute_modes())}")
+    if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
+        raise ValueError(f"threads must be a positive integer, got {threads!r}")
     if not model.gated_mlp:
         raise ValueError(f"{model.name} has a non-gated MLP; the runtime's Llama times SwiGLU blocks only")
     shape = quick_shape(model) if quick else model
