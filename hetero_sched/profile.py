@@ -29,7 +29,7 @@ from .specs import ModelSpec
 
 FULL = {"tokens": (64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384), "seqlen": tuple(2 ** k for k in range(7, 18)),
         "warmup": 3, "repeats": 10}
-QUICK = {"tokens": (32, 128, 512, 1024), "seqlen": (128, 256, 512, 1024), "warmup": 1, "repeats": 3}
+QUICK = {"tokens": (32, 128, 512), "seqlen": (128, 256, 512, 1024), "warmup": 1, "repeats": 3}
 
 
 def profile(model: ModelSpec, device: str = "cuda", quick: bool = False, tps=(1, 2, 4, 8),
