@@ -130,7 +130,12 @@ def suite_seed(progress) -> None:
             md_table(f, ["title", "objective", "backend", "plan", "wlb_config", "makespan_ms", "sync_ms",
                          "sync_ms_upper", "step_ms", "wlb_step_ms", "speedup_step", "speedup_step_upper_sync",
                          "speedup_makespan", "seed_ratio", "status", "gap", "wall_s"]), "",
-            (f"Every backend proves every case under both objectives: **{proven}**. The baseline is the best "
+            ("Step model: each micro-batch recomputes the least number of layers with which it fits "
+             "(recompute='auto'), the parameter all-gather overlaps each group's first forward "
+             "(overlap_param_gather=True); the baselines run one global recompute setting."), "",
+            (f"Every backend proves every case under both objectives: **{proven}**. With the all-gather "
+             "overlapped the step bound cannot see how long each group's first forward is, so step solves "
+             "stop at their gap below. The baseline is the best "
              "placed homogeneous WLB-LLM plan *on the same objective*; `gap` is measured against the objective's "
              "own bound (the step bound: the smallest over TP layouts of that slice's makespan bound plus the "
              "least exposed sync)."), "",
