@@ -31,6 +31,7 @@ def gpus_used(inst: Instance, sol: Solution) -> int:
 
 RULES = ("efficient", "smallest")
 GALLOP_START = 0.0025  # first cover trial: 0.25 % above the lower bound
+GUESS_STEPS = (0.0, 0.01, 0.03)  # a guessed T, then 1 % and 3 % above it
 MAX_STALE_RESTARTS = 200  # restarts in a row without improvement before the heuristic stops early
 
 
@@ -93,13 +94,23 @@ def default_order(inst: Instance) -> np.ndarray:
 
 
 def binary_search_cover(inst: Instance, lo: float, hi: float, deadline: float, rel_tol: float = 1e-4,
-                        order: np.ndarray | None = None, rule: str = "smallest"):
+                        order: np.ndarray | None = None, rule: str = "smallest", guess: float | None = None):
     """Smallest T in [lo, hi] (to rel_tol) whose cover fits the cluster; None if even hi fails.
     Trials gallop up from the lower bound (GALLOP_START above it, doubling) before bisecting: with a
     good bound the answer lies just above it, and each cover of a large batch costs a fraction of a
-    second."""
+    second. guess: a T tried first instead of hi (a short limit may allow one cover: it should be a
+    good one); hi is tried only if it fails."""
     order = default_order(inst) if order is None else order
-    best = cover(inst, hi, order, rule)
+    best = None
+    if guess is not None:  # then a little higher (GUESS_STEPS), before hi
+        for T in (guess * (1 + up) for up in GUESS_STEPS):
+            if not lo < T < hi or time.monotonic() >= deadline:
+                break
+            best = cover(inst, T, order, rule)
+            if best is not None:
+                break
+            lo = T
+    best = best or cover(inst, hi, order, rule)
     if best is None:
         return None
     hi = min(hi, makespan(inst, best))
@@ -191,15 +202,16 @@ def polish(inst: Instance, sol: Solution, deadline: float) -> Solution:
 
 
 def heuristic_solution(inst: Instance, lower: float, upper: float, deadline: float, seed: int = 0,
-                       restarts: bool = True) -> Solution | None:
+                       restarts: bool = True, guess: float | None = None) -> Solution | None:
     """Binary-searched covers under both opening rules, polished; then, until the deadline, restarts
-    with the order perturbed (seeded). Returns the best found, or None when no cover fits."""
+    with the order perturbed (seeded). Returns the best found, or None when no cover fits. guess: the
+    first T tried (see binary_search_cover)."""
     best, best_ms = None, np.inf
     covers = []  # both rules' covers first, then polish the better first (at scale polishing takes seconds)
     for rule in RULES:
         if covers and time.monotonic() >= deadline:
             break
-        sol = binary_search_cover(inst, lower, upper, deadline, rule=rule)
+        sol = binary_search_cover(inst, lower, upper, deadline, rule=rule, guess=guess)
         if sol is not None:
             covers.append(sol)
     for sol in sorted(covers, key=lambda s: makespan(inst, s)):

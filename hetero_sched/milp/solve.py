@@ -15,7 +15,7 @@ from ..placement import nodes_spanned, pack_nodes, ranks_from_nodes
 from ..plan import Plan, SolveResult, check_objective, objective_key
 from ..specs import Cluster
 from .backends import BACKENDS, BUILD_SHARE, BuildTimeout, build_seconds, run_backend
-from .bounds import overhead_area_bound, simple_bound
+from .bounds import area_bracket, overhead_area_bound, simple_bound
 from .formulation import build_milp, decode, decode_nodes, estimate_size, hint_values
 from .heuristic import heuristic_solution, makespan
 from .instance import Instance, _undominated, build_instance, check_lengths
@@ -32,6 +32,9 @@ PATTERN_SHARE = 0.35        # of the time left, for the pattern LP before the co
 LNS_SHARE = 0.4             # of the time left then, for rebalancing (it stops earlier once stuck)
 MILP_VARS_PER_S = 150_000   # build_milp's own pace here (24 GPUs x 256 sequences: 47,672 variables in 0.32 s)
 RESERVE_PLANS = 4           # plan pricings kept back per slice (heuristic's, MIP's, the final one, slack)
+QUICK_FACTOR = 10           # a limit leaving less than this many pricings' time after the warm start is short:
+                            # cheap bounds, the most promising layout alone, its first cover aimed near the area bound
+QUICK_SLACK = 0.006         # the first cover's T above the area relaxation's threshold estimate
 
 
 def solve(lengths, cluster: Cluster, lat: LatencyModel, *, backend: str = "cpsat", time_limit_s: float = 10.0,
@@ -56,10 +59,15 @@ def solve(lengths, cluster: Cluster, lat: LatencyModel, *, backend: str = "cpsat
     true_lengths = np.asarray(check_lengths(lengths), dtype=np.int64)
     priced = _rounded(true_lengths, round_lengths)
     full = build_instance(priced, lat, prune=False)
+    clock = {"pricing": time.monotonic() - start}
     warm = best_homogeneous_plan(full, lat, objective)
+    clock["warm start"] = time.monotonic() - start - clock["pricing"]
     reserve = _pricing_seconds(warm, lat) * RESERVE_PLANS  # placing and pricing the plans found, after the search
+    # a short limit (little time left for what pricing took): simple bounds, one layout, a first cover aimed
+    quick = deterministic_limit is None and deadline - time.monotonic() < QUICK_FACTOR * clock["pricing"]
     tps = lat.cluster.tp_degrees(lat.model)
-    slices = [_slice(full, warm, t) for t in (tps if objective == "step" else [1])]
+    slices = [_slice(full, warm, t, quick) for t in (tps if objective == "step" else [1])]
+    clock["bounds"] = time.monotonic() - start - clock["pricing"] - clock["warm start"]
     plans, notes, bounds = [("warm start", warm)] + _per_micro_batch(warm, lat), {}, {}
     families = [f for sl in slices for f in sl.families]
     beside = objective == "step" and deterministic_limit is None and not round_lengths and threads >= 2
@@ -78,9 +86,10 @@ def solve(lengths, cluster: Cluster, lat: LatencyModel, *, backend: str = "cpsat
                 sl.start_beside(lat, best, deadline - reserve - time.monotonic())
             weight = [len(x.inst.configs) if x.inst else 0 for x in [sl] + todo]
             now = time.monotonic()
-            slice_deadline = now + (deadline - reserve - now) * weight[0] / max(sum(weight), 1)
+            share = 1.0 if quick else weight[0] / max(sum(weight), 1)  # short: the most promising layout takes all
+            slice_deadline = now + (deadline - reserve - now) * share
             found, bounds[sl.min_tp], notes[sl.min_tp], search = _search(
-                sl, full, lat, slice_deadline, backend, threads, seed, rel_gap, deterministic_limit)
+                sl, full, lat, slice_deadline, backend, threads, seed, rel_gap, deterministic_limit, quick)
             sl.searched(bounds[sl.min_tp], search, threads, deterministic_limit)
             plans += found
         if objective == "step" and deterministic_limit is None and not round_lengths:
@@ -93,6 +102,7 @@ def solve(lengths, cluster: Cluster, lat: LatencyModel, *, backend: str = "cpsat
     finally:
         for f in families:
             f.stop_remote()
+    clock["search"] = time.monotonic() - start - sum(clock.values())
     if round_lengths:
         plans = [(who, _on_true_lengths(p, true_lengths, lat)) for who, p in plans]
     who, plan = min(plans, key=lambda wp: (*objective_key(wp[1], objective), wp[0] != "warm start"))
@@ -104,8 +114,15 @@ def solve(lengths, cluster: Cluster, lat: LatencyModel, *, backend: str = "cpsat
     s = plan.solver
     s.status = "optimal" if s.gap <= OPTIMAL_GAP else ("baseline" if who == "warm start" else "feasible")
     rounding = f"lengths priced rounded up to {round_lengths}; " if round_lengths else ""
-    s.message = f"objective {objective}; {rounding}plan from {who}; " + " | ".join(notes[t] for t in sorted(notes))
     s.wall_s = time.monotonic() - start
+    clock["placing and pricing the plans"] = s.wall_s - sum(clock.values())
+    spent = ", ".join(f"{k} {1e3 * v:.0f} ms" for k, v in clock.items())
+    budget = (f" | short limit: simple bounds, the most promising layout alone, its first cover aimed at the area "
+              f"bound's T; {spent}") if quick else f" | time: {spent}"
+    if deterministic_limit is not None:
+        budget = ""  # under a work limit the message, like the plan, is the same on every run
+    s.message = f"objective {objective}; {rounding}plan from {who}; " + " | ".join(notes[t] for t in sorted(notes)) \
+        + budget
     return plan
 
 
@@ -200,12 +217,22 @@ class Slice:
             pure.start = lambda upper: _pure_search(self.pure, pure.bound, upper, threads, search)
 
 
-def _slice(full: Instance, warm: Plan, min_tp: int) -> Slice:
-    inst = _configs_where(full, lambda tp: tp >= min_tp)
+def _slice(full: Instance, warm: Plan, min_tp: int, quick: bool = False) -> Slice:
+    """quick: the simple bounds only (a pass over the costs instead of the overhead area bound's search),
+    dominated configurations kept (the bounds are the same with them: a dominated configuration is never
+    a row's minimum) and no instance of the pure family (its pattern LP will not run)."""
+    inst = _configs_where(full, lambda tp: tp >= min_tp, prune=not quick)
     if inst is None:
         return Slice(min_tp, None, families=(Family(min_tp, False, math.inf), Family(min_tp, True, math.inf)))
     warm_sol = _as_solution(full, inst, warm) if warm.groups[0].tp >= min_tp else None
     upper = makespan(inst, warm_sol[0]) if warm_sol else 1e12
+    if quick:
+        lower, pure = simple_bound(inst), None
+        cols = np.array([cfg[0] == min_tp for cfg in inst.configs])
+        fits = np.isfinite(inst.cost[:, cols]).any(axis=1).all()
+        pure_lower = max(lower, simple_bound(inst.subset(np.flatnonzero(cols)))) if fits else math.inf
+        return Slice(min_tp, inst, warm_sol, upper, lower, pure,
+                     (Family(min_tp, False, pure_lower), Family(min_tp, True, lower)))
     lower = overhead_area_bound(inst, upper)
     pure = _configs_where(full, lambda tp: tp == min_tp)
     pure_lower = max(lower, overhead_area_bound(pure, 1e12)) if pure is not None else math.inf
@@ -213,13 +240,14 @@ def _slice(full: Instance, warm: Plan, min_tp: int) -> Slice:
                  (Family(min_tp, False, pure_lower), Family(min_tp, True, lower)))
 
 
-def _configs_where(full: Instance, keep_tp) -> Instance | None:
-    """The undominated configurations whose TP passes keep_tp; None when some sequence fits none."""
+def _configs_where(full: Instance, keep_tp, prune: bool = True) -> Instance | None:
+    """The undominated configurations (all when not prune) whose TP passes keep_tp; None when some
+    sequence fits none."""
     allowed = np.array([c for c, (tp, _, _) in enumerate(full.configs) if keep_tp(tp)], dtype=int)
     if allowed.size == 0:
         return None
     sub = full.subset(allowed)
-    inst = full.subset(allowed[_undominated(sub.gpus, sub.overhead, sub.cost, sub.configs)])
+    inst = full.subset(allowed[_undominated(sub.gpus, sub.overhead, sub.cost, sub.configs)]) if prune else sub
     return inst if np.isfinite(inst.cost).any(axis=1).all() else None
 
 
@@ -236,23 +264,30 @@ def _pure_search(pure: Instance, lower: float, upper: float, threads: int,
     return search
 
 
-def _search(sl: Slice, full: Instance, lat, deadline: float, backend, threads, seed, rel_gap, det_limit):
+def _search(sl: Slice, full: Instance, lat, deadline: float, backend, threads, seed, rel_gap, det_limit,
+            quick: bool = False):
     """Heuristic then MIP (or the pattern LP) over one slice; returns (named plans, makespan bound, note,
-    the pattern LP search when it ran, to resume with time left over)."""
+    the pattern LP search when it ran, to resume with time left over). quick: the heuristic's first cover
+    is aimed just above the area relaxation's threshold, estimated in two or three passes."""
     inst, warm_sol, upper, lower, min_tp = sl.inst, sl.warm_sol, sl.upper, sl.lower, sl.min_tp
     if inst is None:
         return [], math.inf, f"TP>={min_tp}: some sequence fits no configuration (no plan of this layout)", None
     late = det_limit is None and time.monotonic() >= deadline and warm_sol is not None
     if late:  # a limit shorter than pricing: the warm start stands, with the cheap bounds only
-        return [], simple_bound(inst), f"TP>={min_tp}: no time left after pricing: warm start kept, simple bounds", None
+        return [], max(lower, simple_bound(inst)), \
+            f"TP>={min_tp}: no time left after pricing: warm start kept, simple bounds", None
+    guess = None
+    if quick:
+        lo, target = area_bracket(inst, upper, first=True)
+        lower, guess = max(lower, lo), target * (1 + QUICK_SLACK)
     size = sl.size
     mip_runs = backend != "none" and size <= MAX_MIP_VARIABLES
     # without the MIP, the pattern LP (clock-driven, so not under a work limit) tightens the bound
-    patterns_run = not mip_runs and det_limit is None and worth_trying(inst)
+    patterns_run = not mip_runs and det_limit is None and not quick and worth_trying(inst)
     share = HEURISTIC_SHARE if mip_runs else PATTERNS_HEURISTIC_SHARE if patterns_run else 1.0
     # under a deterministic work limit nothing may depend on the clock: no deadline, no restarts
     h_deadline = _share(share, deadline) if det_limit is None else float("inf")
-    heur = heuristic_solution(inst, lower, upper, h_deadline, seed=seed, restarts=det_limit is None)
+    heur = heuristic_solution(inst, lower, upper, h_deadline, seed=seed, restarts=det_limit is None, guess=guess)
     heur = (heur, _greedy_shares(inst, heur)) if heur else None
     found = [("heuristic", heur)] if heur and heur[1] is not None else []
     heur_plan = _to_plan(inst, *heur, lat) if found and sl.found is not None else None  # priced once:
