@@ -17,7 +17,8 @@ from .specs import Cluster, ModelSpec
 
 SCHEMA_VERSION = 2
 READABLE_VERSIONS = (1, 2)  # version 1: every micro-batch recomputed every layer, all-gather not overlapped
-EXACT_ORDER_GROUPS = 8  # up to this many groups with a choice, every (first, last) combination is priced
+EXACT_ORDER_GROUPS = 4  # up to this many groups with a choice, every (first, last) combination is priced
+GREEDY_ORDER_GROUPS = 8  # beyond, the slowest this many choose one by one (the others keep the largest last)
 REL_TOL = 1e-6  # recomputed figures must match the file to this relative tolerance
 OBJECTIVES = ("step", "makespan")
 
@@ -135,7 +136,7 @@ class Plan:
         first and the longest window last when they are different micro-batches; when one micro-batch has
         both, it goes last with the next longest forward first, or first with the next longest window
         last — the only two orders not beaten by another. Up to EXACT_ORDER_GROUPS groups with that
-        choice, every combination is priced; beyond, the choice is made group by group, slowest first.
+        choice, every combination is priced; beyond, the GREEDY_ORDER_GROUPS slowest choose one by one.
         The others run in increasing size."""
         stats = self._micro_batch_stats(lat)
         options = [_order_options(f, w) for f, w, _ in stats]
@@ -177,7 +178,7 @@ class Plan:
                 choice[k] = c
             return choice
         best = step()
-        for k in sorted(open_, key=lambda k: -self.groups[k].latency_ms):
+        for k in sorted(open_, key=lambda k: -self.groups[k].latency_ms)[:GREEDY_ORDER_GROUPS]:
             step_with(k, 1)
             value = step()
             if value < best - 1e-12:

@@ -59,6 +59,7 @@ class LatencyModel(ABC):
         self._overheads: dict = {}
         self._intercepts: dict = {}
         self._rank_caps: dict = {}
+        self._buckets: dict = {}
         self._check_fits()
 
     # ---- what subclasses provide ----------------------------------------------------------------
@@ -281,6 +282,14 @@ class LatencyModel(ABC):
         pieces += [(m.params_per_layer, (j + 1) / m.layers) for j in range(m.layers)]
         return pieces + [(m.vocab * m.hidden, 1.0)]
 
+    def _bucket_arrays(self, kind: str, groups: int) -> tuple[np.ndarray, np.ndarray]:
+        """(shares, positions) of gradient_buckets or param_buckets, computed once per group count."""
+        key = (kind, groups)
+        if key not in self._buckets:
+            rows = self.gradient_buckets(groups) if kind == "gradient" else self.param_buckets(groups)
+            self._buckets[key] = tuple(np.array(col, dtype=float) for col in zip(*rows))
+        return self._buckets[key]
+
     def param_buckets(self, groups: int) -> list[tuple[float, float]]:
         """The gradient buckets in forward order, as the parameter all-gather runs them: (share of the
         parameter bytes, share of a forward done when the first of its layers is reached)."""
@@ -304,7 +313,7 @@ class LatencyModel(ABC):
         completes at c_b = allgather·Σ_{b'≤b} share (buckets back to back from the step's start, forward
         order) and is needed at F·pos_b by a group whose first micro-batch's forward takes F ms, so
         delay = max_b (c_b − F·pos_b)⁺ (a layer waits, and every later one shifts with it)."""
-        shares, pos = np.array(self.param_buckets(groups)).T
+        shares, pos = self._bucket_arrays("param", groups)
         complete = allgather_ms * np.cumsum(shares)
         first = np.asarray(first_forwards, dtype=float)
         return np.maximum(0.0, (complete[None, :] - first[:, None] * pos[None, :]).max(axis=1))
@@ -327,9 +336,11 @@ class LatencyModel(ABC):
         makespan = float(ends.max())
         if self.overlap_param_gather:
             ends = ends + self.gather_delays(allgather, firsts, len(ends))
+        shares, done = self._bucket_arrays("gradient", len(ends))
+        ready = (ends[:, None] - windows[:, None] * (1.0 - done[None, :])).max(axis=0)  # every group produced it
         clock = allgather if self.overlap_param_gather else -math.inf
-        for share, done in self.gradient_buckets(len(ends)):
-            clock = max(clock, float((ends - windows * (1.0 - done)).max())) + (gather + reduce) * share
+        for r, share in zip(ready.tolist(), shares.tolist()):
+            clock = max(clock, r) + (gather + reduce) * share
         exposed = max(clock, float(ends.max())) - makespan
         return exposed if self.overlap_param_gather else exposed + allgather
 
