@@ -27,6 +27,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import inspect
+import json
 import math
 import platform
 import statistics
@@ -182,8 +183,9 @@ def check_model(model: ModelSpec, *, calibration: str | Path | None = None, devi
         cap = None
         if device == "cuda" and capacity and not quick:
             bench.release()
-            say(f"a max_tokens(1, 1) = {full_lat.max_tokens(1, 1):,}-token micro-batch through all {shape.layers} layers")
-            cap = _capacity(torch, shape, full_lat, gpus, bench.impl)
+            say(f"a max_tokens(1, 1) = {full_lat.max_tokens(1, 1):,}-token micro-batch through all "
+                f"{shape.layers} layers")
+            cap = _capacity(torch, shape, full_lat, gpus)
         return CheckResult(model=model, shape=shape, device=_device_info(torch, device, threads or 1),
                            software=_software(torch, bench.impl), calibration=calib, recompute=recompute,
                            layers=(n1, n2), rows=rows, capacity=cap, notes=notes, wall_s=time.monotonic() - start)
@@ -214,7 +216,6 @@ def _calibration(torch, shape, path, device, quick, out, say) -> tuple[dict, lis
         # one device is timed (TP1 CP1): on CPU only TP1 GEMMs and no gloo stand-in for NCCL, to stay quick
         doc = profile(shape, device=device, quick=quick, tps=(1,) if device == "cpu" else (1, 2, 4, 8),
                       collectives=device == "cuda")
-        import json
         write_atomic(out, json.dumps(doc, indent=1, allow_nan=False))
         path, made_here = out, True
     else:
@@ -237,7 +238,6 @@ def _calibration(torch, shape, path, device, quick, out, say) -> tuple[dict, lis
 
 
 def _read_json(path) -> dict:
-    import json
     try:
         doc = json.loads(Path(path).read_bytes())
     except (OSError, ValueError) as exc:
@@ -315,17 +315,52 @@ def attention_kernel(torch, device: str):
         except ImportError:
             pass
     sdpa = torch.nn.functional.scaled_dot_product_attention
+    # GQA: on CUDA the key/value heads are repeated, so SDPA's flash backend (what profile times, without
+    # GQA) stays eligible whatever the torch version; on CPU enable_gqa (torch >= 2.5) avoids the copy
+    native_gqa = device == "cpu"
 
     def attend(q, k, v):
         q, k, v = (t.transpose(0, 1)[None] for t in (q, k, v))
         if k.shape[1] != q.shape[1]:
-            try:
-                return sdpa(q, k, v, is_causal=True, enable_gqa=True)[0].transpose(0, 1)
-            except TypeError:  # torch < 2.5: no enable_gqa
-                group = q.shape[1] // k.shape[1]
-                k, v = k.repeat_interleave(group, dim=1), v.repeat_interleave(group, dim=1)
+            if native_gqa:
+                try:
+                    return sdpa(q, k, v, is_causal=True, enable_gqa=True)[0].transpose(0, 1)
+                except TypeError:  # torch < 2.5: no enable_gqa
+                    pass
+            group = q.shape[1] // k.shape[1]
+            k, v = k.repeat_interleave(group, dim=1), v.repeat_interleave(group, dim=1)
         return sdpa(q, k, v, is_causal=True)[0].transpose(0, 1)
     return attend, "torch-sdpa"
+
+
+def chunked_cross_entropy(torch, chunk: int = 2048):
+    """Mean next-token cross-entropy of bf16/float logits [T, V], as the step model's memory assumes it is
+    computed (constants.LOGIT_BYTES): the logits and their gradient held in the model's dtype, the float32
+    softmax only one chunk of rows at a time (a plain cross_entropy would also hold its log-softmax)."""
+
+    class ChunkedCE(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, logits, targets):
+            total = logits.new_zeros((), dtype=torch.float32)
+            for start in range(0, len(targets), chunk):
+                rows = logits[start:start + chunk].float()
+                picked = rows.gather(1, targets[start:start + chunk, None])[:, 0]
+                total += (torch.logsumexp(rows, dim=1) - picked).sum()
+            ctx.save_for_backward(logits, targets)
+            return total / len(targets)
+
+        @staticmethod
+        def backward(ctx, grad_out):
+            logits, targets = ctx.saved_tensors
+            grad = torch.empty_like(logits)
+            scale = grad_out / len(targets)
+            for start in range(0, len(targets), chunk):
+                rows = logits[start:start + chunk].float().softmax(dim=1)
+                rows[torch.arange(len(rows), device=rows.device), targets[start:start + chunk]] -= 1.0
+                grad[start:start + chunk] = rows * scale
+            return grad, None
+
+    return ChunkedCE.apply
 
 
 def build_stack(torch, shape: ModelSpec, layers: int, device: str, dtype, kernel):
@@ -334,6 +369,8 @@ def build_stack(torch, shape: ModelSpec, layers: int, device: str, dtype, kernel
     from torch import nn
 
     from .runtime.model import Block, TinyConfig, TinyLlama, rms_norm
+
+    cross_entropy = chunked_cross_entropy(torch)
 
     class FusedBlock(Block):
         """A runtime block; attention by a fused causal kernel (one document: is_causal is its mask)."""
@@ -356,7 +393,7 @@ def build_stack(torch, shape: ModelSpec, layers: int, device: str, dtype, kernel
             for block in self.blocks[:layers]:
                 x = checkpoint(block, x, pos, doc, use_reentrant=False) if checkpointed else block(x, pos, doc)
             logits = self.lm_head(rms_norm(x, self.norm, self.config.norm_eps))
-            return nn.functional.cross_entropy(logits[:-1], tokens[1:])
+            return cross_entropy(logits[:-1], tokens[1:])
 
     config = TinyConfig(vocab=shape.vocab, hidden=shape.hidden, layers=layers, heads=shape.heads,
                         kv_heads=shape.kv_heads, ffn=shape.ffn)
@@ -437,13 +474,13 @@ class _Bench:
             self.torch.cuda.empty_cache()
 
 
-def _capacity(torch, shape, full_lat, gpus, impl) -> dict:
+def _capacity(torch, shape, full_lat, gpus) -> dict:
     """A micro-batch of max_tokens(1, 1) tokens through every layer, all checkpointed (the model's capacity
     assumes full recomputation), the optimizer shard held: does it fit, and at what peak and time?"""
     tokens = full_lat.max_tokens(1, 1)
     kernel, _ = attention_kernel(torch, "cuda")
-    out = {"tokens": tokens, "layers": shape.layers, "gpus": gpus, "predicted_gb": _memory_gb(full_lat, tokens, shape.layers),
-           "usable_gb": full_lat.usable_bytes / 1e9,
+    out = {"tokens": tokens, "layers": shape.layers, "gpus": gpus,
+           "predicted_gb": _memory_gb(full_lat, tokens, shape.layers), "usable_gb": full_lat.usable_bytes / 1e9,
            "device_gb": torch.cuda.get_device_properties(0).total_memory / 1e9,
            "predicted_ms": full_lat.overhead_ms(1, 1) + _seq_ms(full_lat, tokens, shape.layers)}
     stack = shard = None
@@ -487,8 +524,6 @@ def _software(torch, impl: str) -> dict:
 
 def write_check(result: CheckResult, path) -> None:
     """check.json, atomically (temp file + rename, umask honoured)."""
-    import json
-
     from .io import write_atomic
 
     write_atomic(path, json.dumps(result.to_dict(), indent=1, allow_nan=False))

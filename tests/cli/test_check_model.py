@@ -158,3 +158,52 @@ def test_no_cuda_exits_2(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "no CUDA device" in err and err.count("\n") == 1
     assert list(tmp_path.iterdir()) == []
+
+
+def _gpu_report():
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[2] / "benchmarks" / "gpu_report.py"
+    spec = importlib.util.spec_from_file_location("gpu_report", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_gpu_report_of_the_cpu_rehearsal(quick_run, tmp_path):
+    folder, _ = quick_run
+    run = tmp_path / "run"
+    run.mkdir()
+    doc = json.loads((folder / "check.json").read_text())
+    doc["calibration"]["path"] = str(run / "calibration-llama3-8b.json")
+    (run / "check-llama3-8b.json").write_text(json.dumps(doc))
+    (run / "calibration-llama3-8b.json").write_bytes((folder / "check.calibration.json").read_bytes())
+    text, rehearsal = _gpu_report().report(run, 0, 1.0)
+    assert rehearsal and "CPU REHEARSAL" in text and "| 1,024 |" in text and "predicted GB" not in text
+
+
+def test_gpu_report_of_a_cuda_run(tmp_path):
+    """The GPU path of the report, from a CUDA-shaped check.json and a (reference) calibration: memory
+    columns, the capacity line, prices under the calibration against the shipped constants."""
+    from hetero_sched.check_model import CheckResult, CheckRow
+
+    run = tmp_path / "run"
+    run.mkdir()
+    calib = run / "calibration-llama3-8b.json"
+    calib.write_text(json.dumps({**reference_document(), "device": {"name": "NVIDIA H200", "memory_gb": 143.8}}))
+    model = hs.ModelSpec.preset("llama3-8b")
+    result = CheckResult(
+        model=model, shape=model, device={"kind": "cuda", "name": "NVIDIA H200", "memory_gb": 143.8},
+        software={"torch": "2.x", "cuda": "12.x", "python": "3.12", "attention": "flash-attn"},
+        calibration={"path": str(calib), "sha256": "ab" * 32, "made_here": False, "quick": False},
+        recompute="full", layers=(1, 3),
+        rows=[CheckRow(length=1024, predicted_ms=10.0, measured_ms=11.0, predicted_gb=40.0, measured_gb=38.5)],
+        capacity={"tokens": 100000, "layers": 32, "gpus": 8, "predicted_gb": 120.0, "usable_gb": 129.4,
+                  "device_gb": 143.8, "predicted_ms": 40000.0, "fits": True, "measured_gb": 110.0,
+                  "measured_ms": 42000.0})
+    (run / "check-llama3-8b.json").write_text(json.dumps(result.to_dict()))
+    text, rehearsal = _gpu_report().report(run, 0, 1.0)
+    assert not rehearsal and "NVIDIA H200" in text and "| 1,024 | 10.00 | 11.00 | -9.1% | 40.0 | 38.5 |" in text
+    assert "100,000-token micro-batch" in text and "fits: peak 110.0 GB" in text
+    assert "calibration vs shipped H100 constants" in text
