@@ -176,6 +176,10 @@ def check_model(model: ModelSpec, *, calibration: str | Path | None = None, devi
                                  **options) for n in (n1, n2)}
         bench = _Bench(torch, shape, device, n2, sweep["warmup"], sweep["repeats"])
         notes += _impl_notes(calib, bench.impl)
+        cap_tokens = full_lat.max_tokens(1, 1)
+        if max(lengths) > cap_tokens:
+            notes.append(f"lengths above max_tokens(1, 1) = {cap_tokens:,} do not fit the whole model on one "
+                         f"device; their layers are timed all the same")
         rows = []
         for L in lengths:
             say(f"timing {n1} and {n2} layers at {L:,} tokens")
@@ -276,7 +280,10 @@ def _recomputed_fraction(full_lat, L: int) -> float:
     """k/layers the full model charges a micro-batch of L tokens (1.0 without a recompute choice)."""
     if getattr(full_lat, "recompute", "full") == "full" or not hasattr(full_lat, "recompute_layers"):
         return 1.0
-    return full_lat.recompute_layers(L, 1, 1) / full_lat.model.layers
+    try:
+        return full_lat.recompute_layers(L, 1, 1) / full_lat.model.layers
+    except ValueError:  # beyond max_tokens(1, 1): nothing fits, the model's charge is every layer's
+        return 1.0
 
 
 def _takes_k(method) -> bool:
@@ -426,7 +433,7 @@ class _Bench:
         — (None, None) when the step runs out of device memory."""
         torch = self.torch
         tokens = torch.randint(self.shape.vocab, (L,), device=self.device)
-        diffs, peak = [], None
+        diffs, peak, oom = [], None, False
         try:
             if gpus is not None and self.device == "cuda":
                 self._hold_optimizer_shard(gpus)
@@ -440,6 +447,8 @@ class _Bench:
                 if i >= self.warmup:
                     diffs.append((t2 - t1) / (self.n2 - n1))
         except torch.cuda.OutOfMemoryError:
+            oom = True
+        if oom:  # outside the except block, so the traceback's frames no longer hold the step's tensors
             self.stack.zero_grad(set_to_none=True)
             torch.cuda.empty_cache()
             return None, None
@@ -511,9 +520,11 @@ def _seq_ms(lat, L: int, k: int) -> float:
 
 def _device_info(torch, device: str, threads: int) -> dict:
     if device == "cuda":
+        from .profile import _driver
+
         props = torch.cuda.get_device_properties(0)
         return {"kind": "cuda", "name": props.name, "memory_gb": round(props.total_memory / 1e9, 2),
-                "capability": [props.major, props.minor]}
+                "capability": [props.major, props.minor], "driver": _driver()}
     return {"kind": "cpu", "name": platform.processor() or platform.machine(), "threads": threads}
 
 
