@@ -35,13 +35,15 @@ def plans(tmp_path_factory):
     return folder
 
 
-def entry(*args, rank=0, world=4, env_extra=None, timeout=120):
+def entry(*args, rank=0, world=4, env_extra=None, timeout=120, cwd=None):
     env = {**os.environ, "RANK": str(rank), "WORLD_SIZE": str(world), "MASTER_ADDR": "127.0.0.1",
            "MASTER_PORT": "1", **(env_extra or {})}
     if rank is None:
         for name in ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
             env.pop(name)
-    return subprocess.run([*ENTRY, *args], capture_output=True, text=True, env=env, timeout=timeout, check=False)
+    # -m puts the working directory first on sys.path: run elsewhere than the checkout, to test the installed package
+    return subprocess.run([*ENTRY, *args], capture_output=True, text=True, env=env, timeout=timeout, check=False,
+                          cwd=cwd)
 
 
 @pytest.mark.parametrize("name,world,needle", [
@@ -51,7 +53,7 @@ def entry(*args, rank=0, world=4, env_extra=None, timeout=120):
     ("dup.json", 4, "is not a valid plan"),
 ])
 def test_the_torchrun_entry_checks_the_plan_before_any_process_group(plans, name, world, needle):
-    r = entry(str(plans / name), world=world)
+    r = entry(str(plans / name), world=world, cwd=plans)
     assert r.returncode == 2, (r.stdout, r.stderr)
     assert r.stderr.count("\n") == 1 and r.stderr.startswith(PROG) and needle in r.stderr, r.stderr
 
@@ -60,14 +62,14 @@ def test_the_torchrun_entry_checks_the_plan_before_any_process_group(plans, name
                                          (("--max-tokens", "1"), "--max-tokens"), (("--timeout", "0"), "--timeout"),
                                          (("--bogus",), "unrecognized arguments")])
 def test_the_torchrun_entry_refuses_bad_options_in_one_line(plans, args, needle):
-    r = entry(str(plans / "p4.json"), *args, rank=None if not args else 0)
+    r = entry(str(plans / "p4.json"), *args, rank=None if not args else 0, cwd=plans)
     assert r.returncode == 2 and r.stderr.count("\n") == 1 and needle in r.stderr, r.stderr
 
 
 def test_under_torchrun_rank_0_says_it_once(plans):
     torchrun = shutil.which("torchrun") or os.path.join(os.path.dirname(sys.executable), "torchrun")
     r = subprocess.run([torchrun, "--nproc-per-node", "2", "-m", "hetero_sched.runtime", str(plans / "p4.json")],
-                       capture_output=True, text=True, timeout=180, check=False)
+                       capture_output=True, text=True, timeout=180, check=False, cwd=plans)
     assert r.returncode != 0
     assert r.stderr.count(PROG) == 1 and "does not match the plan's 4 GPUs" in r.stderr, r.stderr
     # nothing from the ranks but that line (torchrun itself reports the failed rank and its exit code 2)
