@@ -95,7 +95,6 @@ def run_sweep(lengths, lat, backends, limits, repeat, threads, csv_path, png_pat
             progress.update(task, description=f"{backend} {limit:g}s seed {seed}")
             plan = solve(lengths, lat.cluster, lat, backend=backend, time_limit_s=limit, threads=threads, seed=seed,
                          objective=objective)
-            s = plan.solver
             rows.append(_row(key, objective, backend, limit, threads, seed, plan))
             write_atomic(csv_path, _csv_text(rows))
             progress.advance(task)
