@@ -19,7 +19,7 @@ lat = hs.latency_model(hs.ModelSpec.preset('llama2-7b'), hs.Cluster(gpus=16),
                        table=model_data_path('h100', 'Llama-2-7b-hf.csv'))
 assert lat.group_latency_ms([4096], 1, 1) > 0
 assert prolong_sample().size == 77932
-assert plan_schema()['properties']['schema_version']['const'] == 1
+assert {1, 2} <= set(plan_schema()['properties']['schema_version']['enum'])
 from hetero_sched.baselines.wlb_llm import wlb_llm_best
 print(hs.__file__)
 """
