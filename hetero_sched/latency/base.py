@@ -147,8 +147,7 @@ class LatencyModel(ABC):
         fwd, rec_all, bwd = self._seq_parts(L, tp, cps[None, :], cross[None, :])
         if self.recompute == "full":
             return fwd + rec_all + bwd
-        k = np.column_stack([self.recompute_layers_array(L[:, 0], tp, int(cp)) for cp in cps]) \
-            if cps.size else np.zeros((len(L), 0))
+        k = self.recompute_layers_array(L, tp, cps[None, :].astype(np.int64))  # (n, k) at once, per CP degree
         return fwd + rec_all * (k / self.model.layers) + bwd
 
     def _default_cross(self, tp: int, cps: np.ndarray) -> np.ndarray:

@@ -72,8 +72,9 @@ def slot_counts(inst: Instance, counts: np.ndarray, item_cost: np.ndarray) -> li
 def aggregate(inst: Instance) -> tuple[list, np.ndarray, np.ndarray]:
     """Distinct lengths → items: (members per item, multiplicity, cost (J, C))."""
     uniq, first, inverse = np.unique(inst.lengths, return_index=True, return_inverse=True)
-    members = [np.flatnonzero(inverse == j) for j in range(len(uniq))]
-    return members, np.array([m.size for m in members]), inst.cost[first]
+    counts = np.bincount(inverse, minlength=len(uniq))
+    members = np.split(np.argsort(inverse, kind="stable"), np.cumsum(counts)[:-1])  # ascending ids per length
+    return members, counts, inst.cost[first]
 
 
 def estimate_size(inst: Instance) -> int:

@@ -157,9 +157,15 @@ def _fastest_cp(lat: LatencyModel, tp: int, cross: bool, first: int, most: int, 
     key = (tp, cross, first, most, length)
     if key not in memo:
         cps = np.arange(first, most + 1)
-        longest = lat.cost_table(np.array([length]), tp, cps, cross)[0] + \
-            np.array([lat.overhead_ms(tp, int(cp), cross) for cp in cps])
-        memo[key] = int(cps[int(np.argmin(longest))])
+        seq = lat.cost_table(np.array([length]), tp, cps, cross)[0]
+        # overheads are ≥ 0: only degrees whose sequence cost alone beats the best total can win, so the
+        # overhead (one call per degree; 16,384 degrees at 16,384 GPUs) is priced for those alone
+        best = (np.inf, 0)
+        for j in np.argsort(seq, kind="stable"):
+            if seq[j] > best[0]:
+                break
+            best = min(best, (seq[j] + lat.overhead_ms(tp, int(cps[j]), cross), int(cps[j])))
+        memo[key] = best[1]
     return memo[key]
 
 
