@@ -12,6 +12,8 @@ _MODEL_PRESETS: dict[str, dict] = {
     "llama2-70b": {"layers": 80, "hidden": 8192, "heads": 64, "kv_heads": 8, "ffn": 28672, "vocab": 32000},
     "llama3-8b": {"layers": 32, "hidden": 4096, "heads": 32, "kv_heads": 8, "ffn": 14336, "vocab": 128256},
     "llama3-70b": {"layers": 80, "hidden": 8192, "heads": 64, "kv_heads": 8, "ffn": 28672, "vocab": 128256},
+    # Llama 3.1 405B (Dubey et al. 2024, "The Llama 3 Herd of Models", table 3; its config.json)
+    "llama3-405b": {"layers": 126, "hidden": 16384, "heads": 128, "kv_heads": 8, "ffn": 53248, "vocab": 128256},
 }
 DEFAULT_MODEL = "llama3-8b"
 # Hugging Face config fields that mark a mixture-of-experts model (Mixtral, Qwen-MoE, DeepSeek, DBRX, ...)

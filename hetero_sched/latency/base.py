@@ -438,7 +438,19 @@ class LatencyModel(ABC):
             raise ValueError(
                 f"{self.model.name} cannot fit on {self.cluster.gpus} x {self.cluster.gpu}: weights, gradients "
                 f"and ZeRO-1 optimizer states alone need {static:.1f} GB per GPU at TP{best_tp} "
-                f"(usable {self.usable_bytes / GB:.1f} GB); use more GPUs")
+                f"(usable {self.usable_bytes / GB:.1f} GB); {self._what_would_fit(best_tp)}")
+
+    def _what_would_fit(self, tp: int) -> str:
+        """Advice for a model that does not fit: more GPUs shrink only the ZeRO-1 share; weights and
+        gradients are sharded over TP alone (no pipeline stages in this version)."""
+        p = self.model.params
+        tp_only = K.WEIGHT_GRAD_BYTES * p / tp + self._bytes_per_token(tp) + 1
+        if tp_only >= self.usable_bytes:
+            return (f"weights and gradients alone need {K.WEIGHT_GRAD_BYTES * p / tp / GB:.1f} GB per GPU at "
+                    f"TP{tp} whatever the cluster size: it needs pipeline stages, which this version cannot plan")
+        room = self.usable_bytes - tp_only
+        need = math.ceil(K.OPTIMIZER_BYTES * p / room)
+        return f"use at least {need} GPUs (the ZeRO-1 optimizer share shrinks with the cluster)"
 
     # ---- attention and communication -------------------------------------------------------------
     def _attention_fwd_ms(self, L: np.ndarray, tp: int, cp: int) -> np.ndarray:

@@ -206,3 +206,11 @@ def test_cli_records_the_options(tmp_path):
     assert d["latency_model"]["recompute"] == "full" and d["latency_model"]["overlap_param_gather"] is False
     assert {k for g in d["groups"] for k in g["recompute_layers"]} == {32}
     assert main(["validate", str(out)]) == 0
+
+
+def test_a_model_that_cannot_fit_says_what_would():
+    with pytest.raises(ValueError, match="needs pipeline stages"):
+        hs.latency_model(hs.ModelSpec.preset("llama3-405b"), hs.Cluster(gpus=512))
+    with pytest.raises(ValueError, match="use at least 24 GPUs"):
+        hs.latency_model(hs.ModelSpec.preset("llama3-70b"), hs.Cluster(gpus=8))
+    assert hs.latency_model(hs.ModelSpec.preset("llama3-70b"), hs.Cluster(gpus=24)).max_tokens(8, 1) > 0
