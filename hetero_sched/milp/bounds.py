@@ -25,8 +25,20 @@ def area_bound(inst: Instance) -> float:
 def _distinct_rows(inst: Instance) -> tuple[np.ndarray, np.ndarray]:
     """The cost rows of the distinct lengths and how many sequences each stands for (65,536 sequences
     at 128K have a third as many lengths)."""
-    _, first, counts = np.unique(inst.lengths, return_index=True, return_counts=True)
-    return inst.cost[first], counts.astype(float)
+    first, counts = distinct_lengths(inst.lengths)
+    return inst.cost[first], counts
+
+
+_DISTINCT: list = [None, None]  # [lengths array, (first, counts)]: the slices of one solve share their lengths
+
+
+def distinct_lengths(lengths: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(first index of each distinct length, how many sequences have it, as floats), remembered for the
+    last lengths array seen (every slice and family of a solve is a subset of one instance: same array)."""
+    if _DISTINCT[0] is not lengths:
+        _, first, counts = np.unique(lengths, return_index=True, return_counts=True)
+        _DISTINCT[:] = [lengths, (first, counts.astype(float))]
+    return _DISTINCT[1]
 
 
 def simple_bound(inst: Instance) -> float:
@@ -102,9 +114,8 @@ class _AreaNeed:
     NARROW = 0.1  # relative bracket width below which rows are pruned
 
     def __init__(self, inst: Instance) -> None:
-        _, first, counts = np.unique(inst.lengths, return_index=True, return_counts=True)
+        first, self.weight = distinct_lengths(inst.lengths)
         cost = inst.cost[first]
-        self.weight = counts.astype(float)
         self.work = inst.gpus[None, :] * cost                       # (m, C) gpus·cost
         self.finish = cost + inst.overhead[None, :]                 # (m, C) a group of one sequence
         self.over = np.broadcast_to(inst.overhead[None, :], cost.shape)

@@ -34,6 +34,8 @@ MILP_VARS_PER_S = 150_000   # build_milp's own pace here (24 GPUs x 256 sequence
 RESERVE_PLANS = 4           # plan pricings kept back per slice (heuristic's, MIP's, the final one, slack)
 QUICK_FACTOR = 10           # a limit leaving less than this many pricings' time after the warm start is short:
                             # cheap bounds, the most promising layout alone, its first cover aimed near the area bound
+BUILD_REPRICES = 5          # building a plan (packing, ordering, pricing) and its final pricing, in repricings
+FIRST_SHARE = 0.5           # of the time left, at least, for the step objective's makespan search (see _slice_share)
 QUICK_SLACK = 0.006         # the first cover's T above the area relaxation's threshold estimate
 
 
@@ -62,7 +64,9 @@ def solve(lengths, cluster: Cluster, lat: LatencyModel, *, backend: str = "cpsat
     clock = {"pricing": time.monotonic() - start}
     warm = best_homogeneous_plan(full, lat, objective)
     clock["warm start"] = time.monotonic() - start - clock["pricing"]
-    reserve = _pricing_seconds(warm, lat) * RESERVE_PLANS  # placing and pricing the plans found, after the search
+    repricing = _pricing_seconds(warm, lat)
+    reserve = repricing * RESERVE_PLANS  # placing and pricing the plans found, after the search
+    per_group_s = repricing * BUILD_REPRICES / len(warm.groups)  # building a plan found, per group
     # a short limit (little time left for what pricing took): simple bounds, one layout, a first cover aimed
     quick = deterministic_limit is None and deadline - time.monotonic() < QUICK_FACTOR * clock["pricing"]
     tps = lat.cluster.tp_degrees(lat.model)
@@ -72,8 +76,12 @@ def solve(lengths, cluster: Cluster, lat: LatencyModel, *, backend: str = "cpsat
     families = [f for sl in slices for f in sl.families]
     beside = objective == "step" and deterministic_limit is None and not round_lengths and threads >= 2
     try:
-        # most promising slice first; each gets the time left in proportion to its configurations
+        # most promising slice first; under the step objective the makespan search (every configuration)
+        # comes first, so that the step objective never loses to the makespan objective's plan
         todo = sorted(slices, key=lambda sl: sl.step_lower(lat))
+        if objective == "step":
+            todo.sort(key=lambda sl: sl.min_tp != tps[0])
+        first = True
         while todo:
             sl = todo.pop(0)
             best = min(objective_key(p, objective)[0] for _, p in plans)
@@ -84,12 +92,13 @@ def solve(lengths, cluster: Cluster, lat: LatencyModel, *, backend: str = "cpsat
                 continue
             if beside and not any(f.remote for f in families):
                 sl.start_beside(lat, best, deadline - reserve - time.monotonic())
-            weight = [len(x.inst.configs) if x.inst else 0 for x in [sl] + todo]
             now = time.monotonic()
-            share = 1.0 if quick else weight[0] / max(sum(weight), 1)  # short: the most promising layout takes all
+            share = _slice_share(sl, todo, lat, best, first)
+            first = False
             slice_deadline = now + (deadline - reserve - now) * share
             found, bounds[sl.min_tp], notes[sl.min_tp], search = _search(
-                sl, full, lat, slice_deadline, backend, threads, seed, rel_gap, deterministic_limit, quick)
+                sl, full, lat, slice_deadline, backend, threads, seed, rel_gap, deterministic_limit, quick,
+                per_group_s)
             sl.searched(bounds[sl.min_tp], search, threads, deterministic_limit)
             plans += found
         if objective == "step" and deterministic_limit is None and not round_lengths:
@@ -124,6 +133,20 @@ def solve(lengths, cluster: Cluster, lat: LatencyModel, *, backend: str = "cpsat
     s.message = f"objective {objective}; {rounding}plan from {who}; " + " | ".join(notes[t] for t in sorted(notes)) \
         + budget
     return plan
+
+
+def _slice_share(sl: Slice, todo: list, lat: LatencyModel, best: float, first: bool) -> float:
+    """The share of the time left that slice sl gets. First (under the step objective, the makespan
+    search over every configuration): at least FIRST_SHARE, or its share of the configurations. Then each slice in proportion to what it can
+    still win over the best plan's step, best − its step bound (a slice whose bound is near the best
+    plan has little to search for)."""
+    if first:
+        if not todo:
+            return 1.0
+        weight = [len(x.inst.configs) if x.inst else 0 for x in [sl] + todo]
+        return max(FIRST_SHARE, weight[0] / max(sum(weight), 1))
+    win = [max(best - x.step_lower(lat), 0.0) for x in [sl] + todo]
+    return win[0] / sum(win) if sum(win) > 0 else 1.0 / (1 + len(todo))
 
 
 def _per_micro_batch(warm: Plan, lat: LatencyModel) -> list[tuple[str, Plan]]:
@@ -265,7 +288,7 @@ def _pure_search(pure: Instance, lower: float, upper: float, threads: int,
 
 
 def _search(sl: Slice, full: Instance, lat, deadline: float, backend, threads, seed, rel_gap, det_limit,
-            quick: bool = False):
+            quick: bool = False, per_group_s: float = 0.0):
     """Heuristic then MIP (or the pattern LP) over one slice; returns (named plans, makespan bound, note,
     the pattern LP search when it ran, to resume with time left over). quick: the heuristic's first cover
     is aimed just above the area relaxation's threshold, estimated in two or three passes."""
@@ -287,7 +310,8 @@ def _search(sl: Slice, full: Instance, lat, deadline: float, backend, threads, s
     share = HEURISTIC_SHARE if mip_runs else PATTERNS_HEURISTIC_SHARE if patterns_run else 1.0
     # under a deterministic work limit nothing may depend on the clock: no deadline, no restarts
     h_deadline = _share(share, deadline) if det_limit is None else float("inf")
-    heur = heuristic_solution(inst, lower, upper, h_deadline, seed=seed, restarts=det_limit is None, guess=guess)
+    heur = heuristic_solution(inst, lower, upper, h_deadline, seed=seed, restarts=det_limit is None, guess=guess,
+                              per_group_s=per_group_s if det_limit is None else 0.0)
     heur = (heur, _greedy_shares(inst, heur)) if heur else None
     found = [("heuristic", heur)] if heur and heur[1] is not None else []
     heur_plan = _to_plan(inst, *heur, lat) if found and sl.found is not None else None  # priced once:

@@ -59,7 +59,8 @@ def test_work_limit_with_one_thread_is_reproducible(backend):
 
 
 @pytest.mark.parametrize("args,needle", [
-    (["--gpus", "5000"], "at most 4096"),
+    (["--gpus", "16392"], "at most 16384"),
+    (["--gpus", "1000000000"], "at most 16384"),  # refused before anything of the cluster's size is built
     (["--threads", "0"], "--threads"),
     (["--work-limit", "-1"], "--work-limit"),
 ])
