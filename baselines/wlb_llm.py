@@ -113,11 +113,15 @@ def earliest_finish(inst: Instance, tp: int, cp: int, reps: list[bool]) -> tuple
         heapq.heapify(h)
     key = inst.cost[:, cols[reps[0]]]
     out: list[list[int]] = [[] for _ in reps]
-    for i in np.lexsort((np.arange(inst.n), -key)):
-        best = min(cols, key=lambda x: (heaps[x][0][0] + inst.cost[i, cols[x]], x))
+    order = np.lexsort((np.arange(inst.n), -key))
+    costs = {x: inst.cost[order, cols[x]].tolist() for x in cols}  # Python floats: no array access per sequence
+    variants = sorted(cols)
+    for j, i in enumerate(order.tolist()):
+        best = variants[0] if len(variants) == 1 else \
+            min(variants, key=lambda x: (heaps[x][0][0] + costs[x][j], x))
         load, r = heapq.heappop(heaps[best])
-        out[r].append(int(i))
-        heapq.heappush(heaps[best], (load + float(inst.cost[i, cols[best]]), r))
+        out[r].append(i)
+        heapq.heappush(heaps[best], (load + costs[best][j], r))
     makespan = max(load for h in heaps.values() for load, r in h if out[r])
     return out, makespan
 

@@ -33,7 +33,7 @@ LNS_SHARE = 0.4             # of the time left then, for rebalancing (it stops e
 MILP_VARS_PER_S = 150_000   # build_milp's own pace here (24 GPUs x 256 sequences: 47,672 variables in 0.32 s)
 RESERVE_PLANS = 4           # plan pricings kept back per slice (heuristic's, MIP's, the final one, slack)
 QUICK_FACTOR = 10           # a limit leaving less than this many pricings' time after the warm start is short:
-                            # cheap bounds, the most promising layout alone, its first cover aimed near the area bound
+                            # cheap bounds, first covers aimed near the area bound, no pattern LP or LNS
 BUILD_REPRICES = 5          # building a plan (packing, ordering, pricing) and its final pricing, in repricings
 FIRST_SHARE = 0.5           # of the time left, at least, for the step objective's makespan search (see _slice_share)
 QUICK_SLACK = 0.006         # the first cover's T above the area relaxation's threshold estimate
@@ -126,8 +126,8 @@ def solve(lengths, cluster: Cluster, lat: LatencyModel, *, backend: str = "cpsat
     s.wall_s = time.monotonic() - start
     clock["placing and pricing the plans"] = s.wall_s - sum(clock.values())
     spent = ", ".join(f"{k} {1e3 * v:.0f} ms" for k, v in clock.items())
-    budget = (f" | short limit: simple bounds, the most promising layout alone, its first cover aimed at the area "
-              f"bound's T; {spent}") if quick else f" | time: {spent}"
+    budget = (f" | short limit: simple bounds, first covers aimed at the area bound's T, no pattern LP or LNS; "
+              f"{spent}") if quick else f" | time: {spent}"
     if deterministic_limit is not None:
         budget = ""  # under a work limit the message, like the plan, is the same on every run
     s.message = f"objective {objective}; {rounding}plan from {who}; " + " | ".join(notes[t] for t in sorted(notes)) \
