@@ -150,6 +150,10 @@ def print_plan(plan, lat=None) -> None:
     t = Table(title=f"{plan.model.name} on {plan.cluster.gpus} x {gpu} "
                     f"({plan.cluster.gpus_per_node}/node): {plural(len(plan.lengths), 'sequence')}, "
                     f"{sum(plan.lengths):,} tokens")
+    if len(plan.groups) > MAX_TABLE_GROUPS:
+        out.print(_table_by_shape(plan, t))
+        print_summary(plan)
+        return
     for col in ("group", "TP", "CP", "ranks", "sequences", "tokens", "micro-batches", "recompute", "latency ms",
                 "memory GB"):
         t.add_column(col, justify="right" if col not in ("ranks",) else "left")
@@ -160,6 +164,28 @@ def print_plan(plan, lat=None) -> None:
                   f"{g.memory_gb:.1f}")
     out.print(t)
     print_summary(plan)
+
+
+MAX_TABLE_GROUPS = 256  # above, the table has one row per (TP, CP) shape (a row per group: 8 s for 5,000 groups)
+
+
+def _table_by_shape(plan, t: Table) -> Table:
+    """One row per (TP, CP) shape: how many groups and GPUs, their sequences and tokens, the range of their
+    latencies and the most memory; the plan file lists every group."""
+    t.caption = f"{len(plan.groups):,} groups, one row per shape (every group is in the plan file)"
+    for col in ("TP", "CP", "groups", "GPUs", "sequences", "tokens", "recompute", "latency ms", "memory GB"):
+        t.add_column(col, justify="right")
+    shapes: dict = {}
+    for g in plan.groups:
+        shapes.setdefault((g.tp, g.cp), []).append(g)
+    lengths = plan.lengths
+    for (tp, cp), gs in sorted(shapes.items(), key=lambda kv: (-kv[0][0] * kv[0][1], -kv[0][0])):
+        lat = [g.latency_ms for g in gs]
+        ks = [k for g in gs for k in g.recompute_layers]
+        t.add_row(str(tp), str(cp), f"{len(gs):,}", f"{len(gs) * tp * cp:,}", f"{sum(len(g.sequence_ids) for g in gs):,}",
+                  f"{sum(lengths[i] for g in gs for i in g.sequence_ids):,}", _recompute_range(ks, plan.model.layers),
+                  f"{min(lat):,.1f}-{max(lat):,.1f}", f"{max(g.memory_gb for g in gs):.1f}")
+    return t
 
 
 def _recompute_range(ks, layers: int) -> str:
@@ -333,8 +359,12 @@ def _read_plan(args):
     """The plan file and the step model its --table / --calibration name (None: the plan's own)."""
     from .planfile import read_plan, step_model_for
 
+    from .plan import latency_for
+
     plan = read_plan(args.plan)
-    return plan, step_model_for(plan, args.table, args.calibration)
+    lat = step_model_for(plan, args.table, args.calibration)
+    # a plan that needs a --calibration or --table file not given is missing input (exit 2), not invalid
+    return plan, lat if lat is not None else latency_for(plan)
 
 
 def _add_plan_model(p: argparse.ArgumentParser) -> None:

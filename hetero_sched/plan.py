@@ -258,6 +258,10 @@ class Plan:
         for k, g in enumerate(self.groups):
             problems += _check_group(k, g, n, cl, self.model, used, seen)
         problems += [f"sequence {i} appears in {c} groups (must be exactly 1)" for i, c in enumerate(seen) if c != 1]
+        if self.latency_model.get("recompute") == "full":
+            problems += [f"group {k}: recompute 'full' recomputes all {self.model.layers} layers, but recompute_layers "
+                         f"is {g.recompute_layers}" for k, g in enumerate(self.groups)
+                         if any(x != self.model.layers for x in g.recompute_layers)]
         if sum(g.gpus for g in self.groups) > cl.gpus:
             problems.append(f"groups use {sum(g.gpus for g in self.groups)} GPUs > {cl.gpus}")
         if problems:

@@ -441,16 +441,23 @@ class LatencyModel(ABC):
                 f"(usable {self.usable_bytes / GB:.1f} GB); {self._what_would_fit(best_tp)}")
 
     def _what_would_fit(self, tp: int) -> str:
-        """Advice for a model that does not fit: more GPUs shrink only the ZeRO-1 share; weights and
-        gradients are sharded over TP alone (no pipeline stages in this version)."""
-        p = self.model.params
-        tp_only = K.WEIGHT_GRAD_BYTES * p / tp + self._bytes_per_token(tp) + 1
-        if tp_only >= self.usable_bytes:
-            return (f"weights and gradients alone need {K.WEIGHT_GRAD_BYTES * p / tp / GB:.1f} GB per GPU at "
-                    f"TP{tp} whatever the cluster size: it needs pipeline stages, which this version cannot plan")
-        room = self.usable_bytes - tp_only
-        need = math.ceil(K.OPTIMIZER_BYTES * p / room)
-        return f"use at least {need} GPUs (the ZeRO-1 optimizer share shrinks with the cluster)"
+        """Advice for a model that does not fit: the least cluster that holds it at some TP degree (weights
+        and gradients shard over TP, the optimizer states over every GPU), or that it needs pipeline
+        stages (none in this version) when even the largest TP cannot hold weights and gradients."""
+        p, gpn = self.model.params, self.cluster.gpus_per_node
+        least = []
+        for t in (1, 2, 4, 8):
+            if gpn % t or self.model.heads % t:
+                continue
+            room = self.usable_bytes - K.WEIGHT_GRAD_BYTES * p / t - self._bytes_per_token(t)
+            if room > 0:
+                least.append(max(t, math.ceil(K.OPTIMIZER_BYTES * p / room)))
+        if not least:
+            largest = max(t for t in (1, 2, 4, 8) if gpn % t == 0 and self.model.heads % t == 0)
+            return (f"weights and gradients alone need {K.WEIGHT_GRAD_BYTES * p / largest / GB:.1f} GB per GPU at "
+                    f"TP{largest} whatever the cluster size: it needs pipeline stages, which this version cannot "
+                    "plan")
+        return f"use at least {min(least)} GPUs (TP up to the node's {gpn}; optimizer states shard over all)"
 
     # ---- attention and communication -------------------------------------------------------------
     def _attention_fwd_ms(self, L: np.ndarray, tp: int, cp: int) -> np.ndarray:

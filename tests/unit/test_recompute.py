@@ -100,6 +100,12 @@ class TestPlans:
         d["groups"][0]["recompute_layers"] = [0, 0, 0]
         assert any("recompute_layers" in p for p in hs.Plan.from_dict(d).validate())
 
+    def test_a_full_recompute_plan_recomputes_every_layer(self):
+        lat = _lat(recompute="full")
+        d = json.loads(hs.Plan.build([4096, 1024], [(1, 1, [0, 1])], lat).to_json())
+        d["groups"][0]["recompute_layers"] = [0] * len(d["groups"][0]["micro_batches"])
+        assert any("recompute 'full'" in p for p in hs.Plan.from_dict(d).validate())
+
     def test_version_1_files_load_as_full_recompute(self):
         lat = _lat(recompute="full", overlap_param_gather=False)
         d = json.loads(hs.solve(README_BATCH, lat.cluster, lat, time_limit_s=3).to_json())
@@ -211,6 +217,10 @@ def test_cli_records_the_options(tmp_path):
 def test_a_model_that_cannot_fit_says_what_would():
     with pytest.raises(ValueError, match="needs pipeline stages"):
         hs.latency_model(hs.ModelSpec.preset("llama3-405b"), hs.Cluster(gpus=512))
-    with pytest.raises(ValueError, match="use at least 24 GPUs"):
-        hs.latency_model(hs.ModelSpec.preset("llama3-70b"), hs.Cluster(gpus=8))
-    assert hs.latency_model(hs.ModelSpec.preset("llama3-70b"), hs.Cluster(gpus=24)).max_tokens(8, 1) > 0
+    for model, gpus in (("llama3-70b", 8), ("llama3-70b", 4), ("llama3-8b", 1)):
+        with pytest.raises(ValueError, match="use at least") as err:
+            hs.latency_model(hs.ModelSpec.preset(model), hs.Cluster(gpus=gpus))
+        least = int(str(err.value).split("use at least ")[1].split()[0])
+        hs.latency_model(hs.ModelSpec.preset(model), hs.Cluster(gpus=least))  # fits
+        with pytest.raises(ValueError, match="cannot fit"):
+            hs.latency_model(hs.ModelSpec.preset(model), hs.Cluster(gpus=least - 1))
