@@ -47,6 +47,7 @@ FORMAT = "hetero-sched-check"
 VERSION = 1
 FULL = {"lengths": tuple(2 ** k for k in range(10, 18)), "layers": (1, 3), "warmup": 1, "repeats": 3}
 QUICK = {"lengths": (128, 256, 512, 1024), "layers": (1, 2), "warmup": 1, "repeats": 5}
+MAX_LENGTH = 1 << 21  # 2M tokens: beyond any context this project plans for, and far beyond one device
 QUICK_DIVISOR = 8
 QUICK_VOCAB = 1024
 RECOMPUTE_CHOICES = ("full", "auto")
@@ -163,6 +164,8 @@ def check_model(model: ModelSpec, *, calibration: str | Path | None = None, devi
     shape = quick_shape(model) if quick else model
     sweep = QUICK if quick else FULL
     lengths = sorted(set(lengths or sweep["lengths"]))
+    if lengths[-1] > MAX_LENGTH:
+        raise ValueError(f"--lengths: {lengths[-1]:,} tokens; at most {MAX_LENGTH:,} are timed (one device)")
     cluster = Cluster(gpus=gpus, gpus_per_node=min(gpus, 8))
     old_threads = torch.get_num_threads()
     if device == "cpu":
@@ -183,7 +186,13 @@ def check_model(model: ModelSpec, *, calibration: str | Path | None = None, devi
         rows = []
         for L in lengths:
             say(f"timing {n1} and {n2} layers at {L:,} tokens")
-            rows.append(_row(bench, full_lat, lats, L, n1, n2, gpus))
+            try:
+                rows.append(_row(bench, full_lat, lats, L, n1, n2, gpus))
+            except (RuntimeError, MemoryError) as exc:  # torch's allocator failing: the length, not the tool
+                if not _out_of_memory(exc):
+                    raise
+                raise ValueError(f"{L:,} tokens do not fit this device's memory ({device}); time shorter "
+                                 "lengths") from None
         cap = None
         if device == "cuda" and capacity and not quick:
             bench.release()
@@ -195,6 +204,11 @@ def check_model(model: ModelSpec, *, calibration: str | Path | None = None, devi
                            layers=(n1, n2), rows=rows, capacity=cap, notes=notes, wall_s=time.monotonic() - start)
     finally:
         torch.set_num_threads(old_threads)
+
+
+def _out_of_memory(exc: BaseException) -> bool:
+    text = str(exc).lower()
+    return isinstance(exc, MemoryError) or "out of memory" in text or "can't allocate memory" in text
 
 
 def _check_device(torch, device: str) -> None:

@@ -137,6 +137,7 @@ def test_quick_shape_keeps_head_dim_and_gqa_ratio():
     (["--calibration", "{other}"], "not a hetero-sched calibration"),
     (["--calibration", "{missing}"], "cannot read calibration"),
     (["--lengths", "12x"], "not a positive integer"),
+    (["--lengths", "1099511627776"], "at most 2,097,152"),
     (["--threads", "0"], "threads"),
 ])
 def test_bad_input_exits_2_with_one_line(tmp_path, capsys, args, needle):
