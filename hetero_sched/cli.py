@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from . import __version__
@@ -304,8 +305,8 @@ def cmd_compare(args) -> int:
     lengths = _lengths(args)
     rows, plan = compare_batch(lengths, lat, args.backend, args.time_limit, args.threads, args.seed, args.objective,
                                round_lengths=args.round_lengths)
-    fields = ["plan", "tp", "cp", "dp", "cross_node_replicas", "fits", "makespan_ms", "sync_ms", "sync_ms_upper",
-              "step_ms", "best", "why_not"]
+    fields = ["plan", "tp", "cp", "dp", "cross_node_replicas", "fits", "recompute", "makespan_ms", "sync_ms",
+              "sync_ms_upper", "step_ms", "best", "why_not"]
     if args.csv:
         write_atomic(args.csv, _csv(fields, [[r.get(f) for f in fields] for r in rows]))
         err.print(f"comparison written to {args.csv}")
@@ -316,16 +317,16 @@ def cmd_compare(args) -> int:
         return 0
     t = Table(title=f"{plural(len(lengths), 'sequence')}, {sum(lengths):,} tokens on {lat.cluster.gpus} GPUs, sorted by "
                     f"{args.objective} (* = best)")
-    for col in ("", "plan", "TP", "CP", "DP", "fits", "makespan ms", "sync ms (upper)", "step ms",
+    for col in ("", "plan", "TP", "CP", "DP", "fits", "recompute", "makespan ms", "sync ms (upper)", "step ms",
                 f"hetero-sched speed-up ({args.objective})"):
         t.add_column(col, justify="left" if col in ("plan", "fits") else "right")
     key = f"{args.objective}_ms"
     for r in rows:
         cells = [str(r.get(k) if r.get(k) is not None else "") for k in ("tp", "cp", "dp")]
         if not r["fits"]:
-            t.add_row("", r["plan"], *cells, "does not fit", "", "", "", r["why_not"])
+            t.add_row("", escape(r["plan"]), *cells, "does not fit", "", "", "", "", escape(r["why_not"]))
             continue
-        t.add_row("*" if r["best"] else "", r["plan"], *cells, "yes", f"{r['makespan_ms']:,.1f}",
+        t.add_row("*" if r["best"] else "", escape(r["plan"]), *cells, "yes", r["recompute"], f"{r['makespan_ms']:,.1f}",
                   f"{r['sync_ms']:,.1f} ({r['sync_ms_upper']:,.1f})", f"{r['step_ms']:,.1f}",
                   f"{r[key] / getattr(plan, key):.2f}x")
     out.print(t)

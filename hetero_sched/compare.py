@@ -47,7 +47,15 @@ def _row(name: str, p, homogeneous: bool = True) -> dict:
     return {"plan": name, "tp": b["tp"] if b else None, "cp": b["cp"] if b else None, "dp": b["dp"] if b else None,
             "cross_node_replicas": b.get("cross_node_replicas") if b else None, "fits": True,
             "makespan_ms": p.makespan_ms, "sync_ms": p.sync_ms, "sync_ms_upper": p.sync_ms_upper,
-            "step_ms": p.step_ms, "why_not": ""}
+            "step_ms": p.step_ms, "recompute": recompute_label(p), "why_not": ""}
+
+
+def recompute_label(plan) -> str:
+    """'k=12 (global)' for one setting, 'per micro-batch' when micro-batches differ or choose their own."""
+    b = plan.baseline if plan.baseline and plan.baseline.get("recompute") == "global" else None
+    if b and b.get("recompute_layers") is not None and plan.solver is None:
+        return f"k={b['recompute_layers']} (global)"
+    return "per micro-batch"
 
 
 def shape_summary(plan) -> str:
