@@ -684,8 +684,8 @@ def build_parser() -> argparse.ArgumentParser:
     cm.add_argument("--quick", action="store_true", help="widths / 8 and 128-1K tokens: the closed loop in under "
                     "a minute on 2 CPU cores")
     cm.add_argument("--recompute", default="full", choices=["full", "auto"],
-                    help="what the predictions charge: every layer recomputed (default), or the model's least k "
-                         "per micro-batch (step models with that choice)")
+                    help="what is timed and predicted: every layer recomputed (default here, unlike solve's auto: "
+                         "it exercises the recompute pass at every length), or each length's least k")
     cm.add_argument("--lengths", help="tokens to time, comma-separated, K suffix allowed (default 1K-128K; "
                     "--quick 128-1K)")
     cm.add_argument("--gpus", type=int, default=8, help="cluster size whose ZeRO-1 optimizer shard the memory "
