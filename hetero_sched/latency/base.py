@@ -349,7 +349,8 @@ class LatencyModel(ABC):
         ends, firsts, windows = (np.array(col, dtype=float) for col in zip(*rows))
         return ends, firsts, windows
 
-    def sync_exposed_lower_ms(self, t_layout: int, makespan_lower_ms: float, mixed: bool = False) -> float:
+    def sync_exposed_lower_ms(self, t_layout: int, makespan_lower_ms: float, mixed: bool = False,
+                              first_forward_max_ms: float = math.inf) -> float:
         """A lower bound on step − makespan_lower over plans whose smallest TP is t_layout and whose
         makespan is ≥ makespan_lower_ms. It follows the slowest group g alone (makespan M): its first
         forward is ≤ FORWARD_SHARE_MAX·M, so it waits d(M) ≥ max_b (c_b − FORWARD_SHARE_MAX·M·pos_b)⁺ for
@@ -359,7 +360,9 @@ class LatencyModel(ABC):
         the plans that also hold a larger TP, which gather at least the least layout gather of any larger TP
         degree (inf when there is none). M + d(M) rises with M (FORWARD_SHARE_MAX·pos ≤ 1) and x + exposed
         rises with x (each ready time rises by 1 − BACKWARD_SHARE·(1 − done) ≥ 0 per ms), so the bound
-        holds for every makespan above makespan_lower_ms."""
+        holds for every makespan above makespan_lower_ms. first_forward_max_ms: a cap on any first
+        micro-batch's forward known from the batch (layouts.first_forward_cap); the delay then falls no lower
+        than with that forward however long the makespan."""
         _, reduce, allgather = self.sync_parts([t_layout])
         gather = 0.0
         if mixed:
@@ -370,22 +373,23 @@ class LatencyModel(ABC):
         T = makespan_lower_ms
         x, clock = T, -math.inf
         if self.overlap_param_gather:
-            x = T + self._least_gather_delay(allgather, T)
+            x = T + self._least_gather_delay(allgather, min(K.FORWARD_SHARE_MAX * T, first_forward_max_ms))
             clock = allgather
         for params, done in self._gradient_pieces():
             clock = max(clock, x - K.BACKWARD_SHARE * x * (1.0 - done)) + (gather + reduce) * params / self.model.params
         exposed = max(clock, x) - T
         return exposed if self.overlap_param_gather else exposed + allgather
 
-    def _least_gather_delay(self, allgather_ms: float, makespan_ms: float) -> float:
-        """max over pieces (forward order) of (complete − FORWARD_SHARE_MAX·M·pos)⁺, one piece per layer."""
+    def _least_gather_delay(self, allgather_ms: float, first_forward_ms: float) -> float:
+        """max over pieces (forward order) of (complete − F·pos)⁺, one piece per layer, F the longest the
+        slowest group's first forward can be."""
         m = self.model
         pieces = self._gradient_pieces()[::-1]  # embedding, layers 0 … L−1, head
         positions = [0.0] + [j / m.layers for j in range(m.layers)] + [1.0]
         done, delay = 0.0, 0.0
         for (params, _), pos in zip(pieces, positions):
             done += allgather_ms * params / m.params
-            delay = max(delay, done - K.FORWARD_SHARE_MAX * makespan_ms * pos)
+            delay = max(delay, done - first_forward_ms * pos)
         return delay
 
     def describe(self) -> dict:

@@ -21,12 +21,17 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import numpy as np
+
 from .patterns import PatternBound
 from .remote import RemoteBound
 
 CHUNK_S = 1.0  # pattern LP time per turn before the lowest family is chosen again
 POLL_S = 0.05  # how often a family searched in a worker is read while nothing is left to do here
 PATIENCE_SHARE = 0.35  # of the time left: how long one trial may stay open before a lower one is tried
+
+
+FORWARD_CAP_CELLS = 20_000  # distinct lengths x configurations priced for the first-forward cap, at most
 
 
 @dataclass
@@ -37,6 +42,7 @@ class Family:
     search: PatternBound | None = None
     start: Callable | None = None  # start(upper) -> PatternBound | None, built when first needed
     remote: RemoteBound | None = None  # or its pattern LP searched in a worker
+    forward_cap: float = math.inf  # no first micro-batch of this family's plans has a longer forward (ms)
 
     def poll(self) -> None:
         """Read the worker's bound; one that failed hands the family back to a search here."""
@@ -63,7 +69,8 @@ class Family:
         """The step bound of this family's plans were its makespan bound `makespan`."""
         if not math.isfinite(makespan):
             return math.inf
-        return makespan + lat.sync_exposed_lower_ms(self.t, makespan, mixed=self.mixed)
+        return makespan + lat.sync_exposed_lower_ms(self.t, makespan, mixed=self.mixed,
+                                                    first_forward_max_ms=self.forward_cap)
 
     def top(self, lat, best_step: float) -> float:
         """The makespan at which this family's step bound reaches best_step: no need to prove more."""
@@ -79,6 +86,30 @@ class Family:
     @property
     def name(self) -> str:
         return f"TP{self.t} {'mixed' if self.mixed else 'only'}"
+
+
+def first_forward_cap(lengths, configs, lat) -> float:
+    """The longest forward any first micro-batch of a group of these configurations can have on this batch:
+    the overhead's forward part plus the most forward a micro-batch of at most max_tokens tokens can hold
+    (a fractional knapsack over the batch's sequences, most forward per token first — at least what any
+    real micro-batch holds). inf when pricing it would cost more than FORWARD_CAP_CELLS cells."""
+    uniq, counts = np.unique(np.asarray(lengths, dtype=np.int64), return_counts=True)
+    if not lat.overlap_param_gather or uniq.size * len(configs) > FORWARD_CAP_CELLS:
+        return math.inf
+    cap = 0.0
+    for tp, cp, cross in configs:
+        fwd = lat.seq_parts_array(uniq, tp, cp, cross)[0]
+        order = np.argsort(-fwd / uniq)
+        room, held = lat.max_tokens(tp, cp), 0.0
+        for j in order:
+            take = min(int(counts[j]), room // int(uniq[j]))
+            held += take * fwd[j]
+            room -= take * int(uniq[j])
+            if take < counts[j]:
+                held += fwd[j] * room / uniq[j]  # a fraction of the next one: the relaxation's bound
+                break
+        cap = max(cap, lat.overhead_parts(tp, cp, cross)[0] + held)
+    return cap
 
 
 def step_bound(families: list[Family], lat) -> float:

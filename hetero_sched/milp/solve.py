@@ -15,11 +15,11 @@ from ..placement import nodes_spanned, pack_nodes, ranks_from_nodes
 from ..plan import Plan, SolveResult, check_objective, objective_key
 from ..specs import Cluster
 from .backends import BACKENDS, BUILD_SHARE, BuildTimeout, build_seconds, run_backend
-from .bounds import area_bracket, overhead_area_bound, simple_bound
+from .bounds import area_bracket, distinct_lengths, overhead_area_bound, simple_bound
 from .formulation import build_milp, decode, decode_nodes, estimate_size, hint_values
 from .heuristic import heuristic_solution, makespan
 from .instance import Instance, _undominated, build_instance, check_lengths
-from .layouts import Family, step_bound, tighten
+from .layouts import Family, first_forward_cap, step_bound, tighten
 from .lns import rebalance, swap_towards
 from .patterns import PatternBound, worth_trying
 from .remote import STARTUP_S, RemoteBound
@@ -71,6 +71,8 @@ def solve(lengths, cluster: Cluster, lat: LatencyModel, *, backend: str = "cpsat
     quick = deterministic_limit is None and deadline - time.monotonic() < QUICK_FACTOR * clock["pricing"]
     tps = lat.cluster.tp_degrees(lat.model)
     slices = [_slice(full, warm, t, quick) for t in (tps if objective == "step" else [1])]
+    if objective == "step":
+        _cap_first_forwards(slices, full, lat)
     clock["bounds"] = time.monotonic() - start - clock["pricing"] - clock["warm start"]
     plans, notes, bounds = [("warm start", warm)] + _per_micro_batch(warm, lat), {}, {}
     families = [f for sl in slices for f in sl.families]
@@ -263,15 +265,26 @@ def _slice(full: Instance, warm: Plan, min_tp: int, quick: bool = False) -> Slic
                  (Family(min_tp, False, pure_lower), Family(min_tp, True, lower)))
 
 
+def _cap_first_forwards(slices: list, full: Instance, lat: LatencyModel) -> None:
+    """Each family's cap on a first micro-batch's forward, over every configuration its plans may use."""
+    for sl in slices:
+        for fam in sl.families:
+            configs = [c for c in full.configs if (c[0] >= fam.t if fam.mixed else c[0] == fam.t)]
+            fam.forward_cap = first_forward_cap(full.lengths, configs, lat) if configs else math.inf
+
+
 def _configs_where(full: Instance, keep_tp, prune: bool = True) -> Instance | None:
     """The undominated configurations (all when not prune) whose TP passes keep_tp; None when some
     sequence fits none."""
     allowed = np.array([c for c, (tp, _, _) in enumerate(full.configs) if keep_tp(tp)], dtype=int)
     if allowed.size == 0:
         return None
-    sub = full.subset(allowed)
-    inst = full.subset(allowed[_undominated(sub.gpus, sub.overhead, sub.cost, sub.configs)]) if prune else sub
-    return inst if np.isfinite(inst.cost).any(axis=1).all() else None
+    first, _ = distinct_lengths(full.lengths)
+    rows = full.cost[first][:, allowed]  # dominance and fit on the distinct lengths: the same answer, fewer rows
+    if prune:
+        kept = _undominated(full.gpus[allowed], full.overhead[allowed], rows, [full.configs[c] for c in allowed])
+        allowed, rows = allowed[kept], rows[:, kept]
+    return full.subset(allowed) if np.isfinite(rows).any(axis=1).all() else None
 
 
 def _pure_search(pure: Instance, lower: float, upper: float, threads: int,

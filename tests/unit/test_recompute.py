@@ -224,3 +224,39 @@ def test_a_model_that_cannot_fit_says_what_would():
         hs.latency_model(hs.ModelSpec.preset(model), hs.Cluster(gpus=least))  # fits
         with pytest.raises(ValueError, match="cannot fit"):
             hs.latency_model(hs.ModelSpec.preset(model), hs.Cluster(gpus=least - 1))
+
+
+def test_a_single_sequence_is_proven_with_the_all_gather_overlapped():
+    lat = _lat(gpus=12)
+    plan = hs.solve([1024], lat.cluster, lat, time_limit_s=3, threads=1)
+    assert plan.solver.status == "optimal", plan.solver.message
+
+
+def test_the_capped_step_bound_holds_against_random_plans():
+    """The step bound (each family's first-forward cap included) is below every plan we can build."""
+    rng = np.random.default_rng(2)
+    for trial in range(8):
+        gpus = int(rng.choice([8, 12, 16]))
+        lat = _lat(gpus=gpus)
+        lengths = [int(x) for x in np.exp(rng.uniform(np.log(500), np.log(30000), size=int(rng.integers(1, 5))))]
+        bound = hs.solve(lengths, lat.cluster, lat, time_limit_s=2, threads=1).solver.step_bound_ms
+        for _ in range(25):
+            groups, left, ids = [], gpus, list(range(len(lengths)))
+            rng.shuffle(ids)
+            while ids:
+                tp = int(rng.choice([t for t in (1, 2, 4, 8) if t <= left]))
+                cp = int(rng.integers(1, left // tp + 1))
+                take = ids[:int(rng.integers(1, len(ids) + 1))]
+                if max(lengths[i] for i in take) > lat.max_tokens(tp, cp) or len(groups) == 3:
+                    break
+                groups.append((tp, cp, take))
+                ids, left = ids[len(take):], left - tp * cp
+                if left == 0:
+                    break
+            if ids:
+                continue
+            try:
+                plan = hs.Plan.build(lengths, groups, lat)
+            except ValueError:
+                continue  # not placeable
+            assert bound <= plan.step_ms * (1 + 1e-9), (trial, groups)
