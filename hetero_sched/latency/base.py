@@ -350,7 +350,7 @@ class LatencyModel(ABC):
         return ends, firsts, windows
 
     def sync_exposed_lower_ms(self, t_layout: int, makespan_lower_ms: float, mixed: bool = False,
-                              first_forward_max_ms: float = math.inf) -> float:
+                              first_forward_max_ms: float = math.inf, waits_included: bool = False) -> float:
         """A lower bound on step − makespan_lower over plans whose smallest TP is t_layout and whose
         makespan is ≥ makespan_lower_ms. It follows the slowest group g alone (makespan M): its first
         forward is ≤ FORWARD_SHARE_MAX·M, so it waits d(M) ≥ max_b (c_b − FORWARD_SHARE_MAX·M·pos_b)⁺ for
@@ -362,7 +362,8 @@ class LatencyModel(ABC):
         rises with x (each ready time rises by 1 − BACKWARD_SHARE·(1 − done) ≥ 0 per ms), so the bound
         holds for every makespan above makespan_lower_ms. first_forward_max_ms: a cap on any first
         micro-batch's forward known from the batch (layouts.first_forward_cap); the delay then falls no lower
-        than with that forward however long the makespan."""
+        than with that forward however long the makespan. waits_included: makespan_lower_ms already bounds
+        the slowest group's end after its all-gather wait (layouts.delay_area_bound): no wait is added."""
         _, reduce, allgather = self.sync_parts([t_layout])
         gather = 0.0
         if mixed:
@@ -373,7 +374,8 @@ class LatencyModel(ABC):
         T = makespan_lower_ms
         x, clock = T, -math.inf
         if self.overlap_param_gather:
-            x = T + self._least_gather_delay(allgather, min(K.FORWARD_SHARE_MAX * T, first_forward_max_ms))
+            if not waits_included:
+                x = T + self._least_gather_delay(allgather, min(K.FORWARD_SHARE_MAX * T, first_forward_max_ms))
             clock = allgather
         for params, done in self._gradient_pieces():
             clock = max(clock, x - K.BACKWARD_SHARE * x * (1.0 - done)) + (gather + reduce) * params / self.model.params

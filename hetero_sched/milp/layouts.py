@@ -19,10 +19,11 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
+from .bounds import overhead_area_bound
 from .patterns import PatternBound
 from .remote import RemoteBound
 
@@ -42,7 +43,8 @@ class Family:
     search: PatternBound | None = None
     start: Callable | None = None  # start(upper) -> PatternBound | None, built when first needed
     remote: RemoteBound | None = None  # or its pattern LP searched in a worker
-    forward_cap: float = math.inf  # no first micro-batch of this family's plans has a longer forward (ms)
+    forward_cap: float = math.inf  # no first micro-batch of this family's plans hides more (ms, net_forward_caps)
+    delayed: float = 0.0  # a bound on max over groups of (own-class time + all-gather wait) (delay_area_bound)
 
     def poll(self) -> None:
         """Read the worker's bound; one that failed hands the family back to a search here."""
@@ -63,7 +65,15 @@ class Family:
                                         or (self.search is None and self.start is not None))
 
     def step(self, lat) -> float:
-        return self.step_at(lat, self.bound)
+        return max(self.step_at(lat, self.bound), self.step_after_waits(lat))
+
+    def step_after_waits(self, lat) -> float:
+        """The step bound from `delayed` (the all-gather waits already in it): the reduce-scatter after."""
+        if not math.isfinite(self.delayed):
+            return math.inf
+        if self.delayed <= 0:
+            return 0.0
+        return self.delayed + lat.sync_exposed_lower_ms(self.t, self.delayed, mixed=self.mixed, waits_included=True)
 
     def step_at(self, lat, makespan: float) -> float:
         """The step bound of this family's plans were its makespan bound `makespan`."""
@@ -88,28 +98,59 @@ class Family:
         return f"TP{self.t} {'mixed' if self.mixed else 'only'}"
 
 
-def first_forward_cap(lengths, configs, lat) -> float:
-    """The longest forward any first micro-batch of a group of these configurations can have on this batch:
-    the overhead's forward part plus the most forward a micro-batch of at most max_tokens tokens can hold
-    (a fractional knapsack over the batch's sequences, most forward per token first — at least what any
-    real micro-batch holds). inf when pricing it would cost more than FORWARD_CAP_CELLS cells."""
+LEVEL_STRIDE = 4  # recompute levels priced together in net_forward_caps (a valid cap for every level in between)
+
+
+def net_forward_caps(lengths, configs, lat) -> np.ndarray | None:
+    """For each configuration, a cap on what a group's first micro-batch can hide of the overlapped
+    parameter all-gather: its forward minus the extra recompute it pays for being large. A micro-batch
+    recomputing k layers holds ≤ tokens_cap(k) tokens, and each of its sequences pays (k − k_i)/layers
+    of its own recompute beyond its own class k_i; forward minus that extra, summed, is at most a
+    fractional knapsack (values fwd_i − extra_i, weights L_i) — taken over levels k in strides (the
+    stride's lowest k for the extra, its highest for the capacity: a cap for every k in it), plus the
+    overhead's forward part. The delay the all-gather imposes falls with this net forward, and the extra
+    recompute is added to a group's time (see delay_area_bound), so a group waits at least
+    delay(net cap) beyond its own-class time. None when pricing it would exceed FORWARD_CAP_CELLS cells."""
     uniq, counts = np.unique(np.asarray(lengths, dtype=np.int64), return_counts=True)
-    if not lat.overlap_param_gather or uniq.size * len(configs) > FORWARD_CAP_CELLS:
-        return math.inf
-    cap = 0.0
-    for tp, cp, cross in configs:
-        fwd = lat.seq_parts_array(uniq, tp, cp, cross)[0]
-        order = np.argsort(-fwd / uniq)
-        room, held = lat.max_tokens(tp, cp), 0.0
-        for j in order:
-            take = min(int(counts[j]), room // int(uniq[j]))
-            held += take * fwd[j]
-            room -= take * int(uniq[j])
-            if take < counts[j]:
-                held += fwd[j] * room / uniq[j]  # a fraction of the next one: the relaxation's bound
-                break
-        cap = max(cap, lat.overhead_parts(tp, cp, cross)[0] + held)
-    return cap
+    layers = lat.model.layers
+    levels = list(range(0, layers + 1, LEVEL_STRIDE))
+    if not lat.overlap_param_gather or uniq.size * len(configs) * len(levels) > 20 * FORWARD_CAP_CELLS:
+        return None
+    caps = np.empty(len(configs))
+    for j, (tp, cp, cross) in enumerate(configs):
+        fwd, rec_all, _ = lat.seq_parts_array(uniq, tp, cp, cross, recompute_layers=layers)
+        own = lat.recompute_layers_array(uniq, tp, cp)
+        best = 0.0
+        for lo in levels:
+            hi = min(lo + LEVEL_STRIDE - 1, layers)
+            room = lat.tokens_cap(tp, cp, hi)
+            fits = own <= hi  # a sequence of a higher class cannot sit in a micro-batch recomputing ≤ hi layers
+            value = np.where(fits, fwd - np.maximum(lo - own, 0) / layers * rec_all, 0.0)
+            best = max(best, _fractional_knapsack(value, uniq, counts, room))
+        caps[j] = lat.overhead_parts(tp, cp, cross)[0] + best
+    return caps
+
+
+def _fractional_knapsack(value: np.ndarray, weight: np.ndarray, counts: np.ndarray, room: int) -> float:
+    """Most value `room` tokens of these items (each `counts` times) can hold, fractions allowed."""
+    held = 0.0
+    for j in np.argsort(-value / weight):
+        if value[j] <= 0 or room <= 0:
+            break
+        take = min(float(counts[j]), room / float(weight[j]))
+        held += take * value[j]
+        room -= take * float(weight[j])
+    return held
+
+
+def delay_area_bound(inst, caps: np.ndarray, lat, t_layout: int, upper: float) -> float:
+    """A bound on max over groups of (own-class time + all-gather wait) for plans of layout t_layout: every
+    group of configuration c waits at least delay(caps[c]) (gather_delays with the layout's all-gather),
+    so the overhead area bound holds with each overhead raised by that."""
+    _, _, allgather = lat.sync_parts([t_layout])
+    waits = lat.gather_delays(allgather, caps, groups=max(1, inst.total_gpus))
+    raised = replace(inst, overhead=inst.overhead + waits)
+    return overhead_area_bound(raised, upper)
 
 
 def step_bound(families: list[Family], lat) -> float:

@@ -19,7 +19,7 @@ from .bounds import area_bracket, distinct_lengths, overhead_area_bound, simple_
 from .formulation import build_milp, decode, decode_nodes, estimate_size, hint_values
 from .heuristic import heuristic_solution, makespan
 from .instance import Instance, _undominated, build_instance, check_lengths
-from .layouts import Family, first_forward_cap, step_bound, tighten
+from .layouts import Family, delay_area_bound, net_forward_caps, step_bound, tighten
 from .lns import rebalance, swap_towards
 from .patterns import PatternBound, worth_trying
 from .remote import STARTUP_S, RemoteBound
@@ -266,11 +266,19 @@ def _slice(full: Instance, warm: Plan, min_tp: int, quick: bool = False) -> Slic
 
 
 def _cap_first_forwards(slices: list, full: Instance, lat: LatencyModel) -> None:
-    """Each family's cap on a first micro-batch's forward, over every configuration its plans may use."""
+    """Each family's bounds from the overlapped all-gather (layouts.net_forward_caps): the cap on what its
+    slowest group's first micro-batch hides, and the area bound with every group's least wait; over every
+    configuration its plans may use (dominated ones included: their waits differ)."""
+    caps = net_forward_caps(full.lengths, full.configs, lat)
+    if caps is None:
+        return
     for sl in slices:
         for fam in sl.families:
-            configs = [c for c in full.configs if (c[0] >= fam.t if fam.mixed else c[0] == fam.t)]
-            fam.forward_cap = first_forward_cap(full.lengths, configs, lat) if configs else math.inf
+            cols = np.array([c for c, cfg in enumerate(full.configs)
+                             if (cfg[0] >= fam.t if fam.mixed else cfg[0] == fam.t)], dtype=int)
+            if cols.size:
+                fam.forward_cap = float(caps[cols].max())
+                fam.delayed = delay_area_bound(full.subset(cols), caps[cols], lat, fam.t, 1e12)
 
 
 def _configs_where(full: Instance, keep_tp, prune: bool = True) -> Instance | None:

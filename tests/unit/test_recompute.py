@@ -260,3 +260,26 @@ def test_the_capped_step_bound_holds_against_random_plans():
             except ValueError:
                 continue  # not placeable
             assert bound <= plan.step_ms * (1 + 1e-9), (trial, groups)
+
+
+@pytest.mark.parametrize("overlap", [True, False])
+def test_step_bound_below_the_brute_force_step_optimum(overlap):
+    """One node of 8 GPUs, 3 sequences: every partition, every (TP, CP) per block, each plan built (its
+    micro-batch order is the best one, see above) — the solver's step bound never passes the optimum."""
+    from hetero_sched.milp.exhaustive import set_partitions
+
+    lat = _lat(gpus=8, overlap_param_gather=overlap)
+    configs = [(tp, cp) for tp in (1, 2, 4, 8) for cp in range(1, 8 // tp + 1)]
+    rng = np.random.default_rng(4)
+    for _ in range(3):
+        lengths = [int(x) for x in np.exp(rng.uniform(np.log(700), np.log(40000), size=3))]
+        best = np.inf
+        for part in set_partitions(list(range(3))):
+            for shapes in itertools.product(configs, repeat=len(part)):
+                if sum(tp * cp for tp, cp in shapes) > 8 or any(
+                        max(lengths[i] for i in block) > lat.max_tokens(tp, cp) for (tp, cp), block in zip(shapes, part)):
+                    continue
+                best = min(best, hs.Plan.build(lengths, [(tp, cp, b) for (tp, cp), b in zip(shapes, part)],
+                                               lat).step_ms)
+        plan = hs.solve(lengths, lat.cluster, lat, time_limit_s=3, threads=1)
+        assert plan.solver.step_bound_ms <= best * (1 + 1e-9) <= plan.step_ms * (1 + 1e-9), lengths
