@@ -45,6 +45,18 @@ def simple_bound(inst: Instance) -> float:
     return max(longest_sequence_bound(inst), area_bound(inst))
 
 
+def simple_bound_of(inst: Instance, cols: np.ndarray) -> float:
+    """simple_bound of inst.subset(cols) without building it (a short limit's slices at 16,384 GPUs); inf
+    when some sequence fits none of those configurations."""
+    first, weight = distinct_lengths(inst.lengths)
+    cost, gpus, over = inst.cost[first][:, cols], inst.gpus[cols], inst.overhead[cols]
+    if cols.size == 0 or not np.isfinite(cost).any(axis=1).all():
+        return math.inf
+    longest = float(np.min(over[None, :] + cost, axis=1).max())
+    work = np.min(gpus[None, :] * cost, axis=1) @ weight
+    return max(longest, float((work + np.min(gpus * over)) / inst.total_gpus))
+
+
 def overhead_area_bound(inst: Instance, upper: float, rel_tol: float = 1e-7) -> float:
     """Area bound that charges each group's overhead.
 

@@ -15,7 +15,7 @@ from ..placement import nodes_spanned, pack_nodes, ranks_from_nodes
 from ..plan import Plan, SolveResult, check_objective, objective_key
 from ..specs import Cluster
 from .backends import BACKENDS, BUILD_SHARE, BuildTimeout, build_seconds, run_backend
-from .bounds import area_bracket, distinct_lengths, overhead_area_bound, simple_bound
+from .bounds import area_bracket, distinct_lengths, overhead_area_bound, simple_bound, simple_bound_of
 from .formulation import build_milp, decode, decode_nodes, estimate_size, hint_values
 from .heuristic import heuristic_solution, makespan
 from .instance import Instance, _undominated, build_instance, check_lengths
@@ -36,6 +36,8 @@ QUICK_FACTOR = 10           # a limit leaving less than this many pricings' time
                             # cheap bounds, first covers aimed near the area bound, no pattern LP or LNS
 BUILD_REPRICES = 5          # building a plan (packing, ordering, pricing) and its final pricing, in repricings
 FIRST_SHARE = 0.5           # of the time left, at least, for the step objective's makespan search (see _slice_share)
+QUICK_MAX_S = 5.0           # ... but a limit leaving more than this is never short: the overhead area bound is
+                            # worth its cost there (a 1M-context batch on 4,096 GPUs prices for ~1 s)
 QUICK_SLACK = 0.006         # the first cover's T above the area relaxation's threshold estimate
 
 
@@ -68,10 +70,11 @@ def solve(lengths, cluster: Cluster, lat: LatencyModel, *, backend: str = "cpsat
     reserve = repricing * RESERVE_PLANS  # placing and pricing the plans found, after the search
     per_group_s = repricing * BUILD_REPRICES / len(warm.groups)  # building a plan found, per group
     # a short limit (little time left for what pricing took): simple bounds, one layout, a first cover aimed
-    quick = deterministic_limit is None and deadline - time.monotonic() < QUICK_FACTOR * clock["pricing"]
+    left = deadline - time.monotonic()
+    quick = deterministic_limit is None and left < min(QUICK_FACTOR * clock["pricing"], QUICK_MAX_S)
     tps = lat.cluster.tp_degrees(lat.model)
     slices = [_slice(full, warm, t, quick) for t in (tps if objective == "step" else [1])]
-    if objective == "step":
+    if objective == "step" and not quick:  # (a short limit's step bound does without: 0.19 s at 64 GPUs)
         _cap_first_forwards(slices, full, lat)
     clock["bounds"] = time.monotonic() - start - clock["pricing"] - clock["warm start"]
     plans, notes, bounds = [("warm start", warm)] + _per_micro_batch(warm, lat), {}, {}
@@ -94,8 +97,10 @@ def solve(lengths, cluster: Cluster, lat: LatencyModel, *, backend: str = "cpsat
                 continue
             if beside and not any(f.remote for f in families):
                 sl.start_beside(lat, best, deadline - reserve - time.monotonic())
+            if first or time.monotonic() < deadline - reserve:
+                sl.build(full, warm)  # (a short limit's later slices: only when time is left to search them)
             now = time.monotonic()
-            share = _slice_share(sl, todo, lat, best, first)
+            share = _slice_share(sl, todo, lat, best, first, quick)
             first = False
             slice_deadline = now + (deadline - reserve - now) * share
             found, bounds[sl.min_tp], notes[sl.min_tp], search = _search(
@@ -137,15 +142,16 @@ def solve(lengths, cluster: Cluster, lat: LatencyModel, *, backend: str = "cpsat
     return plan
 
 
-def _slice_share(sl: Slice, todo: list, lat: LatencyModel, best: float, first: bool) -> float:
+def _slice_share(sl: Slice, todo: list, lat: LatencyModel, best: float, first: bool, quick: bool) -> float:
     """The share of the time left that slice sl gets. First (under the step objective, the makespan
-    search over every configuration): at least FIRST_SHARE, or its share of the configurations. Then each slice in proportion to what it can
-    still win over the best plan's step, best − its step bound (a slice whose bound is near the best
-    plan has little to search for)."""
+    search over every configuration): all of it on a short limit (as the makespan objective gives it),
+    else at least FIRST_SHARE, or its share of the configurations. Then each slice in proportion to what
+    it can still win over the best plan's step, best − its step bound (a slice whose bound is near the
+    best plan has little to search for)."""
     if first:
-        if not todo:
+        if not todo or quick:
             return 1.0
-        weight = [len(x.inst.configs) if x.inst else 0 for x in [sl] + todo]
+        weight = [x.configs for x in [sl] + todo]
         return max(FIRST_SHARE, weight[0] / max(sum(weight), 1))
     win = [max(best - x.step_lower(lat), 0.0) for x in [sl] + todo]
     return win[0] / sum(win) if sum(win) > 0 else 1.0 / (1 + len(todo))
@@ -207,6 +213,15 @@ class Slice:
     pure: Instance | None = None
     families: tuple = ()
     found: Callable | None = None  # told of the heuristic's plan (the worker's search steers by it)
+    configs: int = 0  # configurations the slice may use
+    make: Callable | None = None  # builds inst, warm_sol and upper when the slice is searched (short limits)
+
+    def build(self, full: Instance, warm: Plan) -> None:
+        """The slice's instance, when only its bounds were computed (see _slice)."""
+        if self.make is not None:
+            self.inst, self.make = self.make(), None
+            self.warm_sol = _as_solution(full, self.inst, warm) if warm.groups[0].tp >= self.min_tp else None
+            self.upper = makespan(self.inst, self.warm_sol[0]) if self.warm_sol else 1e12
 
     @cached_property
     def size(self) -> int:
@@ -243,26 +258,31 @@ class Slice:
 
 
 def _slice(full: Instance, warm: Plan, min_tp: int, quick: bool = False) -> Slice:
-    """quick: the simple bounds only (a pass over the costs instead of the overhead area bound's search),
-    dominated configurations kept (the bounds are the same with them: a dominated configuration is never
-    a row's minimum) and no instance of the pure family (its pattern LP will not run)."""
-    inst = _configs_where(full, lambda tp: tp >= min_tp, prune=not quick)
+    """quick: the simple bounds only (a pass over the distinct lengths' costs instead of the overhead area
+    bound's search), computed on the full instance's columns; the slice's instance (dominated
+    configurations kept: the bounds are the same with them, a dominated configuration is never a row's
+    minimum) is built only if the slice is searched, and none of the pure family (its pattern LP will
+    not run)."""
+    if quick:
+        cols = np.array([c for c, cfg in enumerate(full.configs) if cfg[0] >= min_tp], dtype=int)
+        lower = simple_bound_of(full, cols)
+        if not math.isfinite(lower):
+            return Slice(min_tp, None, families=(Family(min_tp, False, math.inf), Family(min_tp, True, math.inf)))
+        pure_cols = np.array([c for c in cols if full.configs[c][0] == min_tp], dtype=int)
+        pure_lower = max(lower, simple_bound_of(full, pure_cols))
+        return Slice(min_tp, None, lower=lower, families=(Family(min_tp, False, pure_lower),
+                                                          Family(min_tp, True, lower)),
+                     configs=cols.size, make=lambda: full.subset(cols))
+    inst = _configs_where(full, lambda tp: tp >= min_tp)
     if inst is None:
         return Slice(min_tp, None, families=(Family(min_tp, False, math.inf), Family(min_tp, True, math.inf)))
     warm_sol = _as_solution(full, inst, warm) if warm.groups[0].tp >= min_tp else None
     upper = makespan(inst, warm_sol[0]) if warm_sol else 1e12
-    if quick:
-        lower, pure = simple_bound(inst), None
-        cols = np.array([cfg[0] == min_tp for cfg in inst.configs])
-        fits = np.isfinite(inst.cost[:, cols]).any(axis=1).all()
-        pure_lower = max(lower, simple_bound(inst.subset(np.flatnonzero(cols)))) if fits else math.inf
-        return Slice(min_tp, inst, warm_sol, upper, lower, pure,
-                     (Family(min_tp, False, pure_lower), Family(min_tp, True, lower)))
     lower = overhead_area_bound(inst, upper)
     pure = _configs_where(full, lambda tp: tp == min_tp)
     pure_lower = max(lower, overhead_area_bound(pure, 1e12)) if pure is not None else math.inf
     return Slice(min_tp, inst, warm_sol, upper, lower, pure,
-                 (Family(min_tp, False, pure_lower), Family(min_tp, True, lower)))
+                 (Family(min_tp, False, pure_lower), Family(min_tp, True, lower)), configs=len(inst.configs))
 
 
 def _cap_first_forwards(slices: list, full: Instance, lat: LatencyModel) -> None:
@@ -314,6 +334,8 @@ def _search(sl: Slice, full: Instance, lat, deadline: float, backend, threads, s
     the pattern LP search when it ran, to resume with time left over). quick: the heuristic's first cover
     is aimed just above the area relaxation's threshold, estimated in two or three passes."""
     inst, warm_sol, upper, lower, min_tp = sl.inst, sl.warm_sol, sl.upper, sl.lower, sl.min_tp
+    if sl.make is not None:
+        return [], lower, f"TP>={min_tp}: no time left after pricing: warm start kept, simple bounds", None
     if inst is None:
         return [], math.inf, f"TP>={min_tp}: some sequence fits no configuration (no plan of this layout)", None
     late = det_limit is None and time.monotonic() >= deadline and warm_sol is not None
