@@ -14,16 +14,33 @@ from .wlb_llm import best_by_bound, placed_homogeneous_plan, replica_options
 
 
 def first_fit_arrival(lengths, capacity: int) -> list[list[int]]:
-    batches, room = [], []
+    """Sequences in arrival order, each into the first micro-batch with room (a new one when none has).
+    The first fit is found by descending a max-tree over the micro-batches' room, O(log n) a sequence:
+    scanning every open micro-batch is O(n²) (minutes at 65,536 sequences in 3,000 micro-batches).
+    Micro-batches not yet opened hold `capacity`, so the first with room is an open one or the next new
+    one; a sequence longer than the capacity opens one with negative room, as a scan would."""
+    lengths = [int(x) for x in lengths]
+    size = 1
+    while size < max(len(lengths), 1):
+        size *= 2
+    room = [capacity] * (2 * size)  # room[size + b]: micro-batch b's room; room[k]: the most below node k
+    batches: list[list[int]] = []
     for i, x in enumerate(lengths):
-        for b, free in enumerate(room):
-            if x <= free:
-                batches[b].append(i)
-                room[b] -= x
-                break
+        if x <= room[1] and x <= capacity:
+            k = 1
+            while k < size:  # the leftmost leaf with room ≥ x
+                k = 2 * k if room[2 * k] >= x else 2 * k + 1
+            b = k - size
         else:
-            batches.append([i])
-            room.append(capacity - x)
+            b, k = len(batches), size + len(batches)
+        if b == len(batches):
+            batches.append([])
+        batches[b].append(i)
+        room[k] -= x
+        k //= 2
+        while k:
+            room[k] = max(room[2 * k], room[2 * k + 1])
+            k //= 2
     return batches
 
 
