@@ -116,3 +116,26 @@ def test_the_reduced_schema_check_says_what_the_full_one_says(llama3, path, valu
     with pytest.raises(ValueError) as err:
         planfile.check_schema(data)
     assert str(err.value) == expected
+
+
+def test_megatron_first_fit_by_tree_is_the_scan():
+    """Arrival-order first fit through a max-tree: the micro-batches of the plain scan, oversize too."""
+    from hetero_sched.baselines.megatron import first_fit_arrival
+
+    def scan(lengths, capacity):
+        batches, room = [], []
+        for i, x in enumerate(lengths):
+            b = next((b for b, free in enumerate(room) if x <= free), None)
+            if b is None:
+                batches.append([i])
+                room.append(capacity - x)
+            else:
+                batches[b].append(i)
+                room[b] -= x
+        return batches
+
+    rng = np.random.default_rng(0)
+    for _ in range(500):
+        capacity = int(rng.choice([1, 7, 64, 1000]))
+        lengths = rng.integers(1, int(capacity * 1.3) + 2, size=int(rng.integers(0, 50))).tolist()
+        assert first_fit_arrival(lengths, capacity) == scan(lengths, capacity)
