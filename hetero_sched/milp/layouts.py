@@ -117,30 +117,29 @@ def net_forward_caps(lengths, configs, lat) -> np.ndarray | None:
     if not lat.overlap_param_gather or uniq.size * len(configs) * len(levels) > 20 * FORWARD_CAP_CELLS:
         return None
     caps = np.empty(len(configs))
+    lows = np.array(levels)
+    highs = np.minimum(lows + LEVEL_STRIDE - 1, layers)
     for j, (tp, cp, cross) in enumerate(configs):
         fwd, rec_all, _ = lat.seq_parts_array(uniq, tp, cp, cross, recompute_layers=layers)
         own = lat.recompute_layers_array(uniq, tp, cp)
-        best = 0.0
-        for lo in levels:
-            hi = min(lo + LEVEL_STRIDE - 1, layers)
-            room = lat.tokens_cap(tp, cp, hi)
-            fits = own <= hi  # a sequence of a higher class cannot sit in a micro-batch recomputing ≤ hi layers
-            value = np.where(fits, fwd - np.maximum(lo - own, 0) / layers * rec_all, 0.0)
-            best = max(best, _fractional_knapsack(value, uniq, counts, room))
-        caps[j] = lat.overhead_parts(tp, cp, cross)[0] + best
+        rooms = np.array([lat.tokens_cap(tp, cp, int(hi)) for hi in highs], dtype=float)
+        # a sequence of a higher class than the level's top cannot sit in such a micro-batch
+        value = np.where(own[None, :] <= highs[:, None],
+                         fwd[None, :] - np.maximum(lows[:, None] - own[None, :], 0) / layers * rec_all[None, :], 0.0)
+        caps[j] = lat.overhead_parts(tp, cp, cross)[0] + float(_fractional_knapsacks(value, uniq, counts, rooms).max())
     return caps
 
 
-def _fractional_knapsack(value: np.ndarray, weight: np.ndarray, counts: np.ndarray, room: int) -> float:
-    """Most value `room` tokens of these items (each `counts` times) can hold, fractions allowed."""
-    held = 0.0
-    for j in np.argsort(-value / weight):
-        if value[j] <= 0 or room <= 0:
-            break
-        take = min(float(counts[j]), room / float(weight[j]))
-        held += take * value[j]
-        room -= take * float(weight[j])
-    return held
+def _fractional_knapsacks(value: np.ndarray, weight: np.ndarray, counts: np.ndarray, rooms: np.ndarray) -> np.ndarray:
+    """Per row of value (one knapsack each, room rooms[r]): the most value its room holds of these items
+    (each counts[j] times, weight[j] tokens each), fractions allowed: best value per token first."""
+    value = np.maximum(value, 0.0)
+    order = np.argsort(-value / weight[None, :], axis=1, kind="stable")
+    w = (weight * counts)[order].astype(float)  # whole items' tokens, in each row's order
+    v = np.take_along_axis(value, order, axis=1) * counts[order]
+    before = np.cumsum(w, axis=1) - w  # tokens taken before each item
+    share = np.clip((rooms[:, None] - before) / w, 0.0, 1.0)  # the fraction of each item that fits
+    return (share * v).sum(axis=1)
 
 
 def delay_area_bound(inst, caps: np.ndarray, lat, t_layout: int, upper: float) -> float:
