@@ -382,6 +382,15 @@ class LatencyModel(ABC):
         exposed = max(clock, x) - T
         return exposed if self.overlap_param_gather else exposed + allgather
 
+    def least_gather_delays(self, allgather_ms: float, first_forwards) -> np.ndarray:
+        """Vectorised _least_gather_delay: one piece per layer, a lower bound under any bucketing."""
+        m = self.model
+        shares = np.array([params for params, _ in self._gradient_pieces()[::-1]], dtype=float) / m.params
+        positions = np.array([0.0] + [j / m.layers for j in range(m.layers)] + [1.0])
+        complete = allgather_ms * np.cumsum(shares)
+        first = np.asarray(first_forwards, dtype=float)
+        return np.maximum(0.0, (complete[None, :] - first[:, None] * positions[None, :]).max(axis=1))
+
     def _least_gather_delay(self, allgather_ms: float, first_forward_ms: float) -> float:
         """max over pieces (forward order) of (complete − F·pos)⁺, one piece per layer, F the longest the
         slowest group's first forward can be."""

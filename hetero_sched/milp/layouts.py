@@ -144,10 +144,10 @@ def _fractional_knapsacks(value: np.ndarray, weight: np.ndarray, counts: np.ndar
 
 def delay_area_bound(inst, caps: np.ndarray, lat, t_layout: int, upper: float) -> float:
     """A bound on max over groups of (own-class time + all-gather wait) for plans of layout t_layout: every
-    group of configuration c waits at least delay(caps[c]) (gather_delays with the layout's all-gather),
-    so the overhead area bound holds with each overhead raised by that."""
+    group of configuration c waits at least delay(caps[c]) (the layout's all-gather, one piece per layer:
+    a lower bound under any bucketing), so the overhead area bound holds with each overhead raised by that."""
     _, _, allgather = lat.sync_parts([t_layout])
-    waits = lat.gather_delays(allgather, caps, groups=max(1, inst.total_gpus))
+    waits = lat.least_gather_delays(allgather, caps)
     raised = replace(inst, overhead=inst.overhead + waits)
     return overhead_area_bound(raised, upper)
 
