@@ -101,7 +101,21 @@ class Family:
 LEVEL_STRIDE = 4  # recompute levels priced together in net_forward_caps (a valid cap for every level in between)
 
 
-def net_forward_caps(lengths, configs, lat) -> np.ndarray | None:
+def forward_tables(lengths, configs, lat) -> tuple | None:
+    """(distinct lengths, their counts, per configuration (forward, recompute of every layer, own class)
+    of each distinct length); None without the overlap, or when it would exceed FORWARD_CAP_CELLS·20."""
+    uniq, counts = np.unique(np.asarray(lengths, dtype=np.int64), return_counts=True)
+    levels = lat.model.layers // LEVEL_STRIDE + 1
+    if not lat.overlap_param_gather or uniq.size * len(configs) * levels > 20 * FORWARD_CAP_CELLS:
+        return None
+    parts = []
+    for tp, cp, cross in configs:
+        fwd, rec_all, _ = lat.seq_parts_array(uniq, tp, cp, cross, recompute_layers=lat.model.layers)
+        parts.append((fwd, rec_all, lat.recompute_layers_array(uniq, tp, cp)))
+    return uniq, counts, parts
+
+
+def net_forward_caps(tables, configs, lat, left_out=None) -> np.ndarray:
     """For each configuration, a cap on what a group's first micro-batch can hide of the overlapped
     parameter all-gather: its forward minus the extra recompute it pays for being large. A micro-batch
     recomputing k layers holds ≤ tokens_cap(k) tokens, and each of its sequences pays (k − k_i)/layers
@@ -110,24 +124,71 @@ def net_forward_caps(lengths, configs, lat) -> np.ndarray | None:
     stride's lowest k for the extra, its highest for the capacity: a cap for every k in it), plus the
     overhead's forward part. The delay the all-gather imposes falls with this net forward, and the extra
     recompute is added to a group's time (see delay_area_bound), so a group waits at least
-    delay(net cap) beyond its own-class time. None when pricing it would exceed FORWARD_CAP_CELLS cells."""
-    uniq, counts = np.unique(np.asarray(lengths, dtype=np.int64), return_counts=True)
+    delay(net cap) beyond its own-class time. left_out[j]: distinct lengths a group of configuration j
+    is known not to hold (see anchored_delay_bound)."""
+    uniq, counts, parts = tables
     layers = lat.model.layers
-    levels = list(range(0, layers + 1, LEVEL_STRIDE))
-    if not lat.overlap_param_gather or uniq.size * len(configs) * len(levels) > 20 * FORWARD_CAP_CELLS:
-        return None
-    caps = np.empty(len(configs))
-    lows = np.array(levels)
+    lows = np.arange(0, layers + 1, LEVEL_STRIDE)
     highs = np.minimum(lows + LEVEL_STRIDE - 1, layers)
-    for j, (tp, cp, cross) in enumerate(configs):
-        fwd, rec_all, _ = lat.seq_parts_array(uniq, tp, cp, cross, recompute_layers=layers)
-        own = lat.recompute_layers_array(uniq, tp, cp)
+    caps = np.empty(len(configs))
+    for j, ((tp, cp, cross), (fwd, rec_all, own)) in enumerate(zip(configs, parts)):
         rooms = np.array([lat.tokens_cap(tp, cp, int(hi)) for hi in highs], dtype=float)
         # a sequence of a higher class than the level's top cannot sit in such a micro-batch
-        value = np.where(own[None, :] <= highs[:, None],
-                         fwd[None, :] - np.maximum(lows[:, None] - own[None, :], 0) / layers * rec_all[None, :], 0.0)
+        held = (own[None, :] <= highs[:, None])
+        if left_out is not None:
+            held &= ~left_out[j][None, :]
+        value = np.where(held, fwd[None, :] - np.maximum(lows[:, None] - own[None, :], 0) / layers * rec_all[None, :],
+                         0.0)
         caps[j] = lat.overhead_parts(tp, cp, cross)[0] + float(_fractional_knapsacks(value, uniq, counts, rooms).max())
     return caps
+
+
+ANCHOR_SHARE = 0.5  # a sequence whose forward alone hides this share of the all-gather is an anchor
+
+
+def anchored_delay_bound(inst, tables, cols, caps, lat, t_layout: int, lower: float, upper: float) -> float:
+    """delay_area_bound counting anchors: a group holding no anchor (a sequence whose forward alone reaches
+    ANCHOR_SHARE of the layout's all-gather on its configuration) waits at least the delay of the net cap
+    without anchors (Ws); one holding an anchor, the delay of the full cap (Wb); each anchor sits in one
+    group. In the area argument a group of type τ needs Σ gpus·cost/(T − o − W_τ) GPUs, and an anchored
+    group needs 1 ≤ its anchors, so for any λ_c ≥ 0 adding λ_c·(Σ cost/(T − o − Wb) − anchors) ≤ 0 keeps
+    it valid; per sequence the least of (small: gpus·cost/(T − o − Ws), not for anchors) and (anchored:
+    (gpus + λ)·cost/(T − o − Wb) − λ·anchor) summed over the batch must fit N GPUs. λ_c = gpus·(Ws −
+    Wb)/(T − o − Ws): one anchor then buys its group the wait it saves. Bisection keeps only T proven
+    infeasible, so the result is a bound whatever λ does to monotonicity."""
+    uniq, counts, parts = tables
+    _, _, allgather = lat.sync_parts([t_layout])
+    fwd = np.stack([parts[c][0] for c in cols], axis=1)  # (U, C)
+    anchor = fwd >= ANCHOR_SHARE * allgather
+    small = net_forward_caps((uniq, counts, [parts[c] for c in cols]), [inst.configs[k] for k in range(len(cols))],
+                             lat, left_out=[anchor[:, k] for k in range(len(cols))])
+    w_big = lat.least_gather_delays(allgather, caps)
+    w_small = np.maximum(lat.least_gather_delays(allgather, small), w_big)
+    rows = np.searchsorted(inst.lengths[np.argsort(inst.lengths, kind="stable")], uniq)
+    cost = inst.cost[np.argsort(inst.lengths, kind="stable")[rows]]  # (U, C): one row per distinct length
+    gpus, over = inst.gpus.astype(float), inst.overhead
+
+    def infeasible(T: float) -> bool:
+        cap_s, cap_b = T - over - w_small, T - over - w_big
+        with np.errstate(divide="ignore", invalid="ignore"):
+            lam = np.where(cap_s > 0, gpus * (w_small - w_big) / cap_s, 0.0)
+            a_s = np.where(~anchor & (cost <= cap_s) & (cap_s > 0), gpus * cost / cap_s, np.inf)
+            a_b = np.where((cost <= cap_b) & (cap_b > 0), (gpus + lam) * cost / cap_b - lam * anchor, np.inf)
+        need = np.minimum(a_s, a_b).min(axis=1)
+        return bool(np.isinf(need).any() or float((counts * need).sum()) > inst.total_gpus * (1 + 1e-9))
+
+    lo, hi = lower, max(upper, lower)
+    if infeasible(hi):
+        return hi
+    for _ in range(40):
+        if hi - lo <= 1e-7 * hi:
+            break
+        mid = (lo + hi) / 2
+        if infeasible(mid):
+            lo = mid
+        else:
+            hi = mid
+    return lo
 
 
 def _fractional_knapsacks(value: np.ndarray, weight: np.ndarray, counts: np.ndarray, rooms: np.ndarray) -> np.ndarray:

@@ -19,7 +19,8 @@ from .bounds import area_bracket, distinct_lengths, overhead_area_bound, simple_
 from .formulation import build_milp, decode, decode_nodes, estimate_size, hint_values
 from .heuristic import heuristic_solution, makespan
 from .instance import Instance, _undominated, build_instance, check_lengths
-from .layouts import Family, delay_area_bound, net_forward_caps, step_bound, tighten
+from .layouts import (Family, anchored_delay_bound, delay_area_bound, forward_tables, net_forward_caps, step_bound,
+                      tighten)
 from .lns import rebalance, swap_towards
 from .patterns import PatternBound, worth_trying
 from .remote import STARTUP_S, RemoteBound
@@ -78,7 +79,7 @@ def solve(lengths, cluster: Cluster, lat: LatencyModel, *, backend: str = "cpsat
     tps = lat.cluster.tp_degrees(lat.model)
     slices = [_slice(full, warm, t, quick) for t in (tps if objective == "step" else [1])]
     if objective == "step" and not quick:  # (a short limit's step bound does without: 0.19 s at 64 GPUs)
-        _cap_first_forwards(slices, full, lat)
+        _cap_first_forwards(slices, full, lat, warm.step_ms)
     clock["bounds"] = time.monotonic() - start - clock["pricing"] - clock["warm start"]
     plans, notes, bounds = [("warm start", warm)] + _per_micro_batch(warm, lat), {}, {}
     families = [f for sl in slices for f in sl.families]
@@ -288,20 +289,25 @@ def _slice(full: Instance, warm: Plan, min_tp: int, quick: bool = False) -> Slic
                  (Family(min_tp, False, pure_lower), Family(min_tp, True, lower)), configs=len(inst.configs))
 
 
-def _cap_first_forwards(slices: list, full: Instance, lat: LatencyModel) -> None:
+def _cap_first_forwards(slices: list, full: Instance, lat: LatencyModel, upper: float) -> None:
     """Each family's bounds from the overlapped all-gather (layouts.net_forward_caps): the cap on what its
-    slowest group's first micro-batch hides, and the area bound with every group's least wait; over every
-    configuration its plans may use (dominated ones included: their waits differ)."""
-    caps = net_forward_caps(full.lengths, full.configs, lat)
-    if caps is None:
+    slowest group's first micro-batch hides, and the area bound with every group's least wait, anchors
+    counted; over every configuration its plans may use (dominated ones included: their waits differ)."""
+    tables = forward_tables(full.lengths, full.configs, lat)
+    if tables is None:
         return
+    caps = net_forward_caps(tables, full.configs, lat)
     for sl in slices:
         for fam in sl.families:
             cols = np.array([c for c, cfg in enumerate(full.configs)
                              if (cfg[0] >= fam.t if fam.mixed else cfg[0] == fam.t)], dtype=int)
             if cols.size:
+                sub = full.subset(cols)
                 fam.forward_cap = float(caps[cols].max())
-                fam.delayed = delay_area_bound(full.subset(cols), caps[cols], lat, fam.t, 1e12)
+                fam.delayed = delay_area_bound(sub, caps[cols], lat, fam.t, 1e12)
+                if math.isfinite(fam.delayed):
+                    fam.delayed = max(fam.delayed, anchored_delay_bound(sub, tables, cols, caps[cols], lat, fam.t,
+                                                                        fam.delayed, upper))
 
 
 def _configs_where(full: Instance, keep_tp, prune: bool = True) -> Instance | None:
