@@ -32,6 +32,7 @@ PATTERNS_HEURISTIC_SHARE = 0.1  # ... and when the pattern LP and LNS do
 PATTERN_SHARE = 0.35        # of the time left, for the pattern LP before the configuration swaps
 LNS_SHARE = 0.4             # of the time left then, for rebalancing (it stops earlier once stuck)
 MILP_VARS_PER_S = 150_000   # build_milp's own pace here (24 GPUs x 256 sequences: 47,672 variables in 0.32 s)
+WAITS_MIN_S = 2.0          # seconds left below which the step bound does without the all-gather's waits
 RESERVE_PLANS = 4           # plan pricings kept back per slice (heuristic's, MIP's, the final one, slack)
 QUICK_FACTOR = 10           # a limit leaving less than this many pricings' time after the warm start is short:
                             # cheap bounds, first covers aimed near the area bound, no pattern LP or LNS
@@ -78,7 +79,9 @@ def solve(lengths, cluster: Cluster, lat: LatencyModel, *, backend: str = "cpsat
     quick = deterministic_limit is None and left < short
     tps = lat.cluster.tp_degrees(lat.model)
     slices = [_slice(full, warm, t, quick) for t in (tps if objective == "step" else [1])]
-    if objective == "step" and not quick:  # (a short limit's step bound does without: 0.19 s at 64 GPUs)
+    # the all-gather's waits in the step bound cost ~0.1-0.2 s at 64 GPUs x 256: not on limits under WAITS_MIN_S
+    if objective == "step" and not quick and (deterministic_limit is not None
+                                              or deadline - time.monotonic() > WAITS_MIN_S):
         _cap_first_forwards(slices, full, lat, warm.step_ms)
     clock["bounds"] = time.monotonic() - start - clock["pricing"] - clock["warm start"]
     plans, notes, bounds = [("warm start", warm)] + _per_micro_batch(warm, lat), {}, {}
