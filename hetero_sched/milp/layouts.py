@@ -32,7 +32,7 @@ POLL_S = 0.05  # how often a family searched in a worker is read while nothing i
 PATIENCE_SHARE = 0.35  # of the time left: how long one trial may stay open before a lower one is tried
 
 
-FORWARD_CAP_CELLS = 20_000  # distinct lengths x configurations priced for the first-forward cap, at most
+FORWARD_CAP_CELLS = 100_000  # distinct lengths x configurations priced for the waits (x9 recompute levels), at most
 
 
 @dataclass
