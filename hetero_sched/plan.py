@@ -144,14 +144,16 @@ class Plan:
         open_ = [k for k, o in enumerate(options) if len(o) > 1]
         if open_ and lat.overlap_param_gather:
             choice = self._best_orders(lat, stats, options, open_)
-        for g, opts, c, (_, _, tokens) in zip(self.groups, options, choice, stats):
+        ordered = []
+        for g, opts, c, (fwd, window, tokens) in zip(self.groups, options, choice, stats):
             first, last = opts[c]
             middle = sorted((j for j in range(len(g.micro_batches)) if j not in (first, last)),
                             key=lambda j: (tokens[j], j))
             order = ([first] if first != last else []) + middle + [last]
             g.micro_batches = [g.micro_batches[j] for j in order]
             g.recompute_layers = [g.recompute_layers[j] for j in order]
-        self.reprice(lat)
+            ordered.append((fwd[order], window[order], tokens[order]))  # per micro-batch: reordered, not repriced
+        self._price(lat, ordered)
 
     def _best_orders(self, lat, stats, options, open_: list[int]) -> list[int]:
         """Index into each group's options that gives the least step (see order_micro_batches)."""
@@ -226,7 +228,11 @@ class Plan:
 
     def reprice(self, lat: LatencyModel) -> None:
         """Recompute every figure from the step model (never from a solver's objective)."""
-        stats = self._micro_batch_stats(lat)
+        self._price(lat, self._micro_batch_stats(lat))
+
+    def _price(self, lat: LatencyModel, stats) -> None:
+        """Makespan, sync, step and the solver's figures, from the groups' latencies and the micro-batch
+        stats of their recorded order (_micro_batch_stats)."""
         self.makespan_ms = max((g.latency_ms for g in self.groups), default=0.0)
         tps = [g.tp for g in self.groups]
         self.sync_ms_upper = lat.sync_upper_ms(tps)

@@ -23,7 +23,6 @@ from ..specs import Cluster, ModelSpec
 from . import constants as K
 from .kernels import Kernels
 
-PASSES_FWD = 1 + K.RECOMPUTE_FORWARDS  # forward + recomputed forward (full checkpointing)
 GB = 1e9
 RECOMPUTE_MODES = ("auto", "full")
 
@@ -213,8 +212,7 @@ class LatencyModel(ABC):
         recomputes `recompute_layers` layers (default: recompute_layers() of it, or every layer if none fits)."""
         if recompute_layers is None:
             recompute_layers = int(self.recompute_layers_array(np.array([microbatch_tokens]), tp, cp)[0])
-        per_rank = math.ceil(microbatch_tokens / cp)
-        return (self._static_bytes(tp) + per_rank * self._bytes_per_token(tp, self._check_k(recompute_layers))) / GB
+        return float(self.memory_gb_array([microbatch_tokens], tp, cp, [self._check_k(recompute_layers)])[0])
 
     def memory_gb_array(self, microbatch_tokens, tp: int, cp: int, recompute_layers) -> np.ndarray:
         """Vectorised memory_gb over micro-batches with their k (no range check on k)."""
@@ -294,10 +292,8 @@ class LatencyModel(ABC):
         parameter bytes, share of a forward done when the first of its layers is reached)."""
         m = self.model
         cap = max(K.BUCKET_PARAMS_MIN, K.BUCKET_PARAMS_PER_DP * max(1, groups))
-        pieces = self._gradient_pieces()
-        positions = [1.0] + [(m.layers - 1 - j) / m.layers for j in range(m.layers)] + [0.0]  # forward position
         buckets, size, need = [], 0, 1.0
-        for (params, _), pos in zip(pieces, positions):
+        for params, pos in reversed(self._forward_pieces()):  # bucketed in backward order, as the gradients
             size += params
             need = min(need, pos)
             if size >= cap:
@@ -312,10 +308,7 @@ class LatencyModel(ABC):
         completes at c_b = allgather·Σ_{b'≤b} share (buckets back to back from the step's start, forward
         order) and is needed at F·pos_b by a group whose first micro-batch's forward takes F ms, so
         delay = max_b (c_b − F·pos_b)⁺ (a layer waits, and every later one shifts with it)."""
-        shares, pos = self._bucket_arrays("param", groups)
-        complete = allgather_ms * np.cumsum(shares)
-        first = np.asarray(first_forwards, dtype=float)
-        return np.maximum(0.0, (complete[None, :] - first[:, None] * pos[None, :]).max(axis=1))
+        return _waits(*self._bucket_arrays("param", groups), allgather_ms, first_forwards)
 
     def sync_exposed_ms(self, tps: Sequence[int], timings: Sequence[tuple]) -> float:
         """Sync time the step pays once overlap is counted.
@@ -361,7 +354,7 @@ class LatencyModel(ABC):
         degree (inf when there is none). M + d(M) rises with M (FORWARD_SHARE_MAX·pos ≤ 1) and x + exposed
         rises with x (each ready time rises by 1 − BACKWARD_SHARE·(1 − done) ≥ 0 per ms), so the bound
         holds for every makespan above makespan_lower_ms. first_forward_max_ms: a cap on any first
-        micro-batch's forward known from the batch (layouts.first_forward_cap); the delay then falls no lower
+        micro-batch's forward known from the batch (layouts.net_forward_caps); the delay then falls no lower
         than with that forward however long the makespan. waits_included: makespan_lower_ms already bounds
         the slowest group's end after its all-gather wait (layouts.delay_area_bound): no wait is added."""
         _, reduce, allgather = self.sync_parts([t_layout])
@@ -375,7 +368,8 @@ class LatencyModel(ABC):
         x, clock = T, -math.inf
         if self.overlap_param_gather:
             if not waits_included:
-                x = T + self._least_gather_delay(allgather, min(K.FORWARD_SHARE_MAX * T, first_forward_max_ms))
+                first = min(K.FORWARD_SHARE_MAX * T, first_forward_max_ms)
+                x = T + float(self.least_gather_delays(allgather, [first])[0])
             clock = allgather
         for params, done in self._gradient_pieces():
             clock = max(clock, x - K.BACKWARD_SHARE * x * (1.0 - done)) + (gather + reduce) * params / self.model.params
@@ -383,25 +377,16 @@ class LatencyModel(ABC):
         return exposed if self.overlap_param_gather else exposed + allgather
 
     def least_gather_delays(self, allgather_ms: float, first_forwards) -> np.ndarray:
-        """Vectorised _least_gather_delay: one piece per layer, a lower bound under any bucketing."""
-        m = self.model
-        shares = np.array([params for params, _ in self._gradient_pieces()[::-1]], dtype=float) / m.params
-        positions = np.array([0.0] + [j / m.layers for j in range(m.layers)] + [1.0])
-        complete = allgather_ms * np.cumsum(shares)
-        first = np.asarray(first_forwards, dtype=float)
-        return np.maximum(0.0, (complete[None, :] - first[:, None] * positions[None, :]).max(axis=1))
+        """gather_delays with one piece per layer: a lower bound under any bucketing (a bucket completes
+        with its last piece and is needed with its first)."""
+        params, positions = (np.array(col, dtype=float) for col in zip(*self._forward_pieces()))
+        return _waits(params / self.model.params, positions, allgather_ms, first_forwards)
 
-    def _least_gather_delay(self, allgather_ms: float, first_forward_ms: float) -> float:
-        """max over pieces (forward order) of (complete − F·pos)⁺, one piece per layer, F the longest the
-        slowest group's first forward can be."""
+    def _forward_pieces(self) -> list[tuple[int, float]]:
+        """(parameters, share of a forward done when they are first needed): embedding, blocks 0 … L−1, head."""
         m = self.model
-        pieces = self._gradient_pieces()[::-1]  # embedding, layers 0 … L−1, head
-        positions = [0.0] + [j / m.layers for j in range(m.layers)] + [1.0]
-        done, delay = 0.0, 0.0
-        for (params, _), pos in zip(pieces, positions):
-            done += allgather_ms * params / m.params
-            delay = max(delay, done - first_forward_ms * pos)
-        return delay
+        params = [p for p, _ in self._gradient_pieces()[::-1]]
+        return list(zip(params, [0.0] + [j / m.layers for j in range(m.layers)] + [1.0]))
 
     def describe(self) -> dict:
         d = {"kind": self.kind, "version": self.version, "table_sha256": self.table_sha256,
@@ -550,6 +535,14 @@ class LatencyModel(ABC):
             bad = next(x for x in lengths if not isinstance(x, (int, np.integer)) or x <= 0)
             raise ValueError(f"sequence lengths must be positive integers, got {bad!r}")
         return arr.astype(np.int64)
+
+
+def _waits(shares: np.ndarray, positions: np.ndarray, allgather_ms: float, first_forwards) -> np.ndarray:
+    """max over pieces (c_p − F·pos_p)⁺ for each first forward F: c_p the all-gather's completion of piece p
+    (pieces back to back from the step's start, forward order), pos_p where the forward first needs it."""
+    complete = allgather_ms * np.cumsum(shares)
+    first = np.asarray(first_forwards, dtype=float)
+    return np.maximum(0.0, (complete[None, :] - first[:, None] * positions[None, :]).max(axis=1))
 
 
 def file_sha256(path) -> str:

@@ -160,12 +160,10 @@ def anchored_delay_bound(inst, tables, cols, caps, lat, t_layout: int, lower: fl
     _, _, allgather = lat.sync_parts([t_layout])
     fwd = np.stack([parts[c][0] for c in cols], axis=1)  # (U, C)
     anchor = fwd >= ANCHOR_SHARE * allgather
-    small = net_forward_caps((uniq, counts, [parts[c] for c in cols]), [inst.configs[k] for k in range(len(cols))],
-                             lat, left_out=[anchor[:, k] for k in range(len(cols))])
+    small = net_forward_caps((uniq, counts, [parts[c] for c in cols]), inst.configs, lat, left_out=list(anchor.T))
     w_big = lat.least_gather_delays(allgather, caps)
     w_small = np.maximum(lat.least_gather_delays(allgather, small), w_big)
-    rows = np.searchsorted(inst.lengths[np.argsort(inst.lengths, kind="stable")], uniq)
-    cost = inst.cost[np.argsort(inst.lengths, kind="stable")[rows]]  # (U, C): one row per distinct length
+    cost = inst.cost[np.unique(inst.lengths, return_index=True)[1]]  # (U, C): one row per distinct length
     gpus, over = inst.gpus.astype(float), inst.overhead
 
     def infeasible(T: float) -> bool:
