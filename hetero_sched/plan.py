@@ -10,13 +10,13 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 
 from .latency import LatencyModel, latency_model
-from .latency.base import window_share
-from .packing import pack_micro_batches
+from .latency.base import check_pp, config_name, pack_by_class, window_share
 from .placement import nodes_spanned, place_groups, tp_group_inside_node
 from .specs import Cluster, ModelSpec
 
-SCHEMA_VERSION = 2
-READABLE_VERSIONS = (1, 2)  # version 1: every micro-batch recomputed every layer, all-gather not overlapped
+SCHEMA_VERSION = 3
+READABLE_VERSIONS = (1, 2, 3)  # 1: every micro-batch recomputed every layer, all-gather not overlapped;
+                               # 2: no pipeline stages (pp = 1 when a group has none)
 EXACT_ORDER_GROUPS = 4  # up to this many groups with a choice, every (first, last) combination is priced
 GREEDY_ORDER_GROUPS = 8  # beyond, the slowest this many choose one by one (the others keep the largest last)
 REL_TOL = 1e-6  # recomputed figures must match the file to this relative tolerance
@@ -35,12 +35,14 @@ def objective_key(plan: Plan, objective: str) -> tuple[float, float]:
 
 @dataclass(kw_only=True, slots=True)
 class Group:
-    """One group of tp·cp GPUs running its sequences micro-batch after micro-batch."""
+    """One group of tp·cp·pp GPUs running its sequences micro-batch after micro-batch (through pp
+    pipeline stages, 1F1B, when pp > 1)."""
 
     tp: int
     cp: int
     ranks: list[int]
-    """Global GPU ranks, TP-fastest: ranks[k*tp:(k+1)*tp] is the TP group of CP rank k."""
+    """Global GPU ranks, TP-fastest, then CP, then stage: ranks[(s*cp + k)*tp:(s*cp + k + 1)*tp] is the TP
+    group of CP rank k of stage s (stage s holds blocks s·layers/pp … (s+1)·layers/pp − 1)."""
     sequence_ids: list[int]
     micro_batches: list[list[int]]
     """Sequence ids of each micro-batch, in run order; each ≤ max_tokens(tp, cp) tokens."""
@@ -48,11 +50,18 @@ class Group:
     memory_gb: float
     recompute_layers: list[int] = field(default_factory=list)
     """Layers each micro-batch recomputes (Megatron's block method: the first k blocks), one int per
-    micro-batch; each micro-batch must fit in memory with its k."""
+    micro-batch; each micro-batch must fit in memory with its k. With stages, k is a multiple of pp:
+    each stage recomputes its first k/pp blocks."""
+    pp: int = 1
+    """Pipeline stages (even split of the layers, LM head on the last)."""
 
     @property
     def gpus(self) -> int:
-        return self.tp * self.cp
+        return self.tp * self.cp * self.pp
+
+    @property
+    def name(self) -> str:
+        return config_name(self.tp, self.cp, self.pp)
 
 
 @dataclass(kw_only=True, slots=True)
@@ -101,11 +110,11 @@ class Plan:
 
     # ---- construction ---------------------------------------------------------------------------
     @classmethod
-    def build(cls, lengths: Sequence[int], assignment: Sequence[tuple[int, int, Sequence[int]]],
+    def build(cls, lengths: Sequence[int], assignment: Sequence[tuple],
               lat: LatencyModel, solver: SolveResult | None = None, baseline: dict | None = None,
               ranks: Sequence[Sequence[int]] | None = None, recompute_layers: int | None = None) -> Plan:
-        """Place (tp, cp, sequence ids) groups on ranks (given, or placed greedily inside nodes where
-        possible), pack micro-batches, choose their order, price everything. Groups without sequences are
+        """Place (tp, cp, sequence ids) or (tp, cp, pp, sequence ids) groups on ranks (given, or placed
+        greedily inside nodes where possible), pack micro-batches, choose their order, price everything. Groups without sequences are
         dropped. recompute_layers=None: each micro-batch recomputes the least k with which it fits (the
         model's recompute mode; sequences of one class k share micro-batches up to that class's cap, so a
         micro-batch's least k is its class's and its cost the sum of its sequences' — exactly what the
@@ -113,15 +122,17 @@ class Plan:
         WLB-LLM run), micro-batches packed up to what fits with it. Order: see order_micro_batches."""
         lengths = [int(x) for x in lengths]
         cluster = lat.cluster
+        assignment = [_as_assignment(a, lat.model.layers) for a in assignment]
         if ranks is None:
-            assignment = [(tp, cp, ids) for tp, cp, ids in assignment if len(ids)]
-            ranks = place_groups([(tp, cp) for tp, cp, _ in assignment], cluster.gpus, cluster.gpus_per_node)
-        kept = [(a, list(r)) for a, r in zip(assignment, ranks) if len(a[2])]
+            assignment = [a for a in assignment if len(a[3])]
+            ranks = place_groups([(tp, cp * pp) for tp, cp, pp, _ in assignment], cluster.gpus,
+                                 cluster.gpus_per_node)
+        kept = [(a, list(r)) for a, r in zip(assignment, ranks) if len(a[3])]
         groups = []
-        for (tp, cp, ids), rk in kept:
+        for (tp, cp, pp, ids), rk in kept:
             ids = sorted(int(i) for i in ids)
-            batches, ks = _pack(lengths, ids, tp, cp, lat, recompute_layers)
-            groups.append(Group(tp=tp, cp=cp, ranks=rk, sequence_ids=ids, micro_batches=batches,
+            batches, ks = pack_by_class(lengths, ids, lat, tp, cp, pp, recompute_layers)
+            groups.append(Group(tp=tp, cp=cp, pp=pp, ranks=rk, sequence_ids=ids, micro_batches=batches,
                                 latency_ms=0.0, memory_gb=0.0, recompute_layers=ks))
         plan = cls(model=lat.model, cluster=cluster, latency_model=lat.describe(), lengths=lengths,
                    groups=groups, makespan_ms=0.0, sync_ms=0.0, step_ms=0.0, solver=solver, baseline=baseline)
@@ -137,9 +148,12 @@ class Plan:
         both, it goes last with the next longest forward first, or first with the next longest window
         last — the only two orders not beaten by another. Up to EXACT_ORDER_GROUPS groups with that
         choice, every combination is priced; beyond, the GREEDY_ORDER_GROUPS slowest choose one by one.
-        The others run in increasing size."""
+        The others run in increasing size. A pipelined group (pp > 1) runs its micro-batches in
+        increasing stage time: sorted, 1F1B stalls least (a long micro-batch after a short one stalls
+        every stage), and its fill and drain are the shortest first and longest last."""
+        self._order_pipelines(lat)
         stats = self._micro_batch_stats(lat)
-        options = [_order_options(f, w) for f, w, _ in stats]
+        options = [_order_options(f, w) if g.pp == 1 else [(0, len(f) - 1)] for g, (f, w, _) in zip(self.groups, stats)]
         choice = [0] * len(self.groups)
         open_ = [k for k, o in enumerate(options) if len(o) > 1]
         if open_ and lat.overlap_param_gather:
@@ -155,9 +169,22 @@ class Plan:
             ordered.append((fwd[order], window[order], tokens[order]))  # per micro-batch: reordered, not repriced
         self._price(lat, ordered)
 
+    def _order_pipelines(self, lat: LatencyModel) -> None:
+        """Each pipelined group's micro-batches in increasing stage time (see order_micro_batches)."""
+        for g in self.groups:
+            if g.pp > 1 and len(g.micro_batches) > 1:
+                fwd, bwd = lat.stage_times([[self.lengths[i] for i in mb] for mb in g.micro_batches], g.tp, g.cp,
+                                           g.pp, self._crosses(g), g.recompute_layers)
+                order = np.argsort((fwd + bwd).max(axis=1), kind="stable")
+                g.micro_batches = [g.micro_batches[j] for j in order]
+                g.recompute_layers = [g.recompute_layers[j] for j in order]
+
+    def _crosses(self, g: Group) -> bool:
+        return nodes_spanned(g.ranks, self.cluster.gpus_per_node) > 1
+
     def _best_orders(self, lat, stats, options, open_: list[int]) -> list[int]:
         """Index into each group's options that gives the least step (see order_micro_batches)."""
-        tps = [g.tp for g in self.groups]
+        tps = [(g.tp, g.pp) for g in self.groups]
         timings = self._timings_from(stats, [o[0] for o in options])
 
         def step_with(k: int, c: int) -> None:
@@ -194,12 +221,12 @@ class Plan:
         sets every group's latency_ms (overhead + Σ seq_latency_ms at its micro-batch's k) and memory_gb
         (its largest micro-batch under its k). The forward of a micro-batch carries the overhead's forward
         part, its window BACKWARD_SHARE-at-k of overhead + its sequences (see LatencyModel.sync_exposed_ms)."""
-        gpn, layers = self.cluster.gpus_per_node, self.model.layers
+        layers = self.model.layers
         lengths = np.asarray(self.lengths, dtype=np.int64)
-        keys = [(g.tp, g.cp, nodes_spanned(g.ranks, gpn) > 1) for g in self.groups]
+        keys = [(g.tp, g.cp, self._crosses(g)) for g in self.groups]
         fwd, cost = np.zeros(len(lengths)), np.zeros(len(lengths))
-        for key in set(keys):
-            members = [g for g, k in zip(self.groups, keys) if k == key]
+        for key in {k for k, g in zip(keys, self.groups) if g.pp == 1}:
+            members = [g for g, k in zip(self.groups, keys) if k == key and g.pp == 1]
             ids = np.array([i for g in members for mb in g.micro_batches for i in mb], dtype=np.int64)
             ks = np.array([k for g in members for mb, k in zip(g.micro_batches, g.recompute_layers) for _ in mb])
             if ids.size:
@@ -207,6 +234,9 @@ class Plan:
                 fwd[ids], cost[ids] = f, f + r + b
         stats = []
         for g, key in zip(self.groups, keys):
+            if g.pp > 1:
+                stats.append(self._pipeline_stats(lat, g, key[2]))
+                continue
             o_fwd, o_rec, o_bwd = lat.overhead_parts(*key)
             overhead = o_fwd + o_rec + o_bwd
             mb_of = np.repeat(np.arange(len(g.micro_batches)), [len(mb) for mb in g.micro_batches])
@@ -219,6 +249,18 @@ class Plan:
             g.memory_gb = float(lat.memory_gb_array(tokens, g.tp, g.cp, g.recompute_layers).max())
             stats.append((o_fwd + mb_fwd, window_share(ks / layers) * (overhead + mb_cost), tokens))
         return stats
+
+    def _pipeline_stats(self, lat: LatencyModel, g: Group, cross: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """A pipelined group's (forward, backward window, tokens) per micro-batch, in its recorded order:
+        a micro-batch's forward and backward each run through every stage; sets latency_ms (the 1F1B
+        simulation, pipeline_latency_ms) and memory_gb (its largest micro-batch, pp of them in flight)."""
+        batches = [[self.lengths[i] for i in mb] for mb in g.micro_batches]
+        f, b = lat.stage_times(batches, g.tp, g.cp, g.pp, cross, g.recompute_layers)
+        o_fwd, o_rec, o_bwd = lat.overhead_parts(g.tp, g.cp, cross, g.pp)
+        g.latency_ms = lat.pipeline_latency_ms(batches, g.tp, g.cp, g.pp, cross, g.recompute_layers)
+        tokens = np.array([sum(mb) for mb in batches], dtype=np.int64)
+        g.memory_gb = float(lat.memory_gb_array(tokens, g.tp, g.cp, g.recompute_layers, g.pp).max())
+        return o_fwd + f.sum(axis=1), o_rec + o_bwd + b.sum(axis=1), tokens
 
     def _timings_from(self, stats, pairs=None) -> list[tuple[float, float, float]]:
         """(end, first micro-batch's forward, last one's window) of each group; pairs: (first, last)
@@ -234,7 +276,7 @@ class Plan:
         """Makespan, sync, step and the solver's figures, from the groups' latencies and the micro-batch
         stats of their recorded order (_micro_batch_stats)."""
         self.makespan_ms = max((g.latency_ms for g in self.groups), default=0.0)
-        tps = [g.tp for g in self.groups]
+        tps = [(g.tp, g.pp) for g in self.groups]
         self.sync_ms_upper = lat.sync_upper_ms(tps)
         self.sync_ms = lat.sync_exposed_ms(tps, self._timings_from(stats))
         self.step_ms = self.makespan_ms + self.sync_ms
@@ -281,16 +323,16 @@ class Plan:
     def _check_figures(self, lat: LatencyModel) -> list[str]:
         problems = []
         for k, g in enumerate(self.groups):
-            cap = lat.max_tokens(g.tp, g.cp)
+            cap = lat.max_tokens(g.tp, g.cp, g.pp)
             for j, (mb, layers) in enumerate(zip(g.micro_batches, g.recompute_layers)):
                 tokens = sum(self.lengths[i] for i in mb)
                 if tokens > cap:
                     problems.append(f"group {k}: micro-batch of {tokens} tokens exceeds max_tokens {cap}")
-                elif tokens > lat.tokens_cap(g.tp, g.cp, layers):
+                elif tokens > lat.tokens_cap(g.tp, g.cp, layers, g.pp):
                     problems.append(f"group {k}: micro-batch {j} of {tokens} tokens does not fit with {layers} "
-                                    f"recomputed layers ({lat.memory_gb(tokens, g.tp, g.cp, layers):.1f} GB > "
+                                    f"recomputed layers ({lat.memory_gb(tokens, g.tp, g.cp, layers, g.pp):.1f} GB > "
                                     f"{lat.usable_bytes / 1e9:.1f} GB usable; it needs "
-                                    f"{lat.recompute_layers_array([tokens], g.tp, g.cp)[0]} or more)")
+                                    f"{lat.recompute_layers_array([tokens], g.tp, g.cp, g.pp)[0]} or more)")
         if problems:
             return problems
         copy = Plan.from_dict(self.to_dict())
@@ -367,6 +409,7 @@ class Plan:
 
 def _group_from(g: dict, version: int, layers: int) -> Group:
     fields = {k: g[k] for k in ("tp", "cp", "ranks", "sequence_ids", "micro_batches", "latency_ms", "memory_gb")}
+    fields["pp"] = g.get("pp", 1)
     if version == 1:
         fields["recompute_layers"] = [layers] * len(fields["micro_batches"])
     else:
@@ -374,20 +417,13 @@ def _group_from(g: dict, version: int, layers: int) -> Group:
     return Group(**fields)
 
 
-def _pack(lengths: list[int], ids: list[int], tp: int, cp: int, lat: LatencyModel,
-          recompute_layers: int | None) -> tuple[list[list[int]], list[int]]:
-    """Micro-batches of a group and the k each recomputes (see Plan.build)."""
-    if recompute_layers is not None:
-        batches = pack_micro_batches(lengths, ids, lat.tokens_cap(tp, cp, recompute_layers))
-        return batches, [int(recompute_layers)] * len(batches)
-    own = lat.recompute_layers_array(np.array([lengths[i] for i in ids], dtype=np.int64), tp, cp)
-    batches, ks = [], []
-    for k in sorted(set(own.tolist())):
-        members = [i for i, ki in zip(ids, own) if ki == k]
-        packed = pack_micro_batches(lengths, members, lat.tokens_cap(tp, cp, k))
-        batches += packed
-        ks += [k] * len(packed)
-    return batches, ks
+def _as_assignment(a, layers: int) -> tuple[int, int, int, list]:
+    """(tp, cp, ids) or (tp, cp, pp, ids) → (tp, cp, pp, ids); ValueError on a bad pp."""
+    if len(a) == 3:
+        return a[0], a[1], 1, a[2]
+    if len(a) == 4:
+        return a[0], a[1], check_pp(a[2], layers), a[3]
+    raise ValueError(f"a group is (tp, cp, ids) or (tp, cp, pp, ids), got {len(a)} fields")
 
 
 def _order_options(forwards: np.ndarray, windows: np.ndarray) -> list[tuple[int, int]]:
@@ -407,6 +443,10 @@ def _check_group(k: int, g: Group, n: int, cl: Cluster, model: ModelSpec, used: 
     problems = []
     if g.tp not in cl.tp_degrees(model) or not isinstance(g.cp, int) or g.cp < 1:
         return [f"group {k}: (tp={g.tp}, cp={g.cp}) is not a valid configuration"]
+    try:
+        check_pp(g.pp, model.layers)
+    except ValueError as exc:
+        return [f"group {k}: {exc}"]
     if len(g.ranks) != g.gpus or len(set(g.ranks)) != g.gpus:
         problems.append(f"group {k}: needs {g.gpus} distinct ranks, has {g.ranks}")
     if any(not (0 <= r < cl.gpus) for r in g.ranks):
@@ -421,6 +461,9 @@ def _check_group(k: int, g: Group, n: int, cl: Cluster, model: ModelSpec, used: 
             isinstance(k, bool) or not isinstance(k, int) or not 0 <= k <= model.layers for k in ks):
         problems.append(f"group {k}: recompute_layers must hold one integer in 0..{model.layers} per micro-batch, "
                         f"got {ks!r}")
+    elif g.pp > 1 and any(x % g.pp for x in ks):
+        problems.append(f"group {k}: with {g.pp} stages each micro-batch recomputes a multiple of {g.pp} layers "
+                        f"(k/pp blocks of each stage), got {ks!r}")
     in_batches = sorted(i for mb in g.micro_batches for i in mb)
     if in_batches != sorted(g.sequence_ids) or any(not mb for mb in g.micro_batches):
         problems.append(f"group {k}: micro-batches do not hold exactly the group's sequences once")

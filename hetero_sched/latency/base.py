@@ -3,12 +3,16 @@
 A group of `tp`·`cp` GPUs runs each sequence through all layers: forward, a recomputed forward of k of
 the layers (k = the least number with which the micro-batch fits, Megatron's block method; k = layers
 under recompute="full") and backward. A sequence of L tokens is split over the cp ranks (L/cp tokens
-each). Subclasses provide only the per-layer forward time of the token-proportional kernels
+each). With pp pipeline stages (a group of tp·cp·pp GPUs) each stage holds layers/pp blocks (even
+stages; the LM head on the last) and the micro-batches run 1F1B (see pipeline_ms). Subclasses provide only the per-layer forward time of the token-proportional kernels
 (linear layers + pointwise ops); attention, communication, memory and sync are shared.
 
 Additive contract (DESIGN.md): group_latency_ms = overhead_ms(tp, cp) + Σ seq_latency_ms(L, tp, cp).
 Costs that a micro-batch pays once whatever its size (kernel-launch floors, GEMM ramp-up, ring latency)
-are the group's overhead; the rest is charged per sequence.
+are the group's overhead; the rest is charged per sequence. With pp > 1 the group's time is an event
+simulation of 1F1B over its micro-batches (its fill, drain and stalls are not additive); overhead_ms +
+Σ seq_latency_ms (the last stage's work alone) is then a lower bound on it, which is what the solver's
+bounds rest on.
 """
 from __future__ import annotations
 
@@ -59,6 +63,9 @@ class LatencyModel(ABC):
         self._intercepts: dict = {}
         self._rank_caps: dict = {}
         self._buckets: dict = {}
+        self.pp_degrees = [d for d in pipeline_divisors(model.layers) if d <= cluster.gpus]
+        """Pipeline degrees a group may take: the divisors of the layer count (even stages) up to the
+        cluster's GPUs (hs.solve's pp_degrees narrows them)."""
         self._check_fits()
 
     # ---- what subclasses provide ----------------------------------------------------------------
@@ -72,27 +79,33 @@ class LatencyModel(ABC):
 
     # ---- public contract ------------------------------------------------------------------------
     def seq_latency_ms(self, length: int, tp: int, cp: int, cross_node: bool | None = None,
-                       recompute_layers: int | None = None) -> float:
+                       recompute_layers: int | None = None, pp: int = 1) -> float:
         """Forward + recompute + backward of one sequence through all layers, ms, overhead excluded; the
-        sequence recomputes `recompute_layers` layers (default: the least with which it fits alone)."""
-        return float(self.seq_latency_array(np.array([length]), tp, cp, cross_node, recompute_layers)[0])
+        sequence recomputes `recompute_layers` layers (default: the least with which it fits alone). With
+        pp > 1: the last stage's share (its layers and the LM head), what the sequence adds to a pipeline
+        at the least."""
+        return float(self.seq_latency_array(np.array([length]), tp, cp, cross_node, recompute_layers, pp)[0])
 
-    def overhead_ms(self, tp: int, cp: int, cross_node: bool | None = None) -> float:
+    def overhead_ms(self, tp: int, cp: int, cross_node: bool | None = None, pp: int = 1) -> float:
         """What one micro-batch costs whatever its size: the intercept of every token-linear kernel
-        (launch floors, GEMM ramp-up), the attention launch floor and the ring's per-step latency."""
-        key = (tp, cp, cross_node)
+        (launch floors, GEMM ramp-up), the attention launch floor and the ring's per-step latency (and
+        with stages, each boundary's point-to-point latency, both ways)."""
+        key = (tp, cp, cross_node, pp)
         if key not in self._overheads:
-            self._overheads[key] = self._overhead(tp, cp, cross_node)
+            self._overheads[key] = self._overhead(tp, cp, cross_node, pp)
         return self._overheads[key]
 
-    def _overhead(self, tp: int, cp: int, cross_node: bool | None) -> float:
+    def _overhead(self, tp: int, cp: int, cross_node: bool | None, pp: int = 1) -> float:
         """The floors of forward + full recompute + backward: charged once per group, with every layer's
         recompute floor whatever the micro-batches' k (an upper bound by ≤ one forward's launch floors)."""
-        return sum(self.overhead_parts(tp, cp, cross_node))
+        return sum(self.overhead_parts(tp, cp, cross_node, pp))
 
-    def overhead_parts(self, tp: int, cp: int, cross_node: bool | None = None) -> tuple[float, float, float]:
-        """(forward, recompute of every layer, backward) of the overhead, ms."""
+    def overhead_parts(self, tp: int, cp: int, cross_node: bool | None = None,
+                       pp: int = 1) -> tuple[float, float, float]:
+        """(forward, recompute of every layer, backward) of the overhead, ms; with stages, the pp − 1
+        boundaries' send floors in each direction are added to the forward and the backward."""
         m = self.model
+        hop0 = (pp - 1) * self._stage_link(tp, cp, cross_node, pp).floor_ms if pp > 1 else 0.0
         linear0 = float(self._linear_intercept(tp))
         tpc0 = self._tp_allreduce(tp).floor_ms * K.TP_ALLREDUCES_PER_LAYER_FWD if tp > 1 else 0.0
         ring0 = (cp - 1) * self._ring_curve(tp, cp, cross_node).floor_ms if cp > 1 else 0.0
@@ -100,62 +113,128 @@ class LatencyModel(ABC):
         fwd_layer = linear0 + tpc0 + attn0 + ring0
         bwd_layer = K.LINEAR_BWD_RATIO * linear0 + tpc0 + attn0 + 2 * ring0
         head0 = self._gemm_intercept(m.hidden, m.vocab // tp)
-        return (m.layers * fwd_layer + head0, K.RECOMPUTE_FORWARDS * m.layers * fwd_layer,
-                m.layers * bwd_layer + K.LINEAR_BWD_RATIO * head0)
+        return (m.layers * fwd_layer + head0 + hop0, K.RECOMPUTE_FORWARDS * m.layers * fwd_layer,
+                m.layers * bwd_layer + K.LINEAR_BWD_RATIO * head0 + hop0)
 
-    def group_latency_ms(self, lengths: Sequence[int], tp: int, cp: int, cross_node: bool | None = None) -> float:
-        """overhead_ms + Σ seq_latency_ms: the group runs its sequences one micro-batch after another."""
+    def group_latency_ms(self, lengths: Sequence[int], tp: int, cp: int, cross_node: bool | None = None,
+                         pp: int = 1) -> float:
+        """overhead_ms + Σ seq_latency_ms: the group runs its sequences one micro-batch after another. With
+        pp > 1: the sequences packed as a plan packs them (one recompute class per micro-batch, up to its
+        cap), run 1F1B in increasing stage time (pipeline_latency_ms)."""
         lengths = self._check_lengths(lengths)
-        if lengths.size and lengths.max() > self.max_tokens(tp, cp):
-            raise ValueError(f"a sequence of {int(lengths.max())} tokens exceeds max_tokens={self.max_tokens(tp, cp)} "
-                             f"of TP{tp}xCP{cp}")
+        if lengths.size and lengths.max() > self.max_tokens(tp, cp, pp):
+            raise ValueError(f"a sequence of {int(lengths.max())} tokens exceeds max_tokens="
+                             f"{self.max_tokens(tp, cp, pp)} of {config_name(tp, cp, pp)}")
+        if pp > 1:
+            batches, ks = pack_by_class(lengths.tolist(), list(range(lengths.size)), self, tp, cp, pp)
+            return self.pipeline_latency_ms([lengths[b] for b in batches], tp, cp, pp, cross_node, ks)
         seqs = self.seq_latency_array(lengths, tp, cp, cross_node).sum() if lengths.size else 0.0
         return self.overhead_ms(tp, cp, cross_node) + float(seqs)
 
     def seq_latency_array(self, lengths: np.ndarray, tp: int, cp: int, cross_node: bool | None = None,
-                          recompute_layers=None) -> np.ndarray:
+                          recompute_layers=None, pp: int = 1) -> np.ndarray:
         """Vectorised seq_latency_ms over many lengths for one configuration; recompute_layers: one int
         (every sequence), one per sequence, or None (each at the least k with which it fits alone)."""
-        fwd, rec, bwd = self.seq_parts_array(lengths, tp, cp, cross_node, recompute_layers)
+        fwd, rec, bwd = self.seq_parts_array(lengths, tp, cp, cross_node, recompute_layers, pp)
         return fwd + rec + bwd
 
     def seq_parts_array(self, lengths, tp: int, cp: int, cross_node: bool | None = None,
-                        recompute_layers=None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(forward, recompute of its k layers, backward) of each sequence, ms, overhead excluded."""
-        self._check_config(tp, cp)
+                        recompute_layers=None, pp: int = 1) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(forward, recompute of its k layers, backward) of each sequence, ms, overhead excluded; with
+        pp > 1, on the last stage (its layers/pp blocks, k/pp of them recomputed, and the LM head)."""
+        self._check_config(tp, cp, pp)
         L = np.asarray(lengths, dtype=float)
-        cross = self._default_cross(tp, np.array([cp])) if cross_node is None else np.array([cross_node])
-        k = self._layers_recomputed(L, tp, cp, recompute_layers)
-        fwd, rec_all, bwd = self._seq_parts(L, tp, np.array([cp]), cross)
+        cross = self._default_cross(tp, np.array([cp]), pp) if cross_node is None else np.array([cross_node])
+        k = self._layers_recomputed(L, tp, cp, recompute_layers, pp)
+        fwd, rec_all, bwd = self._seq_parts(L, tp, np.array([cp]), cross, pp)
         return fwd, rec_all * (k / self.model.layers), bwd
 
-    def _layers_recomputed(self, L: np.ndarray, tp: int, cp: int, given) -> np.ndarray:
+    def _layers_recomputed(self, L: np.ndarray, tp: int, cp: int, given, pp: int = 1) -> np.ndarray:
         if given is None:
-            return self.recompute_layers_array(L, tp, cp)
+            return self.recompute_layers_array(L, tp, cp, pp)
         return np.broadcast_to(np.asarray(given, dtype=float), L.shape)
 
-    def cost_table(self, lengths: np.ndarray, tp: int, cps: np.ndarray, cross_node: bool | None = None) -> np.ndarray:
+    def cost_table(self, lengths: np.ndarray, tp: int, cps: np.ndarray, cross_node: bool | None = None,
+                   pp: int = 1) -> np.ndarray:
         """seq_latency_ms of every length (rows) on TP tp and each CP degree of cps (columns): across
         nodes when cross_node is True, inside one when False, and when None as compactly as possible
-        (crossing only when tp·cp > gpus_per_node)."""
+        (crossing only when tp·cp·pp > gpus_per_node)."""
         cps = np.asarray(cps)
         for cp in cps:
-            self._check_config(tp, int(cp))
+            self._check_config(tp, int(cp), pp)
         L = np.asarray(lengths, dtype=float)[:, None]
-        cross = self._default_cross(tp, cps) if cross_node is None else np.full(cps.shape, bool(cross_node))
-        fwd, rec_all, bwd = self._seq_parts(L, tp, cps[None, :], cross[None, :])
+        cross = self._default_cross(tp, cps, pp) if cross_node is None else np.full(cps.shape, bool(cross_node))
+        fwd, rec_all, bwd = self._seq_parts(L, tp, cps[None, :], cross[None, :], pp)
         if self.recompute == "full":
             return fwd + rec_all + bwd
-        k = self.recompute_layers_array(L, tp, cps[None, :].astype(np.int64))  # (n, k) at once, per CP degree
+        k = self.recompute_layers_array(L, tp, cps[None, :].astype(np.int64), pp)  # (n, k) at once, per CP degree
         return fwd + rec_all * (k / self.model.layers) + bwd
 
-    def _default_cross(self, tp: int, cps: np.ndarray) -> np.ndarray:
-        return tp * cps > self.cluster.gpus_per_node
+    def _default_cross(self, tp: int, cps: np.ndarray, pp: int = 1) -> np.ndarray:
+        return tp * cps * pp > self.cluster.gpus_per_node
 
-    def _seq_parts(self, L: np.ndarray, tp: int, cp: np.ndarray, cross: np.ndarray):
+    def _seq_parts(self, L: np.ndarray, tp: int, cp: np.ndarray, cross: np.ndarray, pp: int = 1):
         """(forward, recompute of every layer, backward) of lengths L on (tp, cp) with broadcasting: L (n,)
         with cp (1,), or L (n,1) with cp (1,k). A recomputed layer re-runs its forward (Korthikanti et al.
-        2022, table 2); the LM head is never recomputed."""
+        2022, table 2); the LM head is never recomputed. pp > 1: the last stage's share (layers/pp blocks
+        and the head; `rec_all · k/layers` is then its k/pp recomputed blocks)."""
+        layer_fwd, layer_bwd, head = self._layer_parts(L, tp, cp, cross)
+        blocks = self.model.layers // pp
+        return (blocks * layer_fwd + head, K.RECOMPUTE_FORWARDS * blocks * layer_fwd,
+                blocks * layer_bwd + K.LINEAR_BWD_RATIO * head)
+
+    def stage_parts_array(self, lengths, tp: int, cp: int, pp: int, cross_node: bool | None,
+                          recompute_layers) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """Per sequence: (forward of an inner stage, forward of the last, backward of an inner stage,
+        backward of the last), ms, floors excluded. An inner stage runs layers/pp blocks and sends its
+        output (tokens/cp · hidden · dtype / tp bytes per GPU: activations are sequence-parallel between
+        blocks, Korthikanti et al. 2022) to the next stage, and the gradient of its input back in the
+        backward, on NVLink inside a node, InfiniBand across; the last stage runs its blocks and the LM
+        head. The backward includes the stage's k/pp recomputed blocks."""
+        self._check_config(tp, cp, pp)
+        L = np.asarray(lengths, dtype=float)
+        cross = bool(self._default_cross(tp, np.array([cp]), pp)[0]) if cross_node is None else bool(cross_node)
+        layer_fwd, layer_bwd, head = self._layer_parts(L, tp, np.array([cp]), np.array([cross]))
+        blocks = self.model.layers // pp
+        k_stage = np.broadcast_to(np.asarray(recompute_layers, dtype=float), L.shape) / pp
+        hop = self._stage_hop_ms(L / cp, tp, cp, cross)
+        inner_b = blocks * layer_bwd + K.RECOMPUTE_FORWARDS * k_stage * layer_fwd
+        return (blocks * layer_fwd + hop, blocks * layer_fwd + head, inner_b + hop,
+                inner_b + K.LINEAR_BWD_RATIO * head)
+
+    def _stage_link(self, tp: int, cp: int, cross_node: bool | None, pp: int):
+        if cross_node is None:
+            cross_node = tp * cp * pp > self.cluster.gpus_per_node
+        return self.k.curve(self.cluster.gpu, "send_recv", 2, 1 if cross_node else 2)
+
+    def _stage_hop_ms(self, T: np.ndarray, tp: int, cp: int, cross: bool) -> np.ndarray:
+        """One stage boundary's transfer of T tokens' activations per GPU (floor excluded)."""
+        curve = self._stage_link(tp, cp, cross, 2)
+        nbytes = T * self.model.hidden * self.model.dtype_bytes / tp
+        return curve(nbytes) - curve.floor_ms
+
+    def pipeline_latency_ms(self, micro_batches, tp: int, cp: int, pp: int, cross_node: bool | None,
+                            recompute_layers) -> float:
+        """A pp-stage group's time over its micro-batches (lengths of each, in run order, each with its k):
+        overhead_ms + the 1F1B event simulation of their stage times (pipeline_ms)."""
+        fwd, bwd = self.stage_times(micro_batches, tp, cp, pp, cross_node, recompute_layers)
+        return self.overhead_ms(tp, cp, cross_node, pp) + pipeline_ms(fwd, bwd)
+
+    def stage_times(self, micro_batches, tp: int, cp: int, pp: int, cross_node: bool | None,
+                    recompute_layers) -> tuple[np.ndarray, np.ndarray]:
+        """(forward, backward) of each micro-batch (rows) on each stage (columns), floors excluded."""
+        sizes = [len(b) for b in micro_batches]
+        flat = np.concatenate([np.asarray(b, dtype=np.int64) for b in micro_batches]) if sizes else np.zeros(0)
+        ks = np.repeat(np.asarray(recompute_layers, dtype=float), sizes)
+        f_in, f_last, b_in, b_last = self.stage_parts_array(flat, tp, cp, pp, cross_node, ks)
+        of = np.repeat(np.arange(len(sizes)), sizes)
+        per = [np.bincount(of, weights=x, minlength=len(sizes)) for x in (f_in, f_last, b_in, b_last)]
+        fwd = np.column_stack([per[0]] * (pp - 1) + [per[1]])
+        bwd = np.column_stack([per[2]] * (pp - 1) + [per[3]])
+        return fwd, bwd
+
+    def _layer_parts(self, L: np.ndarray, tp: int, cp: np.ndarray, cross: np.ndarray):
+        """(one block's forward, one block's backward, the LM head's forward) of lengths L, floors excluded."""
         m = self.model
         T = L / cp  # tokens per CP rank
         linear = self.linear_fwd_ms(T, tp) - self._linear_intercept(tp)
@@ -168,60 +247,68 @@ class LatencyModel(ABC):
         fwd_layer = linear + tpc + np.maximum(attn_fwd, ring_fwd)
         bwd_layer = K.LINEAR_BWD_RATIO * linear + tpc + np.maximum(attn_bwd, ring_bwd)
         head = self._gemm_ms(T, m.hidden, m.vocab / tp) - self._gemm_intercept(m.hidden, m.vocab // tp)
-        return (m.layers * fwd_layer + head, K.RECOMPUTE_FORWARDS * m.layers * fwd_layer,
-                m.layers * bwd_layer + K.LINEAR_BWD_RATIO * head)
+        return fwd_layer, bwd_layer, head
 
-    def max_tokens(self, tp: int, cp: int) -> int:
+    def max_tokens(self, tp: int, cp: int, pp: int = 1) -> int:
         """Largest micro-batch (tokens over all cp ranks) that fits in memory, every layer recomputed;
         0 if nothing fits."""
-        return self.tokens_cap(tp, cp, self.model.layers)
+        return self.tokens_cap(tp, cp, self.model.layers, pp)
 
-    def tokens_cap(self, tp: int, cp: int, recompute_layers: int) -> int:
+    def tokens_cap(self, tp: int, cp: int, recompute_layers: int, pp: int = 1) -> int:
         """Largest micro-batch that fits when it recomputes `recompute_layers` layers (its class's cap)."""
-        self._check_config(tp, cp)
-        return int(self._caps(tp)[self._check_k(recompute_layers)]) * cp
+        self._check_config(tp, cp, pp)
+        return int(self._caps(tp, pp)[self._check_k(recompute_layers, pp) // pp]) * cp
 
-    def _caps(self, tp: int) -> np.ndarray:
-        """Tokens per CP rank that fit with k = 0 … layers recomputed layers (nondecreasing in k)."""
-        if tp not in self._rank_caps:
-            free = self.usable_bytes - self._static_bytes(tp)
-            ks = np.arange(self.model.layers + 1)
-            self._rank_caps[tp] = np.maximum(0, np.floor(free / self._bytes_per_token(tp, ks))).astype(np.int64)
-        return self._rank_caps[tp]
+    def _caps(self, tp: int, pp: int = 1) -> np.ndarray:
+        """Tokens per CP rank that fit with k = 0, pp, 2·pp … layers recomputed layers (k/pp per stage),
+        indexed by k/pp (nondecreasing)."""
+        key = (tp, pp)
+        if key not in self._rank_caps:
+            free = self.usable_bytes - self._static_bytes(tp, pp)
+            ks = np.arange(self.model.layers // pp + 1) * pp
+            self._rank_caps[key] = np.maximum(0, np.floor(free / self._bytes_per_token(tp, ks, pp))).astype(np.int64)
+        return self._rank_caps[key]
 
-    def recompute_layers(self, microbatch_tokens: int, tp: int, cp: int) -> int:
+    def recompute_layers(self, microbatch_tokens: int, tp: int, cp: int, pp: int = 1) -> int:
         """k of a micro-batch: the least number of recomputed layers with which it fits ('auto'), or every
-        layer ('full'); ValueError when it does not fit even then."""
+        layer ('full'); ValueError when it does not fit even then. With pp stages k is a multiple of pp
+        (k/pp blocks of each stage)."""
         tokens = int(microbatch_tokens)
-        if tokens > self.max_tokens(tp, cp):
-            raise ValueError(f"a micro-batch of {tokens} tokens exceeds max_tokens={self.max_tokens(tp, cp)} "
-                             f"of TP{tp}xCP{cp}")
-        return int(self.recompute_layers_array(np.array([tokens]), tp, cp)[0])
+        if tokens > self.max_tokens(tp, cp, pp):
+            raise ValueError(f"a micro-batch of {tokens} tokens exceeds max_tokens={self.max_tokens(tp, cp, pp)} "
+                             f"of {config_name(tp, cp, pp)}")
+        return int(self.recompute_layers_array(np.array([tokens]), tp, cp, pp)[0])
 
-    def recompute_layers_array(self, tokens, tp: int, cp: int) -> np.ndarray:
+    def recompute_layers_array(self, tokens, tp: int, cp: int, pp: int = 1) -> np.ndarray:
         """Vectorised recompute_layers (no fit check: tokens beyond max_tokens get k = layers)."""
         tokens = np.asarray(tokens)
         if self.recompute == "full":
             return np.full(tokens.shape, self.model.layers, dtype=np.int64)
         per_rank = -(-tokens.astype(np.int64) // cp)  # ⌈tokens/cp⌉
-        k = np.searchsorted(self._caps(tp), per_rank, side="left")  # least k with per_rank ≤ cap_k
-        return np.minimum(k, self.model.layers).astype(np.int64)
+        k = np.searchsorted(self._caps(tp, pp), per_rank, side="left")  # least k/pp with per_rank ≤ cap
+        return (np.minimum(k, self.model.layers // pp) * pp).astype(np.int64)
 
-    def memory_gb(self, microbatch_tokens: int, tp: int, cp: int, recompute_layers: int | None = None) -> float:
+    def memory_gb(self, microbatch_tokens: int, tp: int, cp: int, recompute_layers: int | None = None,
+                  pp: int = 1) -> float:
         """Peak memory per GPU (GB) for a micro-batch of `microbatch_tokens` tokens over the group that
-        recomputes `recompute_layers` layers (default: recompute_layers() of it, or every layer if none fits)."""
+        recomputes `recompute_layers` layers (default: recompute_layers() of it, or every layer if none fits);
+        with stages, on the stage that needs most (the first holds pp micro-batches in flight, the last
+        the logits)."""
         if recompute_layers is None:
-            recompute_layers = int(self.recompute_layers_array(np.array([microbatch_tokens]), tp, cp)[0])
-        return float(self.memory_gb_array([microbatch_tokens], tp, cp, [self._check_k(recompute_layers)])[0])
+            recompute_layers = int(self.recompute_layers_array(np.array([microbatch_tokens]), tp, cp, pp)[0])
+        k = self._check_k(recompute_layers, pp)
+        return float(self.memory_gb_array([microbatch_tokens], tp, cp, [k], pp)[0])
 
-    def memory_gb_array(self, microbatch_tokens, tp: int, cp: int, recompute_layers) -> np.ndarray:
+    def memory_gb_array(self, microbatch_tokens, tp: int, cp: int, recompute_layers, pp: int = 1) -> np.ndarray:
         """Vectorised memory_gb over micro-batches with their k (no range check on k)."""
         per_rank = -(-np.asarray(microbatch_tokens, dtype=np.int64) // cp)
-        return (self._static_bytes(tp) + per_rank * self._bytes_per_token(tp, np.asarray(recompute_layers))) / GB
+        return (self._static_bytes(tp, pp) + per_rank * self._bytes_per_token(tp, np.asarray(recompute_layers), pp)) / GB
 
-    def _check_k(self, k) -> int:
-        if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 0 <= k <= self.model.layers:
-            raise ValueError(f"recompute_layers={k!r}: need an integer in 0..{self.model.layers}")
+    def _check_k(self, k, pp: int = 1) -> int:
+        if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 0 <= k <= self.model.layers \
+                or k % pp:
+            step = f" and a multiple of pp={pp} (k/pp blocks of each stage)" if pp > 1 else ""
+            raise ValueError(f"recompute_layers={k!r}: need an integer in 0..{self.model.layers}{step}")
         return int(k)
 
     def sync_ms(self, tps: Sequence[int]) -> float:
@@ -231,29 +318,46 @@ class LatencyModel(ABC):
 
     sync_upper_ms = sync_ms
 
-    def sync_parts(self, tps: Sequence[int]) -> tuple[float, float, float]:
-        """(layout gather, gradient reduce-scatter, parameter all-gather), ms, not overlapped.
+    def sync_parts(self, tps: Sequence) -> tuple[float, float, float]:
+        """(layout gather, gradient reduce-scatter, parameter all-gather), ms, not overlapped. tps: each
+        group's layout, a TP degree or (tp, pp).
 
-        Layout = the smallest TP degree t_L among groups. A group with tp > t_L first all-gathers its
-        gradient shards on NVLink (tp/t_L ranks, 2P/t_L bytes each ending); then the cluster
-        reduce-scatters the 2P/t_L-byte shards (ZeRO-1) and, after the optimizer step, all-gathers the
-        updated weights: each (2P/t_L)·(1 − t_L/N) / bw, bw = InfiniBand when the cluster spans nodes."""
-        tps = list(tps)
-        if not tps:
+        A GPU of a (tp, pp) group holds 1/(tp·pp) of the gradients (its stage's layers, TP-sharded). Layout
+        = the groups' layout with the fewest GPUs per copy, u_L = t_L·p_L (ties: fewer stages). A group
+        of another layout first brings its gradients to it: when its shards tile the layout's (t_L | tp,
+        p_L | pp) each GPU receives the rest of its layout shard, (2P/u_L)·(1 − u_L/(tp·pp)) bytes, on NVLink
+        when only TP differs and across nodes (InfiniBand) when stages differ; otherwise the whole shard,
+        2P/u_L, across nodes. Then the cluster reduce-scatters the 2P/u_L-byte shards (ZeRO-1) and
+        all-gathers the updated weights: each (2P/u_L)·(1 − u_L/N) / bw, bw = InfiniBand when the cluster
+        spans nodes."""
+        layouts = [as_layout(t) for t in tps]
+        if not layouts:
             return 0.0, 0.0, 0.0
-        n, gpu = self.cluster.gpus, self.cluster.spec
+        n = self.cluster.gpus
         grad_bytes = 2.0 * self.model.params
-        t_l = min(tps)
-        gather = 0.0
-        for tp in set(tps):
-            if tp > t_l:
-                k = tp // t_l
-                gather = max(gather, (k - 1) / k * grad_bytes / t_l / (gpu.nvlink_gbps * GB) * 1e3)
+        t_l, p_l = min(set(layouts), key=lambda lay: (lay[0] * lay[1], lay[1], lay[0]))
+        u_l = t_l * p_l
+        gather = max(self._layout_gather_ms((t_l, p_l), lay) for lay in set(layouts))
         if n <= 1:
             return gather, 0.0, 0.0
-        bw = gpu.ib_gbps if n > self.cluster.gpus_per_node else gpu.nvlink_gbps
-        one_way = grad_bytes / t_l * (1 - t_l / n) / (bw * GB) * 1e3
+        one_way = grad_bytes / u_l * (1 - u_l / n) / (self._cluster_gbps() * GB) * 1e3
         return gather, one_way, one_way
+
+    def _cluster_gbps(self) -> float:
+        gpu = self.cluster.spec
+        return gpu.ib_gbps if self.cluster.gpus > self.cluster.gpus_per_node else gpu.nvlink_gbps
+
+    def _layout_gather_ms(self, target: tuple[int, int], layout: tuple[int, int]) -> float:
+        """Bringing a (tp, pp) group's gradients to the target layout (see sync_parts)."""
+        if layout == target:
+            return 0.0
+        (t_l, p_l), (tp, pp) = target, layout
+        shard = 2.0 * self.model.params / (t_l * p_l)
+        gpu = self.cluster.spec
+        if tp % t_l == 0 and pp % p_l == 0:
+            bw = gpu.nvlink_gbps if pp == p_l else self._cluster_gbps()
+            return shard * (1 - t_l * p_l / (tp * pp)) / (bw * GB) * 1e3
+        return shard / (self._cluster_gbps() * GB) * 1e3
 
     def gradient_buckets(self, groups: int) -> list[tuple[float, float]]:
         """Buckets in the order backward produces them: (share of the gradient bytes, share of the
@@ -344,14 +448,17 @@ class LatencyModel(ABC):
 
     def sync_exposed_lower_ms(self, t_layout: int, makespan_lower_ms: float, mixed: bool = False,
                               first_forward_max_ms: float = math.inf, waits_included: bool = False) -> float:
-        """A lower bound on step − makespan_lower over plans whose smallest TP is t_layout and whose
+        """A lower bound on step − makespan_lower over plans whose smallest layout is t_layout (GPUs per
+        parameter copy, tp·pp: the TP degree without stages) and whose
         makespan is ≥ makespan_lower_ms. It follows the slowest group g alone (makespan M): its first
         forward is ≤ FORWARD_SHARE_MAX·M, so it waits d(M) ≥ max_b (c_b − FORWARD_SHARE_MAX·M·pos_b)⁺ for
         the overlapped all-gather (buckets only merge pieces, which delays); it ends at x = M + d(M), its
         window is ≤ BACKWARD_SHARE·M ≤ BACKWARD_SHARE·x; one bucket per layer (any real bucketing merges
-        them, which only delays). A plan whose groups all have TP t_layout gathers nothing; mixed=True bounds
-        the plans that also hold a larger TP, which gather at least the least layout gather of any larger TP
-        degree (inf when there is none). M + d(M) rises with M (FORWARD_SHARE_MAX·pos ≤ 1) and x + exposed
+        them, which only delays). With stages the slowest group's first forward and last backward run
+        through every stage, each a sum over stages whose shares obey the same caps. A plan whose groups
+        all have layout t_layout gathers nothing at least; mixed=True bounds the plans that also hold a
+        larger layout, which gather at least the least gather between a layout of t_layout GPUs and a
+        larger one (inf when there is none). M + d(M) rises with M (FORWARD_SHARE_MAX·pos ≤ 1) and x + exposed
         rises with x (each ready time rises by 1 − BACKWARD_SHARE·(1 − done) ≥ 0 per ms), so the bound
         holds for every makespan above makespan_lower_ms. first_forward_max_ms: a cap on any first
         micro-batch's forward known from the batch (layouts.net_forward_caps); the delay then falls no lower
@@ -360,10 +467,9 @@ class LatencyModel(ABC):
         _, reduce, allgather = self.sync_parts([t_layout])
         gather = 0.0
         if mixed:
-            larger = [tp for tp in self.cluster.tp_degrees(self.model) if tp > t_layout]
-            if not larger:
+            gather = self._least_mixed_gather(t_layout)
+            if gather is None:
                 return math.inf
-            gather = min(self.sync_parts([t_layout, tp])[0] for tp in larger)
         T = makespan_lower_ms
         x, clock = T, -math.inf
         if self.overlap_param_gather:
@@ -375,6 +481,16 @@ class LatencyModel(ABC):
             clock = max(clock, x - K.BACKWARD_SHARE * x * (1.0 - done)) + (gather + reduce) * params / self.model.params
         exposed = max(clock, x) - T
         return exposed if self.overlap_param_gather else exposed + allgather
+
+    def _least_mixed_gather(self, unit: int) -> float | None:
+        """Least layout gather of a plan whose smallest layout has `unit` GPUs per copy and that holds a
+        larger one (None when no layout is larger)."""
+        layouts = self.layouts()
+        smallest = [lay for lay in layouts if lay[0] * lay[1] == unit] or [(unit, 1)]
+        larger = [lay for lay in layouts if lay[0] * lay[1] > unit]
+        if not larger:
+            return None
+        return min(self._layout_gather_ms(a, b) for a in smallest for b in larger)
 
     def least_gather_delays(self, allgather_ms: float, first_forwards) -> np.ndarray:
         """gather_delays with one piece per layer: a lower bound under any bucketing (a bucket completes
@@ -406,23 +522,36 @@ class LatencyModel(ABC):
         memory_gb = self.k.memory_gb or self.cluster.spec.memory_gb
         return memory_gb * GB * (1 - K.MEMORY_RESERVE_FRACTION)
 
-    def _static_bytes(self, tp: int) -> float:
-        p = self.model.params
-        return K.WEIGHT_GRAD_BYTES * p / tp + K.OPTIMIZER_BYTES * p / self.cluster.gpus
+    def _static_bytes(self, tp: int, pp: int = 1) -> float:
+        """Weights and gradients of the GPU's share (its stage's blocks, and one vocabulary matrix and the
+        final norm on an end stage: the heaviest stage) over TP, and its ZeRO-1 share of the optimizer
+        states (every GPU of the cluster holds an equal share)."""
+        m, p = self.model, self.model.params
+        held = p if pp == 1 else m.layers // pp * m.params_per_layer + m.vocab * m.hidden + m.hidden
+        return K.WEIGHT_GRAD_BYTES * held / tp + K.OPTIMIZER_BYTES * p / self.cluster.gpus
 
-    def _bytes_per_token(self, tp: int, recompute_layers=None):
+    def _bytes_per_token(self, tp: int, recompute_layers=None, pp: int = 1):
         """Activation bytes per token per GPU with k recomputed layers (default: every layer): the k
         recomputed blocks keep their input only (hidden·dtype bytes), the layers − k others every
         activation (the Korthikanti et al. 2022 per-layer bytes below), plus one block's working set (the
         block being recomputed, or the backward's temporaries) and the logits; all sharded over TP
-        (sequence parallelism). Array-friendly in k."""
+        (sequence parallelism). Array-friendly in k. With pp stages (k/pp recomputed blocks each), the
+        most of: the first stage, which holds pp micro-batches in flight under 1F1B (pp·layers/pp blocks:
+        as much as without stages) but no logits, and the last, one micro-batch and the logits."""
         m = self.model
         k = m.layers if recompute_layers is None else np.asarray(recompute_layers)
-        checkpoints = k * m.hidden * m.dtype_bytes
-        kept = (m.layers - k) * self._layer_activation_bytes()
         working = self._layer_activation_bytes()
         logits = K.LOGIT_BYTES * m.vocab
-        return (checkpoints + kept + working + logits) / tp
+        if pp == 1:
+            return (self._blocks_bytes(m.layers, k) + working + logits) / tp
+        first = self._blocks_bytes(m.layers, k) + working
+        last = self._blocks_bytes(m.layers // pp, k / pp) + working + logits
+        return np.maximum(first, last) / tp
+
+    def _blocks_bytes(self, blocks, recomputed):
+        """Per token: `recomputed` blocks keep their input, the other blocks every activation."""
+        return recomputed * self.model.hidden * self.model.dtype_bytes \
+            + (blocks - recomputed) * self._layer_activation_bytes()
 
     def _layer_activation_bytes(self) -> float:
         """Bytes per token one block holds for its backward: 34·h for a 4h MLP (Korthikanti et al. 2022,
@@ -431,33 +560,51 @@ class LatencyModel(ABC):
         mlp_scale = m.ffn * (1.5 if m.gated_mlp else 1.0) / (4 * m.hidden)
         return (K.ACT_ATTN_COEF + K.ACT_MLP_COEF * mlp_scale) * m.hidden
 
-    def _check_fits(self) -> None:
-        best_tp = max(self.cluster.tp_degrees(self.model), default=1)
-        static = self._static_bytes(best_tp) / GB
-        if static + self._bytes_per_token(best_tp) / GB > self.usable_bytes / GB:
-            raise ValueError(
-                f"{self.model.name} cannot fit on {self.cluster.gpus} x {self.cluster.gpu}: weights, gradients "
-                f"and ZeRO-1 optimizer states alone need {static:.1f} GB per GPU at TP{best_tp} "
-                f"(usable {self.usable_bytes / GB:.1f} GB); {self._what_would_fit(best_tp)}")
+    def layouts(self) -> list[tuple[int, int]]:
+        """Every (tp, pp) a group may take: TP degrees of the cluster and PP degrees of pp_degrees, with
+        tp·pp ≤ the cluster's GPUs."""
+        return [(t, p) for p in self.pp_degrees for t in self.cluster.tp_degrees(self.model)
+                if t * p <= self.cluster.gpus]
 
-    def _what_would_fit(self, tp: int) -> str:
-        """Advice for a model that does not fit: the least cluster that holds it at some TP degree (weights
-        and gradients shard over TP, the optimizer states over every GPU), or that it needs pipeline
-        stages (none in this version) when even the largest TP cannot hold weights and gradients."""
-        p, gpn = self.model.params, self.cluster.gpus_per_node
+    def fitting_layouts(self) -> list[tuple[int, int]]:
+        """The (tp, pp) on which the model fits at all (a one-token micro-batch, every layer recomputed)."""
+        return [(t, p) for t, p in self.layouts()
+                if self._static_bytes(t, p) + self._bytes_per_token(t, None, p) <= self.usable_bytes]
+
+    def _check_fits(self) -> None:
+        if self.fitting_layouts():
+            return
+        best_tp = max(self.cluster.tp_degrees(self.model), default=1)
+        most_pp = max(self.pp_degrees)
+        static = self._static_bytes(best_tp, most_pp) / GB
+        staged = f" with {most_pp} pipeline stages" if most_pp > 1 else ""
+        raise ValueError(
+            f"{self.model.name} cannot fit on {self.cluster.gpus} x {self.cluster.gpu}: weights, gradients "
+            f"and ZeRO-1 optimizer states alone need {static:.1f} GB per GPU at TP{best_tp}{staged} "
+            f"(usable {self.usable_bytes / GB:.1f} GB); {self._what_would_fit()}")
+
+    def _what_would_fit(self) -> str:
+        """Advice for a model that does not fit: the least cluster that holds it at some (TP, PP) (weights
+        and gradients shard over TP and stages, the optimizer states over every GPU), or the pipeline
+        degrees it needs when the allowed ones cannot hold weights and gradients whatever the cluster."""
+        p, gpn, layers = self.model.params, self.cluster.gpus_per_node, self.model.layers
+        tps = [t for t in (1, 2, 4, 8) if gpn % t == 0 and self.model.heads % t == 0]
         least = []
-        for t in (1, 2, 4, 8):
-            if gpn % t or self.model.heads % t:
-                continue
-            room = self.usable_bytes - K.WEIGHT_GRAD_BYTES * p / t - self._bytes_per_token(t)
-            if room > 0:
-                least.append(max(t, math.ceil(K.OPTIMIZER_BYTES * p / room)))
-        if not least:
-            largest = max(t for t in (1, 2, 4, 8) if gpn % t == 0 and self.model.heads % t == 0)
-            return (f"weights and gradients alone need {K.WEIGHT_GRAD_BYTES * p / largest / GB:.1f} GB per GPU at "
-                    f"TP{largest} whatever the cluster size: it needs pipeline stages, which this version cannot "
-                    "plan")
-        return f"use at least {min(least)} GPUs (TP up to the node's {gpn}; optimizer states shard over all)"
+        for t in tps:
+            for s in self.pp_degrees:
+                room = self.usable_bytes - (self._static_bytes(t, s) - K.OPTIMIZER_BYTES * p / self.cluster.gpus) \
+                    - self._bytes_per_token(t, None, s)
+                if room > 0:
+                    least.append((max(t * s, math.ceil(K.OPTIMIZER_BYTES * p / room)), t, s))
+        if least:
+            gpus, t, s = min(least)
+            return f"use at least {gpus} GPUs (for instance TP{t}" + (f" with {s} pipeline stages)" if s > 1 else ")")
+        need = [s for s in pipeline_divisors(layers) if any(
+            self.usable_bytes > self._static_bytes(t, s) - K.OPTIMIZER_BYTES * p / self.cluster.gpus
+            + self._bytes_per_token(t, None, s) for t in tps)]
+        if need:
+            return f"it needs at least {need[0]} pipeline stages (allowed here: {list(self.pp_degrees)})"
+        return "no split of its layers into pipeline stages holds it on this GPU"
 
     # ---- attention and communication -------------------------------------------------------------
     def _attention_fwd_ms(self, L: np.ndarray, tp: int, cp: int) -> np.ndarray:
@@ -521,12 +668,13 @@ class LatencyModel(ABC):
         return float(self.linear_fwd_ms(np.array([0.0]), tp)[0])
 
     # ---- validation -----------------------------------------------------------------------------
-    def _check_config(self, tp: int, cp: int) -> None:
+    def _check_config(self, tp: int, cp: int, pp: int = 1) -> None:
         if tp not in self.cluster.tp_degrees(self.model):
             raise ValueError(f"tp={tp!r} is not a valid TP degree for {self.model.name} on this cluster "
                              f"(valid: {self.cluster.tp_degrees(self.model)})")
-        if not isinstance(cp, (int, np.integer)) or cp < 1 or tp * cp > self.cluster.gpus:
-            raise ValueError(f"cp={cp!r} invalid: need an integer >= 1 with tp*cp <= {self.cluster.gpus}")
+        check_pp(pp, self.model.layers)
+        if not isinstance(cp, (int, np.integer)) or cp < 1 or tp * cp * pp > self.cluster.gpus:
+            raise ValueError(f"cp={cp!r} invalid: need an integer >= 1 with tp*cp*pp <= {self.cluster.gpus}")
 
     @staticmethod
     def _check_lengths(lengths) -> np.ndarray:
@@ -535,6 +683,89 @@ class LatencyModel(ABC):
             bad = next(x for x in lengths if not isinstance(x, (int, np.integer)) or x <= 0)
             raise ValueError(f"sequence lengths must be positive integers, got {bad!r}")
         return arr.astype(np.int64)
+
+
+def as_layout(t) -> tuple[int, int]:
+    """A group's parameter layout (tp, pp) from a TP degree or a (tp, pp) pair."""
+    return (int(t), 1) if isinstance(t, (int, np.integer)) else (int(t[0]), int(t[1]))
+
+
+def check_pp(pp, layers: int) -> int:
+    """A pipeline degree: an integer that divides the layers into even stages (ValueError otherwise)."""
+    if isinstance(pp, bool) or not isinstance(pp, (int, np.integer)) or pp < 1:
+        raise ValueError(f"pp={pp!r}: need a positive integer number of pipeline stages")
+    if pp > layers:
+        raise ValueError(f"pp={pp}: more pipeline stages than the model's {layers} layers")
+    if layers % pp:
+        raise ValueError(f"pp={pp} does not divide the model's {layers} layers into even stages "
+                         f"(divisors: {pipeline_divisors(layers)})")
+    return int(pp)
+
+
+def pipeline_divisors(layers: int) -> list[int]:
+    return [d for d in range(1, layers + 1) if layers % d == 0]
+
+
+def config_name(tp: int, cp: int, pp: int = 1) -> str:
+    return f"TP{tp}xCP{cp}" + (f"xPP{pp}" if pp > 1 else "")
+
+
+def pipeline_ms(fwd: np.ndarray, bwd: np.ndarray) -> float:
+    """Makespan of a 1F1B pipeline (PipeDream-Flush, Narayanan et al. 2021; Megatron-LM's schedule) by event
+    simulation: fwd[i, s], bwd[i, s] = micro-batch i's forward and backward on stage s (each including its
+    send). Stage s runs min(pp − s − 1, m) forwards, then alternates one forward and one backward, then
+    drains its backwards; F(i, s) waits for F(i, s − 1), B(i, s) for B(i, s + 1) (the last stage's for its
+    own F(i)); every op starts as soon as its stage and its input are free."""
+    m, pp = fwd.shape
+    if m == 0:
+        return 0.0
+    end_f = np.full((m, pp), -1.0)
+    end_b = np.full((m, pp), -1.0)
+    orders = [_one_f_one_b(m, pp, s) for s in range(pp)]
+    pos, clock, left = [0] * pp, [0.0] * pp, 2 * m * pp
+    while left:
+        for s in range(pp):
+            order = orders[s]
+            while pos[s] < len(order):
+                backward, i = order[pos[s]]
+                if backward:
+                    ready = end_f[i, s] if s == pp - 1 else end_b[i, s + 1]
+                else:
+                    ready = 0.0 if s == 0 else end_f[i, s - 1]
+                if ready < 0:
+                    break  # its input is not there yet: the next stage in turn
+                t = max(clock[s], ready) + (bwd[i, s] if backward else fwd[i, s])
+                (end_b if backward else end_f)[i, s] = t
+                clock[s], pos[s], left = t, pos[s] + 1, left - 1
+    return float(max(clock))
+
+
+def _one_f_one_b(m: int, pp: int, s: int) -> list[tuple[bool, int]]:
+    """Stage s's op order: (is backward, micro-batch)."""
+    warm = min(pp - s - 1, m)
+    order = [(False, i) for i in range(warm)]
+    for j in range(m - warm):
+        order += [(False, warm + j), (True, j)]
+    return order + [(True, i) for i in range(m - warm, m)]
+
+
+def pack_by_class(lengths, ids, lat: LatencyModel, tp: int, cp: int, pp: int = 1,
+                  recompute_layers: int | None = None) -> tuple[list[list[int]], list[int]]:
+    """Micro-batches of a group and the k each recomputes. recompute_layers=None: sequences of one class
+    (the least k with which each fits alone) share micro-batches up to that class's cap, so a micro-batch's
+    least k is its class's; an int: that k for all, packed up to what fits with it. First-fit decreasing."""
+    from ..packing import pack_micro_batches
+    if recompute_layers is not None:
+        batches = pack_micro_batches(lengths, ids, lat.tokens_cap(tp, cp, recompute_layers, pp))
+        return batches, [int(recompute_layers)] * len(batches)
+    own = lat.recompute_layers_array(np.array([lengths[i] for i in ids], dtype=np.int64), tp, cp, pp)
+    batches, ks = [], []
+    for k in sorted(set(own.tolist())):
+        members = [i for i, ki in zip(ids, own) if ki == k]
+        packed = pack_micro_batches(lengths, members, lat.tokens_cap(tp, cp, k, pp))
+        batches += packed
+        ks += [k] * len(packed)
+    return batches, ks
 
 
 def _waits(shares: np.ndarray, positions: np.ndarray, allgather_ms: float, first_forwards) -> np.ndarray:

@@ -14,9 +14,9 @@ class TestMemory:
         assert lat16.max_tokens(4, 4) >= 65536
         assert lat16.memory_gb(32768, 1, 1) <= 80
 
-    def test_70b_on_16_gpus_does_not_fit(self):
+    def test_70b_on_8_gpus_does_not_fit(self):
         with pytest.raises(ValueError, match="cannot fit"):
-            hs.latency_model(hs.ModelSpec.preset("llama2-70b"), hs.Cluster(gpus=16))
+            hs.latency_model(hs.ModelSpec.preset("llama2-70b"), hs.Cluster(gpus=8))
 
     def test_70b_fits_on_64_gpus_only_with_tp(self):
         lat = hs.latency_model(hs.ModelSpec.preset("llama3-70b"), hs.Cluster(gpus=64))

@@ -21,8 +21,8 @@ def test_json_round_trip(plan):
 
 def test_json_has_the_documented_fields(plan):
     d = json.loads(plan.to_json())
-    assert d["schema_version"] == 2
-    assert {"tp", "cp", "ranks", "sequence_ids", "micro_batches", "latency_ms", "memory_gb",
+    assert d["schema_version"] == 3
+    assert {"tp", "cp", "pp", "ranks", "sequence_ids", "micro_batches", "latency_ms", "memory_gb",
             "recompute_layers"} <= set(d["groups"][0])
     assert len(d["groups"][0]["recompute_layers"]) == len(d["groups"][0]["micro_batches"])
     assert d["latency_model"]["recompute"] == "auto" and d["latency_model"]["overlap_param_gather"] is True
