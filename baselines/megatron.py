@@ -2,10 +2,12 @@
 
 Sequences in arrival order, first-fit into micro-batches of a fixed capacity (the context window: the
 longest sequence rounded up to a power of two, capped by the configuration's max_tokens), micro-batches
-dealt round-robin to the DP replicas. Best over every homogeneous (TP, CP)."""
+dealt round-robin to the DP replicas (with pipeline stages, each replica runs its fixed-size micro-batches
+1F1B). Best over every homogeneous (TP, CP, PP)."""
 from __future__ import annotations
 
 from hetero_sched.latency import LatencyModel
+from hetero_sched.latency.base import config_name
 from hetero_sched.milp.instance import build_instance
 from hetero_sched.plan import Plan, objective_key
 from hetero_sched.specs import Cluster
@@ -55,35 +57,36 @@ def megatron_replicas(lengths, cap: int, dp: int, context: int | None) -> list[l
     return [[i for b in batches[r::dp] for i in b] for r in range(dp)]
 
 
-def _plan(inst, lengths, lat, tp, cp, reps, context) -> Plan:
+def _plan(inst, lengths, lat, tp, cp, reps, context, pp: int = 1) -> Plan:
     """One global recompute setting: the least k with which a full fixed-size micro-batch fits."""
-    cap = lat.max_tokens(tp, cp)
+    cap = lat.max_tokens(tp, cp, pp)
     replicas = megatron_replicas(lengths, cap, len(reps), context)
     return placed_homogeneous_plan("megatron", inst, tp, cp, reps, replicas, lat,
-                                   capacity=max(micro_batch_capacity(lengths, cap, context), max(lengths)))
+                                   capacity=max(micro_batch_capacity(lengths, cap, context), max(lengths)), pp=pp)
 
 
-def megatron_plan(lengths, cluster: Cluster, lat: LatencyModel, *, tp: int, cp: int,
+def megatron_plan(lengths, cluster: Cluster, lat: LatencyModel, *, tp: int, cp: int, pp: int = 1,
                   context: int | None = None, objective: str = "step") -> Plan:
-    """Megatron packing on homogeneous (tp, cp) replicas, placed as they would be (see wlb_llm)."""
+    """Megatron packing on homogeneous (tp, cp, pp) replicas, placed as they would be (see wlb_llm)."""
     lengths = [int(x) for x in lengths]
-    lat._check_config(tp, cp)
-    cap = lat.max_tokens(tp, cp)
+    lat._check_config(tp, cp, pp)
+    cap = lat.max_tokens(tp, cp, pp)
     if max(lengths) > cap:
-        raise ValueError(f"TP{tp}xCP{cp} cannot hold a {max(lengths)}-token sequence (max_tokens {cap})")
-    inst = build_instance(lengths, lat, prune=False, only=(tp, cp))
-    plans = [_plan(inst, lengths, lat, tp, cp, reps, context) for reps in replica_options(inst, tp, cp)]
+        raise ValueError(f"{config_name(tp, cp, pp)} cannot hold a {max(lengths)}-token sequence (max_tokens {cap})")
+    inst = build_instance(lengths, lat, prune=False, only=(tp, cp, pp))
+    plans = [_plan(inst, lengths, lat, tp, cp, reps, context, pp) for reps in replica_options(inst, tp, cp, pp)]
     if not plans:
-        raise ValueError(f"TP{tp}xCP{cp} cannot be placed on {cluster.gpus} GPUs")
+        raise ValueError(f"{config_name(tp, cp, pp)} cannot be placed on {cluster.gpus} GPUs")
     return min(plans, key=lambda p: objective_key(p, objective))
 
 
 def megatron_best(lengths, cluster: Cluster, lat: LatencyModel, context: int | None = None,
-                  objective: str = "step") -> Plan:
-    """Best placed homogeneous Megatron packing over every (TP, CP) worth pricing and both replica counts
-    (plans built in order of a lower bound on the objective, which holds for any packing of the replicas;
-    among equal plans, the first in (tp, cp, replica option) order)."""
-    inst = build_instance(lengths, lat, prune=False)
+                  objective: str = "step", pp_degrees=None) -> Plan:
+    """Best placed homogeneous Megatron packing over every (TP, CP, PP) worth pricing and both replica
+    counts (plans built in order of a lower bound on the objective, which holds for any packing of the
+    replicas; among equal plans, the first in (tp, cp, pp, replica option) order)."""
+    inst = build_instance(lengths, lat, prune=False, pp_degrees=pp_degrees)
     lengths = inst.lengths.tolist()
-    return best_by_bound(inst, lat, objective, lambda tp, cp, reps: _plan(inst, lengths, lat, tp, cp, reps, context),
-                         lambda bound, tp, cp, reps, index: index)
+    return best_by_bound(inst, lat, objective,
+                         lambda cfg, reps: _plan(inst, lengths, lat, cfg[0], cfg[1], reps, context, cfg[2]),
+                         lambda bound, cfg, reps, index: index)

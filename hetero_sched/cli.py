@@ -63,6 +63,9 @@ def _add_solver(p: argparse.ArgumentParser) -> None:
                    "the plan must not depend on the machine's load")
     p.add_argument("--objective", default="step", choices=["step", "makespan"],
                    help="minimise the step: makespan + exposed gradient sync (default), or the slowest group")
+    p.add_argument("--pp-degrees", metavar="LIST",
+                   help="pipeline degrees to search, comma-separated, each dividing the model's layers, e.g. 1,2,4 "
+                        "(default: 1 when the model fits without stages, else every divisor with which it fits)")
     p.add_argument("--round-lengths", type=int, metavar="N",
                    help="price lengths rounded up to a multiple of N tokens (fewer distinct lengths for huge "
                         "batches; costs stay upper bounds, the plan is priced on the true lengths)")
@@ -118,6 +121,20 @@ def _check_solver_args(args) -> None:
         raise ValueError(f"--round-lengths must be >= 1, got {args.round_lengths}")
 
 
+def _pp_degrees(args) -> tuple[int, ...] | None:
+    """--pp-degrees as integers (each is checked against the model's layers when the solver prices)."""
+    text = getattr(args, "pp_degrees", None)
+    if text is None:
+        return None
+    try:
+        degrees = tuple(int(x) for x in text.split(",") if x.strip())
+    except ValueError:
+        raise ValueError(f"--pp-degrees must be comma-separated integers, got {text!r}") from None
+    if not degrees:
+        raise ValueError(f"--pp-degrees needs at least one degree, got {text!r}")
+    return degrees
+
+
 # ---- commands --------------------------------------------------------------------------------------------
 def cmd_solve(args) -> int:
     from .milp.solve import solve
@@ -129,7 +146,7 @@ def cmd_solve(args) -> int:
     lat = _setup(args)
     plan = solve(lengths, lat.cluster, lat, backend=args.backend, time_limit_s=args.time_limit,
                  threads=args.threads, seed=args.seed, objective=args.objective,
-                 deterministic_limit=args.work_limit, round_lengths=args.round_lengths)
+                 deterministic_limit=args.work_limit, round_lengths=args.round_lengths, pp_degrees=_pp_degrees(args))
     if args.json:
         out.print(plan.to_json(), markup=False, soft_wrap=True)
     else:
@@ -155,11 +172,11 @@ def print_plan(plan, lat=None) -> None:
         out.print(_table_by_shape(plan, t))
         print_summary(plan)
         return
-    for col in ("group", "TP", "CP", "ranks", "sequences", "tokens", "micro-batches", "recompute", "latency ms",
-                "memory GB"):
+    for col in ("group", "TP", "CP", "PP", "ranks", "sequences", "tokens", "micro-batches", "recompute",
+                "latency ms", "memory GB"):
         t.add_column(col, justify="right" if col not in ("ranks",) else "left")
     for k, g in enumerate(plan.groups):
-        t.add_row(str(k), str(g.tp), str(g.cp), _ranks(g.ranks), str(len(g.sequence_ids)),
+        t.add_row(str(k), str(g.tp), str(g.cp), str(g.pp), _ranks(g.ranks), str(len(g.sequence_ids)),
                   f"{sum(plan.lengths[i] for i in g.sequence_ids):,}", str(len(g.micro_batches)),
                   _recompute_range(g.recompute_layers, plan.model.layers), f"{g.latency_ms:,.1f}",
                   f"{g.memory_gb:.1f}")
@@ -167,23 +184,24 @@ def print_plan(plan, lat=None) -> None:
     print_summary(plan)
 
 
-MAX_TABLE_GROUPS = 256  # above, the table has one row per (TP, CP) shape (a row per group: 8 s for 5,000 groups)
+MAX_TABLE_GROUPS = 256  # above, the table has one row per (TP, CP, PP) shape (a row per group: 8 s for 5,000 groups)
 
 
 def _table_by_shape(plan, t: Table) -> Table:
-    """One row per (TP, CP) shape: how many groups and GPUs, their sequences and tokens, the range of their
-    latencies and the most memory; the plan file lists every group."""
+    """One row per (TP, CP, PP) shape: how many groups and GPUs, their sequences and tokens, the range of
+    their latencies and the most memory; the plan file lists every group."""
     t.caption = f"{len(plan.groups):,} groups, one row per shape (every group is in the plan file)"
-    for col in ("TP", "CP", "groups", "GPUs", "sequences", "tokens", "recompute", "latency ms", "memory GB"):
+    for col in ("TP", "CP", "PP", "groups", "GPUs", "sequences", "tokens", "recompute", "latency ms", "memory GB"):
         t.add_column(col, justify="right")
     shapes: dict = {}
     for g in plan.groups:
-        shapes.setdefault((g.tp, g.cp), []).append(g)
+        shapes.setdefault((g.tp, g.cp, g.pp), []).append(g)
     lengths = plan.lengths
-    for (tp, cp), gs in sorted(shapes.items(), key=lambda kv: (-kv[0][0] * kv[0][1], -kv[0][0])):
+    for (tp, cp, pp), gs in sorted(shapes.items(), key=lambda kv: (-kv[0][0] * kv[0][1] * kv[0][2], -kv[0][0])):
         lat = [g.latency_ms for g in gs]
         ks = [k for g in gs for k in g.recompute_layers]
-        t.add_row(str(tp), str(cp), f"{len(gs):,}", f"{len(gs) * tp * cp:,}", f"{sum(len(g.sequence_ids) for g in gs):,}",
+        t.add_row(str(tp), str(cp), str(pp), f"{len(gs):,}", f"{len(gs) * tp * cp * pp:,}",
+                  f"{sum(len(g.sequence_ids) for g in gs):,}",
                   f"{sum(lengths[i] for g in gs for i in g.sequence_ids):,}", _recompute_range(ks, plan.model.layers),
                   f"{min(lat):,.1f}-{max(lat):,.1f}", f"{max(g.memory_gb for g in gs):.1f}")
     return t
@@ -210,10 +228,12 @@ def print_summary(plan) -> None:
         for part in s.message.split(" | "):
             out.print(f"  {part}", markup=False, style="dim")
     if b:
+        from .compare import baseline_name
+
         obj = s.objective if s else "step"
         other = "makespan" if obj == "step" else "step"
         ratio = {m: b[f"{m}_ms"] / getattr(plan, f"{m}_ms") for m in ("step", "makespan")}
-        out.print(f"best WLB-LLM on the {obj}: TP{b['tp']}xCP{b['cp']}xDP{b['dp']} makespan {b['makespan_ms']:,.1f} ms, "
+        out.print(f"best WLB-LLM on the {obj}: {baseline_name(b)} makespan {b['makespan_ms']:,.1f} ms, "
                   f"step {b['step_ms']:,.1f} ms -> speed-up {ratio[obj]:.2f}x {obj}, {ratio[other]:.2f}x {other}")
         if ratio[other] < 1 - 1e-9:
             out.print(f"note: this plan is {1 / ratio[other]:.2f}x slower than that WLB-LLM plan on the {other} "
@@ -304,8 +324,8 @@ def cmd_compare(args) -> int:
     lat = _setup(args)
     lengths = _lengths(args)
     rows, plan = compare_batch(lengths, lat, args.backend, args.time_limit, args.threads, args.seed, args.objective,
-                               round_lengths=args.round_lengths)
-    fields = ["plan", "tp", "cp", "dp", "cross_node_replicas", "fits", "recompute", "makespan_ms", "sync_ms",
+                               round_lengths=args.round_lengths, pp_degrees=_pp_degrees(args))
+    fields = ["plan", "tp", "cp", "pp", "dp", "cross_node_replicas", "fits", "recompute", "makespan_ms", "sync_ms",
               "sync_ms_upper", "step_ms", "best", "why_not"]
     if args.csv:
         write_atomic(args.csv, _csv(fields, [[r.get(f) for f in fields] for r in rows]))
@@ -317,12 +337,12 @@ def cmd_compare(args) -> int:
         return 0
     t = Table(title=f"{plural(len(lengths), 'sequence')}, {sum(lengths):,} tokens on {lat.cluster.gpus} GPUs, sorted by "
                     f"{args.objective} (* = best)")
-    for col in ("", "plan", "TP", "CP", "DP", "fits", "recompute", "makespan ms", "sync ms (upper)", "step ms",
+    for col in ("", "plan", "TP", "CP", "PP", "DP", "fits", "recompute", "makespan ms", "sync ms (upper)", "step ms",
                 f"hetero-sched speed-up ({args.objective})"):
         t.add_column(col, justify="left" if col in ("plan", "fits") else "right")
     key = f"{args.objective}_ms"
     for r in rows:
-        cells = [str(r.get(k) if r.get(k) is not None else "") for k in ("tp", "cp", "dp")]
+        cells = [str(r.get(k) if r.get(k) is not None else "") for k in ("tp", "cp", "pp", "dp")]
         if not r["fits"]:
             t.add_row("", escape(r["plan"]), *cells, "does not fit", "", "", "", "", escape(r["why_not"]))
             continue
@@ -490,7 +510,7 @@ def cmd_plan_dataset(args) -> int:
                        overlap_param_gather=lat.overlap_param_gather,
                        backend=args.backend, time_limit_s=args.time_limit, work_limit=args.work_limit,
                        threads=args.threads, seed=args.seed, objective=args.objective,
-                       round_lengths=args.round_lengths)
+                       round_lengths=args.round_lengths, pp_degrees=_pp_degrees(args))
     with Progress(*Progress.get_default_columns()[:1], BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   console=err, transient=True, disable=not err.is_terminal) as bar:  # a pipe gets no bar
         task = bar.add_task("planning steps", total=None)

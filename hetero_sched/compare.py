@@ -4,6 +4,8 @@ from __future__ import annotations
 from .baselines.megatron import megatron_best
 from .baselines.wlb_llm import wlb_llm_best, wlb_llm_plan
 from .latency import LatencyModel, latency_model
+from .latency.base import config_name
+from .milp.instance import check_pp_degrees
 from .milp.solve import solve
 from .seeds import SEED_CASES
 from .specs import Cluster, ModelSpec
@@ -12,27 +14,32 @@ ALL_CONFIGS_UP_TO = 64  # GPUs; beyond, only power-of-two CP degrees are listed 
 
 
 def compare_batch(lengths, lat: LatencyModel, backend: str, time_limit_s: float, threads: int, seed: int,
-                  objective: str = "step", round_lengths: int | None = None):
+                  objective: str = "step", round_lengths: int | None = None, pp_degrees=None):
     """Rows for each homogeneous WLB-LLM config (placed, one global recompute setting; or why it does not
-    fit), Megatron's best, the best WLB-LLM config with per-micro-batch recompute (recompute='auto') and the
-    planner's plan, sorted by the objective; the best row is marked."""
+    fit) over the pipeline degrees searched, Megatron's best, the best WLB-LLM config with per-micro-batch
+    recompute (recompute='auto') and the planner's plan, sorted by the objective; the best row is marked."""
     cluster = lat.cluster
     plan = solve(lengths, cluster, lat, backend=backend, time_limit_s=time_limit_s, threads=threads, seed=seed,
-                 objective=objective, round_lengths=round_lengths)
+                 objective=objective, round_lengths=round_lengths, pp_degrees=pp_degrees)
     rows = []
-    for tp, cp in cluster.configs(lat.model):
-        if cluster.gpus > ALL_CONFIGS_UP_TO and cp & (cp - 1) and (tp, cp) != (plan.baseline["tp"],
-                                                                                plan.baseline["cp"]):
-            continue
-        try:
-            rows.append(_row("WLB-LLM", wlb_llm_plan(lengths, cluster, lat, tp=tp, cp=cp, objective=objective)))
-        except ValueError as exc:
-            rows.append({"plan": "WLB-LLM", "tp": tp, "cp": cp, "dp": cluster.gpus // (tp * cp), "fits": False,
-                         "why_not": str(exc)})
-    rows.append(_row("Megatron (best)", megatron_best(lengths, cluster, lat, objective=objective)))
+    best_cfg = (plan.baseline["tp"], plan.baseline["cp"], plan.baseline.get("pp", 1))
+    for pp in check_pp_degrees(pp_degrees, lat):
+        for tp, cp in cluster.configs(lat.model):
+            if tp * cp * pp > cluster.gpus or (cluster.gpus > ALL_CONFIGS_UP_TO and cp & (cp - 1)
+                                               and (tp, cp, pp) != best_cfg):
+                continue
+            try:
+                rows.append(_row("WLB-LLM", wlb_llm_plan(lengths, cluster, lat, tp=tp, cp=cp, pp=pp,
+                                                         objective=objective)))
+            except ValueError as exc:
+                rows.append({"plan": "WLB-LLM", "tp": tp, "cp": cp, "pp": pp, "dp": cluster.gpus // (tp * cp * pp),
+                             "fits": False, "why_not": str(exc)})
+    rows.append(_row("Megatron (best)", megatron_best(lengths, cluster, lat, objective=objective,
+                                                      pp_degrees=pp_degrees)))
     if lat.recompute == "auto":  # what adaptive recompute alone gives WLB-LLM, without heterogeneous groups
         rows.append(_row("WLB-LLM (best) + per-micro-batch recompute",
-                         wlb_llm_best(lengths, cluster, lat, objective=objective, recompute="per-micro-batch")))
+                         wlb_llm_best(lengths, cluster, lat, objective=objective, recompute="per-micro-batch",
+                                      pp_degrees=pp_degrees)))
     rows.append(_row(f"hetero-sched [{plan.solver.status}] {shape_summary(plan)}", plan, homogeneous=False))
     key = f"{objective}_ms"
     rows.sort(key=lambda r: (not r["fits"], r.get(key, 0.0), r.get("makespan_ms", 0.0)))
@@ -44,7 +51,8 @@ def compare_batch(lengths, lat: LatencyModel, backend: str, time_limit_s: float,
 
 def _row(name: str, p, homogeneous: bool = True) -> dict:
     b = p.baseline if homogeneous else None
-    return {"plan": name, "tp": b["tp"] if b else None, "cp": b["cp"] if b else None, "dp": b["dp"] if b else None,
+    return {"plan": name, "tp": b["tp"] if b else None, "cp": b["cp"] if b else None,
+            "pp": b.get("pp", 1) if b else None, "dp": b["dp"] if b else None,
             "cross_node_replicas": b.get("cross_node_replicas") if b else None, "fits": True,
             "makespan_ms": p.makespan_ms, "sync_ms": p.sync_ms, "sync_ms_upper": p.sync_ms_upper,
             "step_ms": p.step_ms, "recompute": recompute_label(p), "why_not": ""}
@@ -59,11 +67,16 @@ def recompute_label(plan) -> str:
 
 
 def shape_summary(plan) -> str:
-    """'1x(TP4xCP7) + 2x(TP1xCP4)': group shapes with their counts, largest groups first."""
+    """'1x(TP4xCP7) + 2x(TP1xCP4xPP2)': group shapes with their counts, largest groups first."""
     counts: dict = {}
-    for g in sorted(plan.groups, key=lambda g: (-g.tp * g.cp, -g.tp)):
-        counts[(g.tp, g.cp)] = counts.get((g.tp, g.cp), 0) + 1
-    return " + ".join(f"{n}x(TP{tp}xCP{cp})" for (tp, cp), n in counts.items())
+    for g in sorted(plan.groups, key=lambda g: (-g.gpus, -g.tp)):
+        counts[g.name] = counts.get(g.name, 0) + 1
+    return " + ".join(f"{n}x({name})" for name, n in counts.items())
+
+
+def baseline_name(b: dict) -> str:
+    """'TP8xCP2xPP9xDP3' for a homogeneous baseline record."""
+    return f"{config_name(b['tp'], b['cp'], b.get('pp', 1))}xDP{b['dp']}"
 
 
 def seed_case_rows(model_name: str, backend: str, time_limit_s: float, threads: int,
@@ -77,7 +90,7 @@ def seed_case_rows(model_name: str, backend: str, time_limit_s: float, threads: 
         b = plan.baseline
         rows.append({"case": name, "title": case["title"],
                          "groups": shape_summary(plan),
-                         "wlb": f"TP{b['tp']}xCP{b['cp']}xDP{b['dp']}", "makespan_ms": plan.makespan_ms,
+                         "wlb": baseline_name(b), "makespan_ms": plan.makespan_ms,
                          "step_ms": plan.step_ms, "wlb_makespan_ms": b["makespan_ms"], "wlb_step_ms": b["step_ms"],
                          "speedup_makespan": b["makespan_ms"] / plan.makespan_ms,
                          "speedup_step": b["step_ms"] / plan.step_ms, "seed_ratio": case["seed_ratio"],

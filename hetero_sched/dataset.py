@@ -184,6 +184,7 @@ class PlanOptions:
     seed: int = 0
     objective: str = "step"
     round_lengths: int | None = None
+    pp_degrees: tuple | None = None
     recompute: str = "auto"
     overlap_param_gather: bool = True
 
@@ -210,9 +211,9 @@ def plan_step(step: int, lengths: list[int], rows: list[int], opts: PlanOptions)
     lat = _lat(opts)
     plan = solve(lengths, lat.cluster, lat, backend=opts.backend, time_limit_s=opts.time_limit_s,
                  threads=opts.threads, seed=opts.seed, objective=opts.objective,
-                 deterministic_limit=opts.work_limit, round_lengths=opts.round_lengths)
-    meg = megatron_best(lengths, lat.cluster, lat, objective=opts.objective)
-    plan.extra = {"megatron": {"tp": meg.baseline["tp"], "cp": meg.baseline["cp"], "dp": meg.baseline["dp"],
+                 deterministic_limit=opts.work_limit, round_lengths=opts.round_lengths, pp_degrees=opts.pp_degrees)
+    meg = megatron_best(lengths, lat.cluster, lat, objective=opts.objective, pp_degrees=opts.pp_degrees)
+    plan.extra = {"megatron": {"tp": meg.baseline["tp"], "cp": meg.baseline["cp"], "pp": meg.baseline["pp"], "dp": meg.baseline["dp"],
                                "makespan_ms": meg.makespan_ms, "step_ms": meg.step_ms}}
     d = plan.to_dict()
     d["step"], d["documents"] = step, list(rows)

@@ -164,6 +164,8 @@ class Plan:
             middle = sorted((j for j in range(len(g.micro_batches)) if j not in (first, last)),
                             key=lambda j: (tokens[j], j))
             order = ([first] if first != last else []) + middle + [last]
+            if g.pp > 1:
+                order = list(range(len(g.micro_batches)))  # _order_pipelines' order, already simulated
             g.micro_batches = [g.micro_batches[j] for j in order]
             g.recompute_layers = [g.recompute_layers[j] for j in order]
             ordered.append((fwd[order], window[order], tokens[order]))  # per micro-batch: reordered, not repriced
@@ -410,6 +412,10 @@ class Plan:
 def _group_from(g: dict, version: int, layers: int) -> Group:
     fields = {k: g[k] for k in ("tp", "cp", "ranks", "sequence_ids", "micro_batches", "latency_ms", "memory_gb")}
     fields["pp"] = g.get("pp", 1)
+    try:
+        check_pp(fields["pp"], layers)
+    except ValueError as exc:
+        raise ValueError(f"malformed plan JSON: a group's {exc}") from None
     if version == 1:
         fields["recompute_layers"] = [layers] * len(fields["micro_batches"])
     else:

@@ -753,19 +753,48 @@ def pack_by_class(lengths, ids, lat: LatencyModel, tp: int, cp: int, pp: int = 1
                   recompute_layers: int | None = None) -> tuple[list[list[int]], list[int]]:
     """Micro-batches of a group and the k each recomputes. recompute_layers=None: sequences of one class
     (the least k with which each fits alone) share micro-batches up to that class's cap, so a micro-batch's
-    least k is its class's; an int: that k for all, packed up to what fits with it. First-fit decreasing."""
+    least k is its class's; an int: that k for all, packed up to what fits with it. First-fit decreasing;
+    with stages, the micro-batches' costs then evened out (_balanced)."""
     from ..packing import pack_micro_batches
     if recompute_layers is not None:
-        batches = pack_micro_batches(lengths, ids, lat.tokens_cap(tp, cp, recompute_layers, pp))
+        cap = lat.tokens_cap(tp, cp, recompute_layers, pp)
+        batches = pack_micro_batches(lengths, ids, cap)
+        if pp > 1:
+            batches = _balanced(lengths, batches, cap, lat.seq_latency_array(
+                np.array([lengths[i] for i in ids]), tp, cp, None, recompute_layers, pp), list(ids))
         return batches, [int(recompute_layers)] * len(batches)
     own = lat.recompute_layers_array(np.array([lengths[i] for i in ids], dtype=np.int64), tp, cp, pp)
     batches, ks = [], []
     for k in sorted(set(own.tolist())):
         members = [i for i, ki in zip(ids, own) if ki == k]
         packed = pack_micro_batches(lengths, members, lat.tokens_cap(tp, cp, k, pp))
+        if pp > 1:
+            packed = _balanced(lengths, packed, lat.tokens_cap(tp, cp, k, pp),
+                               lat.seq_latency_array(np.array(lengths)[members], tp, cp, None, k, pp), members)
         batches += packed
         ks += [k] * len(packed)
     return batches, ks
+
+
+def _balanced(lengths, packed: list[list[int]], cap: int, costs: np.ndarray, members: list[int]) -> list[list[int]]:
+    """As many micro-batches as first-fit packed, their costs evened out (WLB-LLM's variable-length packing,
+    which shrinks pipeline stalls): sequences by decreasing cost, each to the cheapest micro-batch with
+    room; where none has room, first-fit's micro-batches stand."""
+    m = len(packed)
+    if m <= 1:
+        return packed
+    load, room = np.zeros(m), np.full(m, cap, dtype=np.int64)
+    out: list[list[int]] = [[] for _ in range(m)]
+    cost_of = dict(zip(members, costs.tolist()))
+    for i in sorted(members, key=lambda i: (-cost_of[i], i)):
+        fits = np.flatnonzero(room >= lengths[i])
+        if fits.size == 0:
+            return packed
+        b = int(fits[np.argmin(load[fits])])
+        out[b].append(i)
+        load[b] += cost_of[i]
+        room[b] -= lengths[i]
+    return out
 
 
 def _waits(shares: np.ndarray, positions: np.ndarray, allgather_ms: float, first_forwards) -> np.ndarray:

@@ -77,7 +77,7 @@ def brute_force_makespan(inst: Instance) -> float:
 
 def _search(loads, options, b, chosen, worst, caps, best, inst) -> None:
     if b == len(loads):
-        if placeable(tuple(inst.configs[c] for c in chosen), caps):
+        if placeable(tuple(inst.shape(c) for c in chosen), caps):
             best[0] = worst
         return
     for c in options[b]:

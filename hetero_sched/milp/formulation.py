@@ -145,7 +145,7 @@ def _add_nodes(m: MilpModel, inst: Instance) -> None:
         return
     on_node: list[list[tuple[int, float]]] = [[] for _ in caps]
     for s, (c, k) in enumerate(m.slots):
-        tp, cp, cross = inst.configs[c]
+        tp, cp, cross = inst.shape(c)  # cp: TP blocks (cp·pp with stages)
         unit = tp if cross else tp * cp
         choices = []
         for n, cap in enumerate(caps):

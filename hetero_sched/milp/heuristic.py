@@ -54,7 +54,7 @@ def cover(inst: Instance, T: float, order: np.ndarray, rule: str = "smallest") -
         ok = by_size[inst.overhead[by_size] + inst.cost[i, by_size] <= T]
         if rule != "smallest":
             ok = ok[np.argsort(inst.gpus[ok] * inst.cost[i, ok] / room_c[ok], kind="stable")]
-        c = next((int(c) for c in ok if packer.take(*inst.configs[c]) is not None), None)
+        c = next((int(c) for c in ok if packer.take(*inst.shape(c)) is not None), None)
         if c is None:
             return None
         unplaced[i] = False
@@ -194,13 +194,13 @@ def add_spare_groups(inst: Instance, sol: Solution, efficiency: np.ndarray | Non
     (placed after the solution's groups, in order, as the cover placed them)."""
     packer = NodePacker(inst.node_caps)
     for c, _ in sol:
-        if packer.take(*inst.configs[c]) is None:
+        if packer.take(*inst.shape(c)) is None:
             return list(sol)  # not placeable in this order: add nothing
     efficiency = spare_efficiency(inst) if efficiency is None else efficiency
     sol = list(sol)
     for c in np.argsort(efficiency, kind="stable"):
         while np.isfinite(efficiency[c]) and sum(packer.free) >= inst.gpus[c] \
-                and packer.take(*inst.configs[c]) is not None:
+                and packer.take(*inst.shape(c)) is not None:
             sol.append((int(c), np.array([], dtype=int)))
     return sol
 

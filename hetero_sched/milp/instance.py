@@ -1,10 +1,14 @@
 """The numbers a solver sees: configurations, GPUs, nodes, overheads and per-sequence costs.
 
-A configuration is (tp, cp, cross): `cross=False` sits inside one node (NVLink prices), `cross=True`
-takes its cp TP blocks from any nodes (ring priced on InfiniBand). A (tp, cp) with tp·cp ≤ the largest
-node exists in both variants; a larger one only crosses; on a single node nothing crosses.
-cost[i, c] = seq_latency_ms(L_i, config c) (inf where L_i > max_tokens(c)); overhead[c]; gpus[c] = tp·cp;
-node_caps = GPUs of each node (a partial last node included).
+A configuration is (tp, cp, cross, pp): `cross=False` sits inside one node (NVLink prices), `cross=True`
+takes its cp·pp TP blocks from any nodes (ring and stage transfers priced on InfiniBand). A (tp, cp, pp)
+with tp·cp·pp ≤ the largest node exists in both variants; a larger one only crosses; on a single node
+nothing crosses. cost[i, c] = seq_latency_ms(L_i, config c) (inf where L_i > max_tokens(c)); overhead[c];
+gpus[c] = tp·cp·pp; node_caps = GPUs of each node (a partial last node included). With pp > 1 the cost is
+the last stage's work, a lower bound on what the sequence adds to the pipeline (the 1F1B simulation that
+prices the plan adds fill, drain and stalls): solver bounds stay valid, and every plan found is priced by
+the simulation before it is compared. `shape(c)` = (tp, cp·pp, cross): what placement sees (TP blocks);
+`layout(c)` = tp·pp: GPUs per parameter copy, what the gradient sync depends on.
 
 Pruning (say what was kept, `pruned` counts the rest):
 - CP degrees that cannot help: beyond the degree at which the longest sequence stops getting faster on
@@ -21,6 +25,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..latency import LatencyModel
+from ..latency.base import check_pp, config_name
 from ..placement import node_capacities
 
 # Input limits (measured in benchmarks/results/reliability_<yyyymm>.md and scale_<yyyymm>.md): beyond them a clear ValueError,
@@ -33,8 +38,8 @@ MAX_COST_CELLS = 40_000_000  # 320 MB per copy of the cost matrix
 @dataclass(kw_only=True, slots=True)
 class Instance:
     lengths: np.ndarray   # (n,) tokens
-    configs: list         # [(tp, cp, cross)] of the C kept configurations
-    gpus: np.ndarray      # (C,) tp·cp
+    configs: list         # [(tp, cp, cross, pp)] of the C kept configurations
+    gpus: np.ndarray      # (C,) tp·cp·pp
     overhead: np.ndarray  # (C,) ms
     cost: np.ndarray      # (n, C) ms, inf where the sequence does not fit
     total_gpus: int
@@ -44,7 +49,7 @@ class Instance:
     def __post_init__(self) -> None:
         if self.node_caps is None:
             self.node_caps = [self.total_gpus]
-        self.configs = [tuple(c) if len(c) == 3 else (*c, False) for c in self.configs]
+        self.configs = [_as_config(c) for c in self.configs]
 
     @property
     def n(self) -> int:
@@ -57,22 +62,41 @@ class Instance:
                         overhead=self.overhead[keep], cost=self.cost[:, keep], total_gpus=self.total_gpus,
                         node_caps=self.node_caps, pruned=self.pruned + len(self.configs) - len(keep))
 
+    def shape(self, c: int) -> tuple[int, int, bool]:
+        """(tp, TP blocks, cross) of configuration c: what placement sees."""
+        tp, cp, cross, pp = self.configs[c]
+        return tp, cp * pp, cross
+
+    def layout(self, c: int) -> int:
+        """GPUs per parameter copy of configuration c (tp·pp)."""
+        return self.configs[c][0] * self.configs[c][3]
+
+    @property
+    def pipelined(self) -> bool:
+        return any(cfg[3] > 1 for cfg in self.configs)
+
     def dominates(self, d: int, c: int) -> bool:
         """Config d is no worse than c: no more GPUs, overhead or cost on any sequence, placeable where c was."""
         return bool(self.gpus[d] <= self.gpus[c] and self.overhead[d] <= self.overhead[c]
                     and placeable_instead(self.configs[d], self.configs[c])
                     and (self.cost[:, d] <= self.cost[:, c]).all())
 
-    def index(self, tp: int, cp: int, cross: bool) -> int:
-        """Column of configuration (tp, cp, cross); ValueError when it is not in the instance."""
+    def index(self, tp: int, cp: int, cross: bool, pp: int = 1) -> int:
+        """Column of configuration (tp, cp, cross, pp); ValueError when it is not in the instance."""
         try:
-            return self.configs.index((tp, cp, bool(cross)))
+            return self.configs.index((tp, cp, bool(cross), pp))
         except ValueError:
-            raise ValueError(f"TP{tp}xCP{cp} ({'cross-node' if cross else 'intra-node'}) is not a "
+            raise ValueError(f"{config_name(tp, cp, pp)} ({'cross-node' if cross else 'intra-node'}) is not a "
                              "configuration of this instance") from None
 
     def group_load(self, c: int, items) -> float:
         return float(self.overhead[c] + self.cost[list(items), c].sum())
+
+
+def _as_config(c) -> tuple[int, int, bool, int]:
+    """(tp, cp), (tp, cp, cross) or (tp, cp, cross, pp) → (tp, cp, cross, pp)."""
+    c = tuple(c)
+    return (int(c[0]), int(c[1]), bool(c[2]) if len(c) > 2 else False, int(c[3]) if len(c) > 3 else 1)
 
 
 def placeable_instead(d: tuple, c: tuple) -> bool:
@@ -81,37 +105,40 @@ def placeable_instead(d: tuple, c: tuple) -> bool:
 
 
 def build_instance(lengths, lat: LatencyModel, prune: bool = True,
-                   only: tuple[int, int] | None = None, all_cps: bool = False) -> Instance:
+                   only: tuple | None = None, all_cps: bool = False, pp_degrees=None) -> Instance:
     """Price every sequence on every configuration worth pricing; raise when one fits nowhere.
 
     prune=False keeps dominated configurations (CP degrees that cannot help are never priced);
-    only=(tp, cp) prices that pair alone (both variants where they exist), whether it helps or not;
-    all_cps=True prices every CP degree (the exhaustive oracle's configuration space).
-    Pricing is vectorised and always completes (a plan, even the warm start, needs it)."""
+    only=(tp, cp) or (tp, cp, pp) prices that configuration alone (both variants where they exist),
+    whether it helps or not; all_cps=True prices every CP degree (the exhaustive oracle's configuration
+    space); pp_degrees: the pipeline degrees searched (default: every one the step model allows, see
+    check_pp_degrees). Pricing is vectorised and always completes (a plan, even the warm start, needs it)."""
     lengths = np.asarray(check_lengths(lengths), dtype=np.int64)
     uniq, inverse = np.unique(lengths, return_inverse=True)
     check_size(len(lengths), 0, lat)
     caps_nodes = node_capacities(lat.cluster.gpus, lat.cluster.gpus_per_node)
     if only is None:
-        kinds = [(tp, cross, useful_cps(lat, tp, cross, uniq, caps_nodes, all_cps))
-                 for tp in lat.cluster.tp_degrees(lat.model) for cross in _variants(caps_nodes)]
+        layouts = [lay for lay in lat.fitting_layouts() if lay[1] in check_pp_degrees(pp_degrees, lat)]
+        kinds = [(tp, pp, cross, useful_cps(lat, tp, cross, uniq, caps_nodes, all_cps, pp))
+                 for tp, pp in layouts for cross in _variants(caps_nodes)]
     else:
-        kinds = [(only[0], cross, np.array([only[1]])) for cross in _variants(caps_nodes)
-                 if (only[0] * only[1] <= max(caps_nodes) or cross) and (only[1] > 1 or not cross)]
-    check_size(len(lengths), len(uniq) * sum(k[2].size for k in kinds), lat)
+        tp, cp, pp = (*only, 1) if len(only) == 2 else only
+        kinds = [(tp, pp, cross, np.array([cp])) for cross in _variants(caps_nodes)
+                 if (tp * cp * pp <= max(caps_nodes) or cross) and (cp * pp > 1 or not cross)]
+    check_size(len(lengths), len(uniq) * sum(k[3].size for k in kinds), lat)
     configs, columns, over, g = [], [], [], []
-    for tp, cross, cps in kinds:
+    for tp, pp, cross, cps in kinds:
         if cps.size == 0:
             continue  # nothing fits, or fewer tokens than ranks: such groups are never useful
-        caps = np.array([lat.max_tokens(tp, int(cp)) for cp in cps])
-        table = np.where(uniq[:, None] <= caps[None, :], lat.cost_table(uniq, tp, cps, cross), np.inf)
-        configs += [(tp, int(cp), cross) for cp in cps]
+        caps = np.array([lat.max_tokens(tp, int(cp), pp) for cp in cps])
+        table = np.where(uniq[:, None] <= caps[None, :], lat.cost_table(uniq, tp, cps, cross, pp), np.inf)
+        configs += [(tp, int(cp), cross, pp) for cp in cps]
         columns.append(table)
-        over += [lat.overhead_ms(tp, int(cp), cross) for cp in cps]
-        g += [tp * int(cp) for cp in cps]
+        over += [lat.overhead_ms(tp, int(cp), cross, pp) for cp in cps]
+        g += [tp * int(cp) * pp for cp in cps]
     cost_u = np.hstack(columns) if columns else np.zeros((len(uniq), 0))
     if only is None and (not configs or not np.isfinite(cost_u).any(axis=1).all()):
-        raise_no_fit(lengths, lat)
+        raise_no_fit(lengths, lat, pp_degrees)
     full = Instance(lengths=lengths, configs=configs, gpus=np.array(g), overhead=np.array(over),
                     cost=cost_u[inverse], total_gpus=lat.cluster.gpus, node_caps=caps_nodes,
                     pruned=_cp_degrees_not_priced(lat, caps_nodes, len(configs)))
@@ -125,57 +152,73 @@ def _variants(caps_nodes: list[int]) -> tuple[bool, ...]:
     return (False, True) if len(caps_nodes) > 1 else (False,)
 
 
+def check_pp_degrees(pp_degrees, lat: LatencyModel) -> list[int]:
+    """The pipeline degrees to search: each must split the layers evenly (ValueError naming it otherwise);
+    those beyond the cluster are dropped. Default: none (pp = 1) when the model fits without stages, else
+    every divisor of the layers with which it fits. Stages cost a fill-and-drain bubble and the LM head's
+    imbalance and save only memory (weights split over stages), and the solver's costs for them are lower
+    bounds (the 1F1B simulation prices the plans): searched when asked for, or when memory needs them."""
+    if pp_degrees is None:
+        fitting = sorted({pp for _, pp in lat.fitting_layouts()})
+        return [1] if 1 in fitting else fitting
+    if isinstance(pp_degrees, (int, np.integer)) or not len(pp_degrees):
+        raise ValueError(f"pp_degrees={pp_degrees!r}: give a non-empty list of pipeline degrees, e.g. (1, 2, 4)")
+    for pp in pp_degrees:
+        check_pp(pp, lat.model.layers)
+    return sorted({int(pp) for pp in pp_degrees if pp <= lat.cluster.gpus})
+
+
 def useful_cps(lat: LatencyModel, tp: int, cross: bool, uniq: np.ndarray, caps_nodes: list[int],
-               all_cps: bool = False) -> np.ndarray:
+               all_cps: bool = False, pp: int = 1) -> np.ndarray:
     """CP degrees of (tp, variant) worth pricing: placeable, holding the shortest sequence, and no more than
     the degree at which the longest sequence is fastest. (A cap at ⌈L_max/128⌉ ranks, one attention tile
     each, is not safe: fuzzing found 92-token sequences that still run faster on 2 ranks, whose linear
     layers halve.)"""
-    if cross:
-        most, least = sum(c // tp for c in caps_nodes), 2  # TP blocks the cluster holds; one block never crosses
+    if cross:  # TP blocks the cluster holds (cp·pp per group); one block never crosses
+        most, least = sum(c // tp for c in caps_nodes) // pp, 2 if pp == 1 else 1
     else:
-        most, least = max(caps_nodes) // tp, 1
+        most, least = max(caps_nodes) // (tp * pp), 1
     # max_tokens never falls as CP ranks are added: the degrees holding a length are a suffix (bisected,
     # not scanned: 4096 GPUs give 4096 CP degrees of TP1 across nodes)
-    cps = np.arange(_least_holding(lat, tp, least, most, uniq[0]), most + 1, dtype=int)
+    cps = np.arange(_least_holding(lat, tp, least, most, uniq[0], pp), most + 1, dtype=int)
     if cps.size <= 1 or all_cps:
         return cps
-    first = _least_holding(lat, tp, int(cps[0]), most, uniq[-1])
+    first = _least_holding(lat, tp, int(cps[0]), most, uniq[-1], pp)
     if first > most:
         return cps
-    return cps[cps <= _fastest_cp(lat, tp, cross, first, most, int(uniq[-1]))]
+    return cps[cps <= _fastest_cp(lat, tp, cross, first, most, int(uniq[-1]), pp)]
 
 
 _FASTEST: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # per step model: {(tp, cross, cps, L): cp}
 
 
-def _fastest_cp(lat: LatencyModel, tp: int, cross: bool, first: int, most: int, length: int) -> int:
+def _fastest_cp(lat: LatencyModel, tp: int, cross: bool, first: int, most: int, length: int, pp: int = 1) -> int:
     """The CP degree in first..most on which a sequence of `length` tokens runs fastest (overhead
     included), remembered per step model: a step of a dataset mostly has the same longest sequence (the
     context), and pricing it on every degree (up to 4,096) took a fifth of pricing a large batch."""
     memo = _FASTEST.setdefault(lat, {})
-    key = (tp, cross, first, most, length)
+    key = (tp, cross, first, most, length, pp)
     if key not in memo:
         cps = np.arange(first, most + 1)
-        seq = lat.cost_table(np.array([length]), tp, cps, cross)[0]
+        seq = lat.cost_table(np.array([length]), tp, cps, cross, pp)[0]
         # overheads are ≥ 0: only degrees whose sequence cost alone beats the best total can win, so the
         # overhead (one call per degree; 16,384 degrees at 16,384 GPUs) is priced for those alone
         best = (np.inf, 0)
         for j in np.argsort(seq, kind="stable"):
             if seq[j] > best[0]:
                 break
-            best = min(best, (seq[j] + lat.overhead_ms(tp, int(cps[j]), cross), int(cps[j])))
+            best = min(best, (seq[j] + lat.overhead_ms(tp, int(cps[j]), cross, pp), int(cps[j])))
         memo[key] = best[1]
     return memo[key]
 
 
-def _least_holding(lat: LatencyModel, tp: int, least: int, most: int, length: int) -> int:
+def _least_holding(lat: LatencyModel, tp: int, least: int, most: int, length: int, pp: int = 1) -> int:
     """The least cp in least..most with max_tokens(tp, cp) ≥ length (most + 1 when none): bisection on
     max_tokens, nondecreasing in cp (each rank adds memory)."""
     lo, hi = least, most + 1
     while lo < hi:
         mid = (lo + hi) // 2
-        if lat.max_tokens(tp, mid) >= length:
+        if lat.max_tokens(tp, mid, pp) >= length:
             hi = mid
         else:
             lo = mid + 1
@@ -184,6 +227,7 @@ def _least_holding(lat: LatencyModel, tp: int, least: int, most: int, length: in
 
 def _cp_degrees_not_priced(lat: LatencyModel, caps_nodes: list[int], priced: int) -> int:
     every = sum(len(_variants(caps_nodes)) * (lat.cluster.gpus // tp) for tp in lat.cluster.tp_degrees(lat.model))
+    every += sum(len(_variants(caps_nodes)) * (lat.cluster.gpus // (tp * pp)) for tp, pp in lat.layouts() if pp > 1)
     return max(0, every - priced)
 
 
@@ -215,7 +259,7 @@ def _placeable_matrix(configs: list) -> np.ndarray:
     """[d, c]: group d can take group c's GPUs (given gpus_d ≤ gpus_c): both inside a node; or d crosses and
     its TP blocks tile c's (tp_d | tp_c) or c's node space (c intra: any GPUs of one node hold d's blocks)."""
     tp = np.array([c[0] for c in configs])
-    cross = np.array([c[2] for c in configs], dtype=bool)
+    cross = np.array([c[2] if len(c) > 2 else False for c in configs], dtype=bool)
     d_cross, c_cross = cross[:, None], cross[None, :]
     divides = (tp[None, :] % tp[:, None]) == 0
     return np.where(d_cross, ~c_cross | divides, ~c_cross)
@@ -247,11 +291,16 @@ def check_lengths(lengths) -> list[int]:
     return [int(x) for x in out]
 
 
-def raise_no_fit(lengths, lat: LatencyModel) -> None:
+def raise_no_fit(lengths, lat: LatencyModel, pp_degrees=None) -> None:
     """ValueError naming the longest sequence that fits no configuration and the largest that does."""
-    best = max(lat.max_tokens(tp, cp) for tp, cp in lat.cluster.configs(lat.model))
+    allowed = check_pp_degrees(pp_degrees, lat)
+    layouts = [(tp, pp) for tp, pp in lat.fitting_layouts() if pp in allowed]
+    if not layouts:
+        raise ValueError(f"{lat.model.name} fits on no (TP, PP) with pp_degrees {allowed} on {lat.cluster.gpus} GPUs "
+                         f"(it fits with {sorted({pp for _, pp in lat.fitting_layouts()})})")
+    best = max(lat.max_tokens(tp, lat.cluster.gpus // (tp * pp), pp) for tp, pp in layouts)
     for i, x in enumerate(lengths):
         if x > best:
-            raise ValueError(f"sequence {i} has {int(x)} tokens; the largest that fits any (TP, CP) group of "
+            raise ValueError(f"sequence {i} has {int(x)} tokens; the largest that fits any (TP, CP, PP) group of "
                              f"{lat.cluster.gpus} GPUs is {best} tokens")
     raise ValueError("no configuration can hold the batch")

@@ -109,7 +109,7 @@ def forward_tables(lengths, configs, lat) -> tuple | None:
     if not lat.overlap_param_gather or uniq.size * len(configs) * levels > 20 * FORWARD_CAP_CELLS:
         return None
     parts = []
-    for tp, cp, cross in configs:
+    for tp, cp, cross, _ in configs:
         fwd, rec_all, _ = lat.seq_parts_array(uniq, tp, cp, cross, recompute_layers=lat.model.layers)
         parts.append((fwd, rec_all, lat.recompute_layers_array(uniq, tp, cp)))
     return uniq, counts, parts
@@ -131,7 +131,7 @@ def net_forward_caps(tables, configs, lat, left_out=None) -> np.ndarray:
     lows = np.arange(0, layers + 1, LEVEL_STRIDE)
     highs = np.minimum(lows + LEVEL_STRIDE - 1, layers)
     caps = np.empty(len(configs))
-    for j, ((tp, cp, cross), (fwd, rec_all, own)) in enumerate(zip(configs, parts)):
+    for j, ((tp, cp, cross, _), (fwd, rec_all, own)) in enumerate(zip(configs, parts)):
         rooms = np.array([lat.tokens_cap(tp, cp, int(hi)) for hi in highs], dtype=float)
         # a sequence of a higher class than the level's top cannot sit in such a micro-batch
         held = (own[None, :] <= highs[:, None])

@@ -42,13 +42,14 @@ QUICK_FLOOR_S = 0.25        # ... and one leaving less than this always is (the 
                             # heuristic 10 % of it: at 64 GPUs a 0.1 s plan came out 12 % slower than a 0.05 s one)
 QUICK_MAX_S = 5.0           # ... but a limit leaving more than this is never short: the overhead area bound is
                             # worth its cost there (a 1M-context batch on 4,096 GPUs prices for ~1 s)
+PIPELINE_SHARE = 0.2        # of the time left, for a search on estimated pipeline costs when stages are searched
 QUICK_SLACK = 0.006         # the first cover's T above the area relaxation's threshold estimate
 
 
 def solve(lengths, cluster: Cluster, lat: LatencyModel, *, backend: str = "cpsat", time_limit_s: float = 10.0,
           threads: int = 2, seed: int = 0, rel_gap: float = OPTIMAL_GAP / 10,
           deterministic_limit: float | None = None, objective: str = "step",
-          round_lengths: int | None = None) -> Plan:
+          round_lengths: int | None = None, pp_degrees=None) -> Plan:
     """Plan one step: groups of different (TP, CP) placed on nodes, sequences assigned.
 
     objective='step' (default) minimises makespan + exposed gradient sync: the search runs once per
@@ -58,7 +59,10 @@ def solve(lengths, cluster: Cluster, lat: LatencyModel, *, backend: str = "cpsat
     recomputed from their placement: never worse than WLB-LLM on the objective. round_lengths=r prices
     lengths rounded up to a multiple of r (fewer distinct lengths; costs stay upper bounds); the plan is
     priced on the true lengths. threads: the backends' threads; with 2 or more, the step objective's
-    bound may also run one pattern LP in a worker process (see milp.remote)."""
+    bound may also run one pattern LP in a worker process (see milp.remote). pp_degrees: the pipeline
+    degrees searched, each dividing the layers (default: every divisor up to the cluster's GPUs with which
+    the model fits); groups of different degrees mix like groups of different TP. The search runs once
+    per smallest layout (GPUs per parameter copy, tp·pp) under the step objective."""
     start = time.monotonic()
     _check_args(cluster, lat, backend, time_limit_s, threads, seed, rel_gap, objective, round_lengths)
     deadline = start + time_limit_s
@@ -66,7 +70,7 @@ def solve(lengths, cluster: Cluster, lat: LatencyModel, *, backend: str = "cpsat
 
     true_lengths = np.asarray(check_lengths(lengths), dtype=np.int64)
     priced = _rounded(true_lengths, round_lengths)
-    full = build_instance(priced, lat, prune=False)
+    full = build_instance(priced, lat, prune=False, pp_degrees=pp_degrees)
     clock = {"pricing": time.monotonic() - start}
     warm = best_homogeneous_plan(full, lat, objective)
     clock["warm start"] = time.monotonic() - start - clock["pricing"]
@@ -77,14 +81,17 @@ def solve(lengths, cluster: Cluster, lat: LatencyModel, *, backend: str = "cpsat
     left = deadline - time.monotonic()
     short = min(max(QUICK_FACTOR * clock["pricing"], QUICK_FLOOR_S), QUICK_MAX_S)
     quick = deterministic_limit is None and left < short
-    tps = lat.cluster.tp_degrees(lat.model)
-    slices = [_slice(full, warm, t, quick) for t in (tps if objective == "step" else [1])]
+    tps = sorted({full.layout(c) for c in range(len(full.configs))})  # smallest layouts a plan may have
+    slices = [_slice(full, warm, t, quick) for t in (tps if objective == "step" else tps[:1])]
     # the all-gather's waits in the step bound cost ~0.1-0.2 s at 64 GPUs x 256: not on limits under WAITS_MIN_S
-    if objective == "step" and not quick and (deterministic_limit is not None
+    if objective == "step" and not quick and not full.pipelined and (deterministic_limit is not None
                                               or deadline - time.monotonic() > WAITS_MIN_S):
         _cap_first_forwards(slices, full, lat, warm.step_ms)
     clock["bounds"] = time.monotonic() - start - clock["pricing"] - clock["warm start"]
     plans, notes, bounds = [("warm start", warm)] + _per_micro_batch(warm, lat), {}, {}
+    if full.pipelined and not quick:
+        plans += _pipeline_estimate_plans(full, lat, warm, _share(PIPELINE_SHARE, deadline - reserve), seed,
+                                          per_group_s, deterministic_limit)
     families = [f for sl in slices for f in sl.families]
     beside = objective == "step" and deterministic_limit is None and not round_lengths and threads >= 2
     try:
@@ -99,7 +106,7 @@ def solve(lengths, cluster: Cluster, lat: LatencyModel, *, backend: str = "cpsat
             best = min(objective_key(p, objective)[0] for _, p in plans)
             if objective == "step" and sl.step_lower(lat) >= best:
                 bounds[sl.min_tp] = sl.lower
-                notes[sl.min_tp] = f"TP>={sl.min_tp}: not searched (its step bound {sl.step_lower(lat):.1f} ms " \
+                notes[sl.min_tp] = f"{_unit(full)}>={sl.min_tp}: not searched (its step bound {sl.step_lower(lat):.1f} ms " \
                                    f">= the best plan's {best:.1f} ms)"
                 continue
             if beside and not any(f.remote for f in families):
@@ -131,7 +138,7 @@ def solve(lengths, cluster: Cluster, lat: LatencyModel, *, backend: str = "cpsat
     who, plan = min(plans, key=lambda wp: (*objective_key(wp[1], objective), wp[0] != "warm start"))
     plan.baseline = dict(warm.baseline)
     plan.solver = SolveResult(backend=backend, status="feasible", time_limit_s=time_limit_s, threads=threads,
-                              seed=seed, objective=objective, makespan_bound_ms=bounds[1],
+                              seed=seed, objective=objective, makespan_bound_ms=bounds[tps[0]],
                               step_bound_ms=_step_bound(lat, bounds, tps, families, objective, round_lengths))
     plan.reprice(lat)
     s = plan.solver
@@ -170,7 +177,7 @@ def _per_micro_batch(warm: Plan, lat: LatencyModel) -> list[tuple[str, Plan]]:
     if lat.recompute != "auto" or all(len(set(g.recompute_layers)) == 1 and g.recompute_layers[0] == 0
                                       for g in warm.groups):
         return []
-    plan = Plan.build(warm.lengths, [(g.tp, g.cp, g.sequence_ids) for g in warm.groups], lat,
+    plan = Plan.build(warm.lengths, [(g.tp, g.cp, g.pp, g.sequence_ids) for g in warm.groups], lat,
                       ranks=[g.ranks for g in warm.groups])
     return [("WLB-LLM's groups with per-micro-batch recompute", plan)]
 
@@ -190,7 +197,7 @@ def _step_bound(lat: LatencyModel, bounds: dict, tps: list[int], families: list,
         return 0.0  # bounds were proven on rounded-up costs: they do not bound the true ones
     if objective == "step":
         return step_bound(families, lat)
-    return min(bounds[1] + lat.sync_exposed_lower_ms(t, bounds[1]) for t in tps)
+    return min(bounds[tps[0]] + lat.sync_exposed_lower_ms(t, bounds[tps[0]]) for t in tps)
 
 
 def _rounded(lengths: np.ndarray, r: int | None) -> np.ndarray:
@@ -200,7 +207,7 @@ def _rounded(lengths: np.ndarray, r: int | None) -> np.ndarray:
 def _on_true_lengths(plan: Plan, lengths: np.ndarray, lat: LatencyModel) -> Plan:
     """The same groups and ranks, priced on the true lengths (each ≤ its rounded length)."""
     ids = [g.sequence_ids for g in plan.groups]
-    p = Plan.build(lengths, [(g.tp, g.cp, i) for g, i in zip(plan.groups, ids)], lat,
+    p = Plan.build(lengths, [(g.tp, g.cp, g.pp, i) for g, i in zip(plan.groups, ids)], lat,
                    ranks=[g.ranks for g in plan.groups])
     p.baseline = plan.baseline
     return p
@@ -227,7 +234,7 @@ class Slice:
         """The slice's instance, when only its bounds were computed (see _slice)."""
         if self.make is not None:
             self.inst, self.make = self.make(), None
-            self.warm_sol = _as_solution(full, self.inst, warm) if warm.groups[0].tp >= self.min_tp else None
+            self.warm_sol = _as_solution(full, self.inst, warm) if _layout_of(warm) >= self.min_tp else None
             self.upper = makespan(self.inst, self.warm_sol[0]) if self.warm_sol else 1e12
 
     @cached_property
@@ -271,11 +278,11 @@ def _slice(full: Instance, warm: Plan, min_tp: int, quick: bool = False) -> Slic
     minimum) is built only if the slice is searched, and none of the pure family (its pattern LP will
     not run)."""
     if quick:
-        cols = np.array([c for c, cfg in enumerate(full.configs) if cfg[0] >= min_tp], dtype=int)
+        cols = np.array([c for c in range(len(full.configs)) if full.layout(c) >= min_tp], dtype=int)
         lower = simple_bound_of(full, cols)
         if not math.isfinite(lower):
             return Slice(min_tp, None, families=(Family(min_tp, False, math.inf), Family(min_tp, True, math.inf)))
-        pure_cols = np.array([c for c in cols if full.configs[c][0] == min_tp], dtype=int)
+        pure_cols = np.array([c for c in cols if full.layout(c) == min_tp], dtype=int)
         pure_lower = max(lower, simple_bound_of(full, pure_cols))
         return Slice(min_tp, None, lower=lower, families=(Family(min_tp, False, pure_lower),
                                                           Family(min_tp, True, lower)),
@@ -283,7 +290,7 @@ def _slice(full: Instance, warm: Plan, min_tp: int, quick: bool = False) -> Slic
     inst = _configs_where(full, lambda tp: tp >= min_tp)
     if inst is None:
         return Slice(min_tp, None, families=(Family(min_tp, False, math.inf), Family(min_tp, True, math.inf)))
-    warm_sol = _as_solution(full, inst, warm) if warm.groups[0].tp >= min_tp else None
+    warm_sol = _as_solution(full, inst, warm) if _layout_of(warm) >= min_tp else None
     upper = makespan(inst, warm_sol[0]) if warm_sol else 1e12
     lower = overhead_area_bound(inst, upper)
     pure = _configs_where(full, lambda tp: tp == min_tp)
@@ -313,10 +320,20 @@ def _cap_first_forwards(slices: list, full: Instance, lat: LatencyModel, upper: 
                                                                         fam.delayed, upper))
 
 
+def _unit(full: Instance) -> str:
+    """What the slices are keyed by in notes: the smallest TP, or with stages the smallest TP·PP."""
+    return "TPxPP" if full.pipelined else "TP"
+
+
+def _layout_of(plan: Plan) -> int:
+    """The smallest layout (tp·pp) among a plan's groups."""
+    return min(g.tp * g.pp for g in plan.groups)
+
+
 def _configs_where(full: Instance, keep_tp, prune: bool = True) -> Instance | None:
-    """The undominated configurations (all when not prune) whose TP passes keep_tp; None when some
-    sequence fits none."""
-    allowed = np.array([c for c, (tp, _, _) in enumerate(full.configs) if keep_tp(tp)], dtype=int)
+    """The undominated configurations (all when not prune) whose layout (tp·pp) passes keep_tp; None when
+    some sequence fits none."""
+    allowed = np.array([c for c in range(len(full.configs)) if keep_tp(full.layout(c))], dtype=int)
     if allowed.size == 0:
         return None
     first, _ = distinct_lengths(full.lengths)
@@ -347,13 +364,13 @@ def _search(sl: Slice, full: Instance, lat, deadline: float, backend, threads, s
     is aimed just above the area relaxation's threshold, estimated in two or three passes."""
     inst, warm_sol, upper, lower, min_tp = sl.inst, sl.warm_sol, sl.upper, sl.lower, sl.min_tp
     if sl.make is not None:
-        return [], lower, f"TP>={min_tp}: no time left after pricing: warm start kept, simple bounds", None
+        return [], lower, f"{_unit(full)}>={min_tp}: no time left after pricing: warm start kept, simple bounds", None
     if inst is None:
-        return [], math.inf, f"TP>={min_tp}: some sequence fits no configuration (no plan of this layout)", None
+        return [], math.inf, f"{_unit(full)}>={min_tp}: some sequence fits no configuration (no plan of this layout)", None
     late = det_limit is None and time.monotonic() >= deadline and warm_sol is not None
     if late:  # a limit shorter than pricing: the warm start stands, with the cheap bounds only
         return [], max(lower, simple_bound(inst)), \
-            f"TP>={min_tp}: no time left after pricing: warm start kept, simple bounds", None
+            f"{_unit(full)}>={min_tp}: no time left after pricing: warm start kept, simple bounds", None
     guess = None
     if quick:
         lo, target = area_bracket(inst, upper, first=True)
@@ -372,7 +389,7 @@ def _search(sl: Slice, full: Instance, lat, deadline: float, backend, threads, s
     heur_plan = _to_plan(inst, *heur, lat) if found and sl.found is not None else None  # priced once:
     if heur_plan is not None:  # told to the worker now, returned below
         sl.found(heur_plan)
-    note = f"TP>={min_tp}: {len(inst.configs)} configurations kept ({full.pruned + len(full.configs) - len(inst.configs)} pruned)"
+    note = f"{_unit(full)}>={min_tp}: {len(inst.configs)} configurations kept ({full.pruned + len(full.configs) - len(inst.configs)} pruned)"
     known = [s for s in (warm_sol, found[0][1] if found else None) if s]
     bound, status, search = lower, "not run", None
     if not known:
@@ -399,6 +416,43 @@ def _search(sl: Slice, full: Instance, lat, deadline: float, backend, threads, s
     plans = [(who, heur_plan if entry is heur and heur_plan is not None else _to_plan(inst, *entry, lat))
              for who, entry in found]
     return [(who, p) for who, p in plans if p is not None], bound, note, search
+
+
+def _pipeline_estimate_plans(full: Instance, lat: LatencyModel, warm: Plan, deadline: float, seed: int,
+                             per_group_s: float, det_limit) -> list[tuple[str, Plan]]:
+    """With stages searched, the instance's costs for them are lower bounds (no fill, drain or stalls):
+    right for bounds, too kind for a search. A candidate from the heuristic on estimates instead: each
+    pipelined configuration pays its bubble, (pp − 1) of its largest micro-batch's stage time, up front
+    (the 1F1B fill and drain of a full micro-batch). The plan it gives is priced by the simulation and
+    compared like any other; the bounds are not touched."""
+    est = _with_bubbles(full, lat)
+    keep = _undominated(est.gpus, est.overhead, est.cost[distinct_lengths(est.lengths)[0]], est.configs)
+    est = est.subset(keep)
+    warm_sol = _as_solution(full, est, warm)
+    upper = makespan(est, warm_sol[0]) if warm_sol else 1e12
+    if det_limit is not None:
+        deadline = float("inf")
+    sol = heuristic_solution(est, simple_bound(est), upper, deadline, seed=seed, restarts=det_limit is None,
+                             per_group_s=per_group_s if det_limit is None else 0.0)
+    if not sol:
+        return []
+    plan = _to_plan(est, sol, _greedy_shares(est, sol), lat)
+    return [("heuristic on pipeline estimates", plan)] if plan is not None else []
+
+
+def _with_bubbles(full: Instance, lat: LatencyModel) -> Instance:
+    """`full` with each pipelined configuration's overhead raised by (pp − 1)·(stage forward + backward of
+    a micro-batch of its largest fitting size)."""
+    over = full.overhead.copy()
+    longest = int(full.lengths.max())
+    for c, (tp, cp, cross, pp) in enumerate(full.configs):
+        if pp > 1:
+            tokens = min(lat.max_tokens(tp, cp, pp), max(longest, 1))
+            k = lat.recompute_layers_array(np.array([tokens]), tp, cp, pp)
+            f_in, f_last, b_in, b_last = lat.stage_parts_array([tokens], tp, cp, pp, cross, k)
+            over[c] += (pp - 1) * float(max(f_in[0], f_last[0]) + max(b_in[0], b_last[0]))
+    return Instance(lengths=full.lengths, configs=full.configs, gpus=full.gpus, overhead=over, cost=full.cost,
+                    total_gpus=full.total_gpus, node_caps=full.node_caps, pruned=full.pruned)
 
 
 def _patterns_and_lns(inst: Instance, best: tuple, known: list, lower: float, deadline: float, threads: int,
@@ -463,7 +517,7 @@ def _as_solution(full: Instance, inst: Instance, plan: Plan):
     sol, shares = [], []
     for g in plan.groups:
         cross = nodes_spanned(g.ranks, gpn) > 1
-        c = full.index(g.tp, g.cp, cross)
+        c = full.index(g.tp, g.cp, cross, g.pp)
         kept = [k for k, cfg in enumerate(inst.configs) if cfg == full.configs[c]]
         if not kept:
             kept = [k for k, cfg in enumerate(inst.configs) if full.dominates(full.configs.index(cfg), c)]
@@ -483,7 +537,7 @@ def _shares_of(ranks, gpn: int) -> list[tuple[int, int]]:
 
 
 def _greedy_shares(inst: Instance, sol):
-    shapes = [inst.configs[c] for c, _ in sol]
+    shapes = [inst.shape(c) for c, _ in sol]
     return pack_nodes(shapes, inst.node_caps, range(len(shapes))) or pack_nodes(shapes, inst.node_caps)
 
 
@@ -523,4 +577,5 @@ def _to_plan(inst: Instance, sol, shares, lat: LatencyModel) -> Plan | None:
         return None
     tps = [inst.configs[c][0] for c, _ in sol]
     ranks = ranks_from_nodes(tps, shares, lat.cluster.gpus_per_node)
-    return Plan.build(inst.lengths, [(*inst.configs[c][:2], items) for c, items in sol], lat, ranks=ranks)
+    return Plan.build(inst.lengths, [(tp, cp, pp, items) for (tp, cp, _, pp), items in
+                                     ((inst.configs[c], items) for c, items in sol)], lat, ranks=ranks)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import math
 import os
 import signal
 import socket
@@ -108,11 +109,17 @@ def demo_tokens(plan: Plan, max_tokens: int, seed: int, vocab: int) -> list[torc
             for i, n in enumerate(plan.lengths)]
 
 
+def demo_config(plan: Plan) -> TinyConfig:
+    """The tiny model a demo step runs: as many blocks as the least common multiple of TinyConfig's and of
+    every group's stage count (each stage holds an even share of the blocks)."""
+    return TinyConfig(layers=math.lcm(TinyConfig().layers, *(g.pp for g in plan.groups)))
+
+
 def demo_step(rank: int, plan_json: str, max_tokens: int, seed: int, out_path: str | None) -> dict:
     """One step of the tiny model on demo tokens; rank 0 writes (and returns) the per-group report."""
     plan = Plan.from_json(plan_json)
     torch.manual_seed(seed)
-    model = TinyLlama(TinyConfig()).to(device())
+    model = TinyLlama(demo_config(plan)).to(device())
     tokens = [t.to(device()) for t in demo_tokens(plan, max_tokens, seed, model.config.vocab)]
     groups = init_groups(plan)
     dist.barrier()
@@ -126,7 +133,8 @@ def demo_step(rank: int, plan_json: str, max_tokens: int, seed: int, out_path: s
     report = {"loss": grads.loss, "wall_s": wall, "sync_s": min(r["sync"] for r in everyone), "groups": []}
     for k, g in enumerate(plan.groups):
         secs = [r["seconds"] for r in everyone if r["group"] == k]
-        report["groups"].append({"group": k, "tp": g.tp, "cp": g.cp, "sequences": len(g.sequence_ids),
+        report["groups"].append({"group": k, "tp": g.tp, "cp": g.cp, "pp": g.pp,
+                                 "sequences": len(g.sequence_ids),
                                  "tokens": int(sum(len(tokens[i]) for i in g.sequence_ids)),
                                  "seconds": max(secs)})
     if rank == 0 and out_path:

@@ -1,4 +1,5 @@
-"""Executing a plan with torch.distributed: process groups, tensor/context-parallel TinyLlama, one step.
+"""Executing a plan with torch.distributed: process groups, tensor/context/pipeline-parallel TinyLlama,
+one step.
 
 Tensor parallelism (Megatron-LM): q/k/v, gate and up projections are column-parallel (each TP rank holds
 heads/tp query heads, kv_heads/tp key/value heads, ffn/tp MLP columns), o and down projections
@@ -10,21 +11,36 @@ Context parallelism: each document of a micro-batch is cut in 2·cp zigzag chunk
 runs its chunks' queries and all-gathers keys and values from its CP group (padded to the longest
 rank; backward: all-reduce of the key/value gradients, each rank keeping its own rows). Masks use each
 token's document and absolute position, so packed documents never see each other and causality holds.
+A CP rank's gradients are partial sums (over the losses of its own tokens' paths); the CP ranks' sum is
+the group's gradient.
 
-Cross-group gradient synchronisation (groups of different TP hold differently sharded gradients):
-  1. inside each TP group, all-gather the sharded gradients to full tensors (layout TP1);
-  2. TP rank 0 of every group contributes its full gradients, every other rank (and idle ranks) zeros;
+Pipeline parallelism (pp > 1): stage s holds blocks s·L/pp … (s+1)·L/pp − 1 of the executed model's L
+(the embedding on stage 0, the final norm, LM head and loss on the last) and a TP and a CP group of its
+own. Micro-batches run 1F1B (view.pipeline_schedule); a forward sends this rank's activations [its
+tokens, hidden] to the rank with its TP and CP ranks in the next stage, a backward sends their gradient
+back. After each forward or backward one batch_isend_irecv posts its send with the receive the next one
+needs (Megatron-LM's send_forward_recv_backward pairing), so no stage waits on a peer that waits on it.
+A micro-batch recomputing k of the plan's layers checkpoints the first k/pp of each stage's blocks
+(scaled to the executed model's, checkpointed_blocks). pp = 1 is the same code with no sends.
+
+Cross-group gradient synchronisation (groups of different TP hold differently sharded gradients, and a
+stage holds only its own parameters):
+  1. inside each TP group, all-gather the sharded gradients of the stage's parameters to full tensors
+     (layout TP1);
+  2. TP rank 0 of every CP rank of the stage that holds a parameter contributes its full gradient (the CP
+     ranks' partial sums add up to the group's), every other rank (other stages, other TP ranks, idle
+     ranks) zeros; the loss likewise, from TP rank 0 of every CP rank of the last stage;
   3. one all-reduce (sum) over the world of the flattened gradients and the loss.
 Per rank that moves (tp−1)/tp · |shards| in step 1 and 2·(N−1)/N · 4P bytes (fp32 here; 2P in bf16)
 in step 3's ring all-reduce. The step model's sync_ms charges a ZeRO-1 layout of the smallest TP degree
 t_L (reduce-scatter + all-gather of 2P/t_L bytes): the same volume when t_L = 1, t_L times less
 otherwise — this reference runtime syncs in the TP1 layout and pays more than the model when every
-group has TP ≥ 2.
+group has TP ≥ 2 (and it all-reduces every parameter on every rank, where a stage needs only its own).
 """
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.distributed as dist
@@ -33,7 +49,7 @@ from torch import nn
 
 from ..plan import Plan
 from .model import TinyConfig, TinyLlama, attention, rms_norm, rope
-from .view import RankView, rank_plan, zigzag_chunks
+from .view import RankView, pipeline_schedule, rank_plan, zigzag_chunks
 
 # parameter-name suffix → dimension it is split along under TP (others are replicated)
 SHARDED = {"q_proj.weight": 0, "k_proj.weight": 0, "v_proj.weight": 0, "gate_proj.weight": 0,
@@ -67,20 +83,24 @@ def check_world(plan: Plan) -> None:
 
 
 def init_groups(plan: Plan) -> RankGroups:
-    """Collective: every rank creates every TP and CP group, in plan order (torch requires all ranks to
-    call new_group for every group, in the same order), and gets back its own."""
+    """Collective: every rank creates every TP and CP group of every stage, in plan order (torch requires
+    all ranks to call new_group for every group, in the same order), and gets back its own. Stages talk
+    point to point over the default group: they need no group of their own."""
     check_world(plan)
     rank = dist.get_rank()
     mine_tp = mine_cp = None
     for g in plan.groups:
-        for k in range(g.cp):
-            ranks = g.ranks[k * g.tp:(k + 1) * g.tp]
-            group = dist.new_group(ranks)
-            mine_tp = group if rank in ranks else mine_tp
-        for j in range(g.tp):
-            ranks = g.ranks[j::g.tp]
-            group = dist.new_group(ranks)
-            mine_cp = group if rank in ranks else mine_cp
+        per_stage = g.tp * g.cp
+        for s in range(g.pp):
+            stage = g.ranks[s * per_stage:(s + 1) * per_stage]
+            for k in range(g.cp):
+                ranks = stage[k * g.tp:(k + 1) * g.tp]
+                group = dist.new_group(ranks)
+                mine_tp = group if rank in ranks else mine_tp
+            for j in range(g.tp):
+                ranks = stage[j::g.tp]
+                group = dist.new_group(ranks)
+                mine_cp = group if rank in ranks else mine_cp
     return RankGroups(view=rank_plan(plan, rank), tp_group=mine_tp, cp_group=mine_cp)
 
 
@@ -171,30 +191,54 @@ def _layout(lengths: list[int], cp: int, cp_rank: int, device=None) -> _Layout:
 BLOCK_CALLS = [0]
 
 
-def checkpointed_blocks(recompute_layers: int, model_layers: int, plan_layers: int) -> int:
-    """How many of the executed model's first blocks a micro-batch recomputes: the plan's k when the
-    model has the plan's layers, else the same share rounded up (a tiny model standing in for a large one)."""
-    if model_layers == plan_layers:
-        return recompute_layers
-    return min(model_layers, -(-recompute_layers * model_layers // plan_layers))
+def checkpointed_blocks(recompute_layers: int, model_layers: int, plan_layers: int, pp: int = 1) -> int:
+    """How many of a stage's first blocks a micro-batch recomputes: each of the pp stages recomputes k/pp of
+    its plan_layers/pp layers; the executed model's stage (model_layers/pp blocks) the same number when it
+    has the plan's layers, else the same share rounded up (a tiny model standing in for a large one)."""
+    k, model_stage, plan_stage = recompute_layers // pp, model_layers // pp, plan_layers // pp
+    if model_stage == plan_stage:
+        return k
+    return min(model_stage, -(-k * model_stage // plan_stage))
 
 
-def _micro_batch_loss(params: dict, cfg: TinyConfig, docs: list[torch.Tensor], view: RankView,
-                      groups: RankGroups, recompute: int = 0) -> torch.Tensor:
-    """Σ CE over the next-token targets of this rank's tokens of the micro-batch (not normalised); the
-    first `recompute` blocks keep only their input and run their forward again in backward
-    (torch.utils.checkpoint, Megatron's block method)."""
+def stage_blocks(model_layers: int, pp: int, stage: int) -> range:
+    """The executed model's blocks on `stage` (an even split; pp divides model_layers)."""
+    per = model_layers // pp
+    return range(stage * per, (stage + 1) * per)
+
+
+def stage_of(name: str, model_layers: int, pp: int) -> int:
+    """The stage holding parameter `name`: the embedding on the first, a block's on its own, the final norm
+    and the LM head on the last."""
+    if name.startswith("embed."):
+        return 0
+    if name.startswith("blocks."):
+        return int(name.split(".")[1]) // (model_layers // pp)
+    return pp - 1
+
+
+def _stage_forward(params: dict, cfg: TinyConfig, docs: list[torch.Tensor], lay: _Layout, x: torch.Tensor | None,
+                   view: RankView, groups: RankGroups, recompute: int = 0) -> torch.Tensor:
+    """This stage's part of a micro-batch's forward on this rank's tokens: the embedding on the first stage
+    (elsewhere x, the previous stage's output), the stage's blocks — the first `recompute` keep only their
+    input and run their forward again in backward (torch.utils.checkpoint, Megatron's block method) —
+    then, on the last stage, Σ CE over the next-token targets (not normalised); elsewhere the activations."""
     stream = torch.cat(docs)
-    lay = _layout([len(t) for t in docs], view.cp, view.cp_rank, stream.device)
-    ends = torch.tensor([len(t) for t in docs], device=stream.device)[lay.doc]
-    has_target = lay.pos < ends - 1
-    x = nn.functional.embedding(stream[lay.index], params["embed.weight"])
-    for b in range(cfg.layers):
+    if view.first_stage:
+        x = nn.functional.embedding(stream[lay.index], params["embed.weight"])
+    for n, b in enumerate(stage_blocks(cfg.layers, view.pp, view.pp_rank)):
         p = {k.split(".", 2)[2]: v for k, v in params.items() if k.startswith(f"blocks.{b}.")}
-        if b < recompute:
+        if n < recompute:
             x = checkpoint(_block, x, p, cfg, lay, view, groups, use_reentrant=False)
         else:
             x = _block(x, p, cfg, lay, view, groups)
+    return _loss_sum(params, cfg, docs, stream, lay, x) if view.last_stage else x
+
+
+def _loss_sum(params: dict, cfg: TinyConfig, docs: list[torch.Tensor], stream: torch.Tensor, lay: _Layout,
+              x: torch.Tensor) -> torch.Tensor:
+    ends = torch.tensor([len(t) for t in docs], device=stream.device)[lay.doc]
+    has_target = lay.pos < ends - 1
     logits = nn.functional.linear(rms_norm(x, params["norm"], cfg.norm_eps), params["lm_head.weight"])
     targets = stream[(lay.index + 1).clamp(max=len(stream) - 1)]
     return nn.functional.cross_entropy(logits[has_target], targets[has_target], reduction="sum")
@@ -229,8 +273,13 @@ def _shard_dim(name: str) -> int | None:
 
 
 def _local_params(model: TinyLlama, view: RankView) -> dict:
+    """This rank's parameters: its stage's (none on an idle rank), TP-sharded."""
+    if view.idle:
+        return {}
     out = {}
     for name, p in model.named_parameters():
+        if stage_of(name, model.config.layers, view.pp) != view.pp_rank:
+            continue
         d = _shard_dim(name)
         w = p.detach()
         if d is not None and view.tp > 1:
@@ -239,19 +288,25 @@ def _local_params(model: TinyLlama, view: RankView) -> dict:
     return out
 
 
+def _contribution(name: str, p: torch.Tensor, local: dict, view: RankView, groups: RankGroups) -> torch.Tensor:
+    """Steps 1 and 2 of the module docstring for one parameter: its full gradient on TP rank 0 of a rank of
+    the stage holding it, zeros elsewhere (every TP rank of that stage joins the all-gather)."""
+    if name not in local:
+        return torch.zeros_like(p)
+    g = local[name].grad if local[name].grad is not None else torch.zeros_like(local[name])
+    d = _shard_dim(name)
+    if d is not None and view.tp > 1:
+        parts = [torch.empty_like(g) for _ in range(view.tp)]
+        dist.all_gather(parts, g.contiguous(), group=groups.tp_group)
+        g = torch.cat(parts, dim=d)
+    return g if view.tp_rank == 0 else torch.zeros_like(p)
+
+
 def _synchronise(model: TinyLlama, local: dict, view: RankView, groups: RankGroups, loss: float):
     """The three steps of the module docstring; returns (full gradients, global loss)."""
-    leader = not view.idle and view.tp_rank == 0
-    flat = []
-    for name, p in model.named_parameters():
-        g = local[name].grad if local[name].grad is not None else torch.zeros_like(local[name])
-        d = _shard_dim(name)
-        if d is not None and view.tp > 1:
-            parts = [torch.empty_like(g) for _ in range(view.tp)]
-            dist.all_gather(parts, g.contiguous(), group=groups.tp_group)
-            g = torch.cat(parts, dim=d)
-        flat.append((g if leader else torch.zeros_like(p)).reshape(-1))
-    flat.append(torch.tensor([loss if leader else 0.0], dtype=flat[0].dtype, device=flat[0].device))
+    flat = [_contribution(name, p, local, view, groups).reshape(-1) for name, p in model.named_parameters()]
+    holds_loss = not view.idle and view.last_stage and view.tp_rank == 0
+    flat.append(torch.tensor([loss if holds_loss else 0.0], dtype=flat[0].dtype, device=flat[0].device))
     buf = torch.cat(flat)
     dist.all_reduce(buf)
     grads, offset = StepGrads(), 0
@@ -259,6 +314,92 @@ def _synchronise(model: TinyLlama, local: dict, view: RankView, groups: RankGrou
         grads[name] = buf[offset:offset + p.numel()].view_as(p).clone()
         offset += p.numel()
     return grads, float(buf[-1])
+
+
+# ---- the pipeline -----------------------------------------------------------------------------------------------
+@dataclass(kw_only=True, slots=True)
+class _Stage:
+    """One rank's stage of its group over the step's micro-batches: runs forwards and backwards in any
+    order and keeps, between micro-batch j's forward and its backward, the stage's input and output."""
+
+    params: dict
+    cfg: TinyConfig
+    view: RankView
+    groups: RankGroups
+    docs: list           # per micro-batch, its documents' token tensors
+    recompute: list      # per micro-batch, the blocks of this stage it checkpoints
+    total: int           # Σ (L_i − 1) over the step: the loss's normaliser
+    loss: float = 0.0
+    saved: dict = field(default_factory=dict)
+    layouts: dict = field(default_factory=dict)
+
+    def layout(self, j: int) -> _Layout:
+        if j not in self.layouts:
+            self.layouts[j] = _layout([len(t) for t in self.docs[j]], self.view.cp, self.view.cp_rank,
+                                      self.docs[j][0].device)
+        return self.layouts[j]
+
+    def activation(self, j: int) -> torch.Tensor:
+        """An empty [tokens this rank holds in micro-batch j, hidden] tensor (what a stage sends)."""
+        like = next(iter(self.params.values()))
+        rows = len(self.layout(j).index)
+        return torch.empty((rows, self.cfg.hidden), dtype=like.dtype, device=like.device)
+
+    def forward(self, j: int, x: torch.Tensor | None) -> torch.Tensor | None:
+        """Micro-batch j's forward; returns the activations to send (None on the last stage)."""
+        x = x.requires_grad_(True) if x is not None else None
+        out = _stage_forward(self.params, self.cfg, self.docs[j], self.layout(j), x, self.view, self.groups,
+                             self.recompute[j])
+        if self.view.last_stage:
+            out = out / self.total
+            self.loss += float(out.detach())
+        self.saved[j] = (x, out)
+        return None if self.view.last_stage else out.detach()
+
+    def backward(self, j: int, grad: torch.Tensor | None) -> torch.Tensor | None:
+        """Micro-batch j's backward (grad: its output's gradient, None on the last stage); returns its input's
+        gradient to send (None on the first stage)."""
+        x, out = self.saved.pop(j)
+        out.backward(grad)
+        return None if self.view.first_stage else x.grad
+
+
+def _incoming(op: tuple[str, int] | None, stage: _Stage) -> tuple[list, torch.Tensor | None]:
+    """The receive op `op` needs first (P2P ops, their buffer): a forward its input from the previous
+    stage, a backward its output's gradient from the next."""
+    view = stage.view
+    if op is None or (op[0] == "F" and view.first_stage) or (op[0] == "B" and view.last_stage):
+        return [], None
+    buf = stage.activation(op[1])
+    peer = view.prev_peer if op[0] == "F" else view.next_peer
+    return [dist.P2POp(dist.irecv, buf, peer, tag=op[1])], buf
+
+
+def _outgoing(op: tuple[str, int], result: torch.Tensor | None, view: RankView) -> list:
+    if result is None:
+        return []
+    peer = view.next_peer if op[0] == "F" else view.prev_peer
+    return [dist.P2POp(dist.isend, result.contiguous(), peer, tag=op[1])]
+
+
+def _exchange(ops: list) -> None:
+    if ops:
+        for work in dist.batch_isend_irecv(ops):
+            work.wait()
+
+
+def _run_schedule(stage: _Stage) -> None:
+    """Stage `stage`'s 1F1B order; after each op, one batch sends its result and receives the next op's
+    input (view.pipeline_schedule; deadlock-free even when a send waits for its receive, as under NCCL)."""
+    view = stage.view
+    ops = pipeline_schedule(view.pp, view.pp_rank, len(view.micro_batches))
+    recvs, received = _incoming(ops[0], stage)
+    _exchange(recvs)
+    for i, op in enumerate(ops):
+        run = stage.forward if op[0] == "F" else stage.backward
+        result = run(op[1], received)
+        recvs, received = _incoming(ops[i + 1] if i + 1 < len(ops) else None, stage)
+        _exchange(_outgoing(op, result, view) + recvs)
 
 
 # ---- the step ---------------------------------------------------------------------------------------------------
@@ -272,13 +413,16 @@ def check_step_inputs(plan: Plan, model: TinyLlama, tokens) -> None:
             model.config.check_tp(g.tp)
         except ValueError as exc:
             raise ValueError(f"group {k}: {exc}") from None
+        if model.config.layers % g.pp:
+            raise ValueError(f"group {k}: PP{g.pp} does not divide the tiny model's layers={model.config.layers} "
+                             "into even stages")
         for i in g.sequence_ids:
             t = tokens[i]
             if not isinstance(t, torch.Tensor) or t.dim() != 1:
                 raise ValueError(f"tokens[{i}] must be a 1-D tensor of token ids, got "
                                  f"{type(t).__name__} of shape {tuple(getattr(t, 'shape', ()))}")
             if len(t) < 2 * g.cp:
-                raise ValueError(f"tokens[{i}] has {len(t)} tokens; group {k} (TP{g.tp}xCP{g.cp}) needs at least "
+                raise ValueError(f"tokens[{i}] has {len(t)} tokens; group {k} ({g.name}) needs at least "
                                  f"2*cp = {2 * g.cp}")
 
 
@@ -296,15 +440,19 @@ def run_step(plan: Plan, model: TinyLlama, tokens, groups: RankGroups | None = N
     start = time.perf_counter()
     loss = 0.0
     if not view.idle:
-        layers = plan.model.layers
-        ks = view.recompute_layers or (layers,) * len(view.micro_batches)
-        for mb, k in zip(view.micro_batches, ks):
-            blocks = checkpointed_blocks(k, model.config.layers, layers)
-            part = _micro_batch_loss(local, model.config, [tokens[i] for i in mb], view, groups, blocks) / total
-            part.backward()
-            loss += float(part.detach())
+        stage = _Stage(params=local, cfg=model.config, view=view, groups=groups, total=total,
+                       docs=[[tokens[i] for i in mb] for mb in view.micro_batches],
+                       recompute=_checkpointed_per_micro_batch(view, model.config.layers, plan.model.layers))
+        _run_schedule(stage)
+        loss = stage.loss
     seconds = time.perf_counter() - start
     grads, global_loss = _synchronise(model, local, view, groups, loss)
     grads.loss, grads.seconds = global_loss, seconds
     grads.sync_seconds = time.perf_counter() - start - seconds
     return grads
+
+
+def _checkpointed_per_micro_batch(view: RankView, model_layers: int, plan_layers: int) -> list[int]:
+    """Blocks of this rank's stage each micro-batch checkpoints (every layer when the plan records none)."""
+    ks = view.recompute_layers or (plan_layers,) * len(view.micro_batches)
+    return [checkpointed_blocks(k, model_layers, plan_layers, view.pp) for k in ks]
