@@ -289,8 +289,8 @@ def _local_params(model: TinyLlama, view: RankView) -> dict:
 
 
 def _contribution(name: str, p: torch.Tensor, local: dict, view: RankView, groups: RankGroups) -> torch.Tensor:
-    """Steps 1 and 2 of the module docstring for one parameter: its full gradient on TP rank 0 of a rank of
-    the stage holding it, zeros elsewhere (every TP rank of that stage joins the all-gather)."""
+    """Steps 1 and 2 of the module docstring for one parameter: its full gradient on TP rank 0 of every CP
+    rank of the stage holding it, zeros elsewhere (every TP rank of that stage joins the all-gather)."""
     if name not in local:
         return torch.zeros_like(p)
     g = local[name].grad if local[name].grad is not None else torch.zeros_like(local[name])

@@ -10,6 +10,7 @@ import hetero_sched as hs
 
 WORLD = 8
 SEED = 1234
+TINY_LAYERS = 2  # the executed model's blocks, unless a scenario names others (layers= of _worker)
 
 
 def _lat(gpus=WORLD, gpn=8, recompute="auto"):
@@ -53,7 +54,9 @@ def _tokens(plan, vocab):
     return [torch.randint(vocab, (2 * cp_of[i] + 3 + (i * 5) % 11,), generator=gen) for i in range(len(plan.lengths))]
 
 
-def _worker(rank, plans_json, out_dir):
+def _worker(rank, plans_json, out_dir, layers=None):
+    """Run every plan of plans_json (name → JSON) on this rank, with TinyConfig(layers=layers[name]) (default
+    TINY_LAYERS); rank 0 also computes the one-process reference. Saves everything to out_dir/rank{rank}.pt."""
     import torch.distributed as dist
 
     from hetero_sched.runtime import TinyConfig, TinyLlama, init_groups, rank_plan, reference_loss, run_step
@@ -64,7 +67,7 @@ def _worker(rank, plans_json, out_dir):
     for name, text in plans_json.items():
         plan = hs.Plan.from_json(text)
         torch.manual_seed(SEED)
-        model = TinyLlama(TinyConfig())
+        model = TinyLlama(TinyConfig(layers=(layers or {}).get(name, TINY_LAYERS)))
         tokens = _tokens(plan, model.config.vocab)
         view = rank_plan(plan, rank)
         mine = [tokens[i] if i in view.sequence_ids else torch.zeros(len(tokens[i]), dtype=torch.long)
@@ -74,7 +77,8 @@ def _worker(rank, plans_json, out_dir):
         grads = run_step(plan, model, mine, groups)
         block_calls = BLOCK_CALLS[0]
         views = [None] * WORLD
-        dist.all_gather_object(views, (view.group, view.tp_rank, view.cp_rank, view.tp_ranks, view.cp_ranks))
+        dist.all_gather_object(views, (view.group, view.tp_rank, view.cp_rank, view.pp_rank, view.tp_ranks,
+                                       view.cp_ranks))
         reference = {}
         if rank == 0:
             loss = reference_loss(model, tokens)
@@ -82,7 +86,7 @@ def _worker(rank, plans_json, out_dir):
             reference = {n: p.grad for n, p in model.named_parameters()}
             reference["__loss__"] = float(loss)
         results[name] = {"grads": dict(grads), "loss": grads.loss, "views": views, "reference": reference,
-                         "block_calls": block_calls}
+                         "block_calls": block_calls, "layers": model.config.layers}
     torch.save(results, f"{out_dir}/rank{rank}.pt")
 
 
@@ -99,9 +103,8 @@ def outcome(tmp_path_factory):
 NAMES = ["solved", "mixed", "homogeneous", "idle", "micro-batches", "recompute"]
 
 
-@pytest.mark.parametrize("name", NAMES)
-def test_gradients_equal_one_process(outcome, name):
-    _, ranks = outcome
+def check_gradients(ranks, name):
+    """Every rank's loss and gradients equal the one-process reference."""
     ref = ranks[0][name]["reference"]
     for r in range(WORLD):
         got = ranks[r][name]
@@ -112,43 +115,57 @@ def test_gradients_equal_one_process(outcome, name):
             assert (g - ref[param]).abs().max().item() <= 1e-9 * scale, (r, param)
 
 
-@pytest.mark.parametrize("name", NAMES)
-def test_each_micro_batch_recomputes_the_plans_blocks(outcome, name):
-    """Block forwards run on a rank = layers per micro-batch + the blocks its k recomputes (checkpointed
-    blocks run their forward again in backward)."""
+def check_block_calls(plan, ranks, name):
+    """Block forwards run on a rank = its stage's blocks per micro-batch + the blocks its k recomputes there
+    (checkpointed blocks run their forward again in backward)."""
     from hetero_sched.runtime.parallel import checkpointed_blocks
 
-    plans, ranks = outcome
-    plan = plans[name]
+    layers = ranks[0][name]["layers"]
     for r in range(WORLD):
         owner = [g for g in plan.groups if r in g.ranks]
-        expected = sum(2 + checkpointed_blocks(k, 2, plan.model.layers) for k in owner[0].recompute_layers) \
-            if owner else 0
+        expected = sum(layers // owner[0].pp + checkpointed_blocks(k, layers, plan.model.layers, owner[0].pp)
+                       for k in owner[0].recompute_layers) if owner else 0
         assert ranks[r][name]["block_calls"] == expected, (name, r)
 
 
-@pytest.mark.parametrize("name", NAMES)
-def test_every_rank_sees_the_plan(outcome, name):
+def check_views(plan, ranks, name):
+    """Every rank's coordinates, as its worker saw them, place it where the plan lists it."""
     from hetero_sched.runtime import rank_plan
 
-    plans, ranks = outcome
-    plan = plans[name]
     views = ranks[0][name]["views"]
-    for r, (group, tp_rank, cp_rank, tp_ranks, cp_ranks) in enumerate(views):
+    for r, (group, tp_rank, cp_rank, pp_rank, tp_ranks, cp_ranks) in enumerate(views):
         owner = [k for k, g in enumerate(plan.groups) if r in g.ranks]
         assert group == (owner[0] if owner else None)
         if owner:
             g = plan.groups[group]
-            assert g.ranks[cp_rank * g.tp + tp_rank] == r
-            assert list(tp_ranks) == g.ranks[cp_rank * g.tp:(cp_rank + 1) * g.tp]
-            assert list(cp_ranks) == g.ranks[tp_rank::g.tp]
+            stage = g.ranks[pp_rank * g.tp * g.cp:(pp_rank + 1) * g.tp * g.cp]
+            assert g.ranks[(pp_rank * g.cp + cp_rank) * g.tp + tp_rank] == r
+            assert list(tp_ranks) == stage[cp_rank * g.tp:(cp_rank + 1) * g.tp]
+            assert list(cp_ranks) == stage[tp_rank::g.tp]
         assert rank_plan(plan, r).group == group
 
 
-def _bad_worker(rank, plan_json, small_json, out_dir):
+@pytest.mark.parametrize("name", NAMES)
+def test_gradients_equal_one_process(outcome, name):
+    check_gradients(outcome[1], name)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_each_micro_batch_recomputes_the_plans_blocks(outcome, name):
+    plans, ranks = outcome
+    check_block_calls(plans[name], ranks, name)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_every_rank_sees_the_plan(outcome, name):
+    plans, ranks = outcome
+    check_views(plans[name], ranks, name)
+
+
+def _bad_worker(rank, plan_json, small_json, staged_json, out_dir):
     from hetero_sched.runtime import TinyConfig, TinyLlama, run_step
 
-    plan, small = hs.Plan.from_json(plan_json), hs.Plan.from_json(small_json)
+    plan, small, staged = (hs.Plan.from_json(text) for text in (plan_json, small_json, staged_json))
     model = TinyLlama(TinyConfig())
     good = _tokens(plan, 128)
     cases = {
@@ -156,6 +173,7 @@ def _bad_worker(rank, plan_json, small_json, out_dir):
         "not 1-D": (plan, model, [t.view(1, -1) if i == 0 else t for i, t in enumerate(good)]),
         "too short": (plan, model, [t[:3] if i == 1 else t for i, t in enumerate(good)]),  # CP2 needs 4
         "heads": (plan, TinyLlama(TinyConfig(hidden=48, heads=6, kv_heads=6, ffn=96)), good),
+        "stages": (staged, TinyLlama(TinyConfig(layers=3)), _tokens(staged, 128)),  # PP2 cannot split 3 blocks
     }
     errors = {}
     for name, (p, m, toks) in cases.items():
@@ -173,9 +191,11 @@ def test_bad_input_raises_the_same_value_error_on_every_rank(tmp_path):
     lat = _lat()
     plan = hs.Plan.build([9000, 3000], [(4, 1, [0]), (2, 2, [1])], lat, ranks=[[0, 1, 2, 3], [4, 5, 6, 7]])
     small = hs.Plan.build([4000, 1000], [(1, 2, [0]), (1, 1, [1])], _lat(gpus=4))
-    spawn(_bad_worker, WORLD, plan.to_json(), small.to_json(), str(tmp_path), timeout_s=60)
+    staged = hs.Plan.build([9000, 3000], [(2, 1, 2, [0]), (2, 2, [1])], lat, ranks=[[0, 1, 2, 3], [4, 5, 6, 7]])
+    spawn(_bad_worker, WORLD, plan.to_json(), small.to_json(), staged.to_json(), str(tmp_path), timeout_s=60)
     errors = [torch.load(tmp_path / f"bad{r}.pt") for r in range(WORLD)]
-    needles = {"world": "world has 8", "not 1-D": "1-D", "too short": "2*cp", "heads": "TP4 does not divide"}
+    needles = {"world": "world has 8", "not 1-D": "1-D", "too short": "2*cp", "heads": "TP4 does not divide",
+               "stages": "PP2 does not divide the tiny model's layers=3"}
     for name, needle in needles.items():
         messages = {e[name] for e in errors}
         assert len(messages) == 1 and needle in messages.pop(), name
