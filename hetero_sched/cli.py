@@ -477,10 +477,10 @@ def cmd_run(args) -> int:
             report = json.load(fh)
     t = Table(title=f"one step of the tiny model on {nproc} gloo processes (documents of <= {args.max_tokens} "
                     "tokens standing in for the plan's)")
-    for col in ("group", "TP", "CP", "sequences", "tokens", "measured s"):
+    for col in ("group", "TP", "CP", "PP", "sequences", "tokens", "measured s"):
         t.add_column(col, justify="right")
     for g in report["groups"]:
-        t.add_row(str(g["group"]), str(g["tp"]), str(g["cp"]), str(g["sequences"]), f"{g['tokens']:,}",
+        t.add_row(str(g["group"]), str(g["tp"]), str(g["cp"]), str(g.get("pp", 1)), str(g["sequences"]), f"{g['tokens']:,}",
                   f"{g['seconds']:.3f}")
     out.print(t)
     out.print(f"loss {report['loss']:.6f}; step {report['wall_s']:.3f} s, of which gradient sync "

@@ -136,7 +136,7 @@ BAD = [
     (["solve"], "exactly one"),
     (["solve", "--lengths", "1024", "--synthetic", "prolong:tokens=10"], "exactly one"),
     (["solve", "--synthetic", "uniform:n=3"], "uniform"),
-    (["solve", "--lengths", "1024", "--gpus", "16", "--model", "llama2-70b"], "cannot fit"),
+    (["solve", "--lengths", "1024", "--gpus", "8", "--model", "llama2-70b"], "cannot fit"),
     (["sweep", "--lengths", "1024", "--backends", "cpsat,foo"], "foo"),
     (["sweep", "--lengths", "1024", "--time-limits", "1,x"], "'x'"),
     (["show", "missing.json"], "missing.json"),
@@ -232,7 +232,7 @@ def test_compare_sorts_marks_the_best_and_exports(tmp_path):
     assert [x["step_ms"] for x in fits] == sorted(x["step_ms"] for x in fits)
     assert fits[0]["best"] and sum(x["best"] for x in rows) >= 1
     assert all(not x["fits"] for x in rows[len(fits):])
-    assert (tmp_path / "c.csv").read_text().startswith("plan,tp,cp,dp")
+    assert (tmp_path / "c.csv").read_text().startswith("plan,tp,cp,pp,dp")
 
 
 def test_show_refuses_an_invalid_plan(plan_file, tmp_path):
