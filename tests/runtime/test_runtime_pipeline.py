@@ -8,6 +8,7 @@ torch = pytest.importorskip("torch")
 from test_runtime import WORLD, _lat, _worker, check_block_calls, check_gradients, check_views
 
 import hetero_sched as hs
+from hetero_sched.baselines.wlb_llm import wlb_llm_plan
 
 
 def _plans() -> dict:
@@ -26,11 +27,17 @@ def _plans() -> dict:
         assert plan.validate(lat) == [] and all(len(g.micro_batches) >= 2 for g in plan.groups if g.pp > 1)
     assert any(0 < k for g in homogeneous.groups for k in g.recompute_layers)
     assert all(k == 16 for g in staged.groups for k in g.recompute_layers)
-    return {"homogeneous PP": homogeneous, "mixed PP": mixed, "all PP": staged}
+    # (d) the WLB-LLM baseline's own TP2xCP1xPP2 plan; (e) a solved plan restricted to two stages
+    wlb = wlb_llm_plan(lengths, lat.cluster, lat, tp=2, cp=1, pp=2)
+    solved = hs.solve(lengths, lat.cluster, lat, pp_degrees=(2,), threads=1, deterministic_limit=2.0)
+    for plan in (wlb, solved):
+        assert plan.validate(lat) == [] and {g.pp for g in plan.groups} == {2}
+    return {"homogeneous PP": homogeneous, "mixed PP": mixed, "all PP": staged, "WLB-LLM PP": wlb,
+            "solved PP": solved}
 
 
 LAYERS = {"all PP": 4}  # two blocks a stage: checkpointing the first of them is a real choice
-NAMES = ["homogeneous PP", "mixed PP", "all PP"]
+NAMES = ["homogeneous PP", "mixed PP", "all PP", "WLB-LLM PP", "solved PP"]
 
 
 @pytest.fixture(scope="module")
