@@ -6,7 +6,10 @@ round-trips unchanged; it is never worse than the best placed WLB-LLM plan (reco
 comparison); bounds ≤ the plan's figures; exposed sync ≤ its upper bound; on makespan cases small enough
 for brute force (≤ 6 sequences, ≤ 16 GPUs), bound ≤ the exhaustive topology-aware optimum ≤ makespan and
 'optimal' only when the gap is closed; inputs the model cannot hold raise ValueError naming the sequence;
-nothing else raises. CP-SAT runs every case, HiGHS and CBC one case in five each. Writes
+nothing else raises. Three cases in ten search pipeline stages (pp_degrees: one or two divisors of the
+layers): the same checks, against the 4D WLB-LLM plan over the same degrees, and on makespan cases small
+enough (≤ 5 sequences, ≤ 8 GPUs) bound ≤ the exhaustive optimum over (TP, CP, PP) groups priced by the
+1F1B simulation ≤ makespan. CP-SAT runs every case, HiGHS and CBC one case in five each. Writes
 benchmarks/results/fuzz_<yyyymm>.md.
 """
 from __future__ import annotations
@@ -24,7 +27,7 @@ import numpy as np
 from hetero_sched.baselines.wlb_llm import wlb_llm_best
 
 import hetero_sched as hs
-from hetero_sched.milp.exhaustive import brute_force_makespan
+from hetero_sched.milp.exhaustive import brute_force_makespan, brute_force_pipelined
 from hetero_sched.milp.instance import build_instance
 
 OUT = Path(__file__).resolve().parent / "results"
@@ -45,11 +48,15 @@ def draw_case(rng: np.random.Generator):
         lengths = np.full(n, rng.integers(128, 65536))
     else:
         lengths = rng.integers(1, 4096, n)
-    return model, gpus, gpn, [int(x) for x in lengths], options
+    pp_degrees = None
+    if rng.random() < 0.3:
+        divisors = [d for d in range(2, model.layers + 1) if model.layers % d == 0 and d <= max(gpus, 2)]
+        pp_degrees = tuple(sorted({int(rng.choice(divisors)), int(rng.choice([1] + divisors))}))
+    return model, gpus, gpn, [int(x) for x in lengths], options, pp_degrees
 
 
 def check_case(rng, lat_cache, backend, objective) -> tuple[str, str]:
-    model, gpus, gpn, lengths, options = draw_case(rng)
+    model, gpus, gpn, lengths, options, pp_degrees = draw_case(rng)
     key = (model.name, gpus, gpn, *options.values())
     try:
         if key not in lat_cache:
@@ -59,28 +66,39 @@ def check_case(rng, lat_cache, backend, objective) -> tuple[str, str]:
         if "cannot fit" in str(exc):
             return "model does not fit (ValueError)", ""
         raise
-    cap = max(lat.max_tokens(tp, cp) for tp, cp in lat.cluster.configs(model))
+    degrees = [1] if pp_degrees is None else [p for p in pp_degrees if p <= gpus]
+    cap = max((lat.max_tokens(tp, gpus // (tp * pp), pp) for tp, pp in lat.fitting_layouts() if pp in degrees),
+              default=0)
     try:
         plan = hs.solve(lengths, lat.cluster, lat, backend=backend, time_limit_s=5, threads=1,
-                        seed=int(rng.integers(99)), objective=objective)
+                        seed=int(rng.integers(99)), objective=objective, pp_degrees=pp_degrees)
     except ValueError as exc:
-        if max(lengths) > cap and "sequence" in str(exc):
+        if max(lengths) > cap and ("sequence" in str(exc) or "fits on no" in str(exc)):
             return "sequence too long (ValueError)", ""
-        return "FAIL", f"unexpected ValueError: {exc} for {lengths} on {gpus}"
+        return "FAIL", f"unexpected ValueError: {exc} for {lengths} on {gpus} (pp_degrees {pp_degrees})"
     problems = plan.validate()
     if problems:
         return "FAIL", f"invalid plan: {problems[:3]}"
     if hs.Plan.from_json(plan.to_json()).to_json() != plan.to_json():
         return "FAIL", "JSON round trip changed the plan"
     key = f"{objective}_ms"
-    if getattr(plan, key) > getattr(wlb_llm_best(lengths, lat.cluster, lat, objective=objective), key):
+    wlb = wlb_llm_best(lengths, lat.cluster, lat, objective=objective, pp_degrees=pp_degrees)
+    if getattr(plan, key) > getattr(wlb, key):
         return "FAIL", f"worse than WLB-LLM on the {objective}"
     s = plan.solver
     honest = (s.bound_ms <= s.objective_ms == getattr(plan, key) and s.makespan_bound_ms <= plan.makespan_ms
               and s.step_bound_ms <= plan.step_ms and plan.sync_ms <= plan.sync_ms_upper + 1e-9)
     if not honest or (s.status == "optimal") != (s.gap <= 1e-6):
         return "FAIL", f"dishonest status/bound: {s}"
-    if objective == "makespan" and len(lengths) <= 6 and gpus <= 16:
+    staged = " with stages" if pp_degrees else ""
+    if pp_degrees and objective == "makespan" and len(lengths) <= 5 and gpus <= 8:
+        optimum = brute_force_pipelined(lengths, lat, degrees)
+        if s.makespan_bound_ms > optimum * (1 + 1e-9):
+            return "FAIL", f"bound {s.makespan_bound_ms} above the simulated exhaustive optimum {optimum}"
+        if plan.makespan_ms < optimum * (1 - 1e-9):
+            return "FAIL", f"makespan {plan.makespan_ms} below the simulated exhaustive optimum {optimum}"
+        return f"ok ({objective}, {s.status}, brute-forced{staged})", ""
+    if objective == "makespan" and len(lengths) <= 6 and gpus <= 16 and not pp_degrees:
         optimum = brute_force_makespan(build_instance(lengths, lat, prune=False, all_cps=True))
         if s.bound_ms > optimum * (1 + 1e-9):
             return "FAIL", f"bound {s.bound_ms} above the exhaustive optimum {optimum}"
@@ -89,7 +107,7 @@ def check_case(rng, lat_cache, backend, objective) -> tuple[str, str]:
         if s.status == "optimal" and plan.makespan_ms > optimum * (1 + 1e-6):
             return "FAIL", f"claims optimal at {plan.makespan_ms} > exhaustive {optimum}"
         return f"ok ({objective}, {s.status}, brute-forced)", ""
-    return f"ok ({objective}, {s.status})", ""
+    return f"ok ({objective}, {s.status}{staged})", ""
 
 
 def run_share(job: int, jobs: int, cases: int, minutes: float, seed: int):

@@ -7,6 +7,8 @@ takes tp·cp GPUs of one node; a cross-node group takes its cp TP blocks (tp GPU
 holding them, at least two nodes (a group inside one node is priced as intra-node)."""
 from __future__ import annotations
 
+import math
+
 from functools import lru_cache
 
 import numpy as np
@@ -87,3 +89,32 @@ def _search(loads, options, b, chosen, worst, caps, best, inst) -> None:
         if sum(inst.gpus[k] for k in chosen) + inst.gpus[c] > inst.total_gpus:
             continue
         _search(loads, options, b + 1, chosen + [c], max(worst, load), caps, best, inst)
+
+
+def brute_force_pipelined(lengths, lat, pp_degrees) -> float:
+    """The least makespan over every partition of the sequences into groups and every (tp, cp, pp) of each
+    group (pp from pp_degrees), each group priced as a plan prices it (group_latency_ms: with stages, the
+    1F1B simulation, not the solver's additive lower bound), among the choices that place on the nodes.
+    Exponential: tiny instances only."""
+    import itertools
+
+    from ..placement import node_capacities
+
+    caps = tuple(node_capacities(lat.cluster.gpus, lat.cluster.gpus_per_node))
+    configs = [(tp, cp, pp) for pp in pp_degrees for tp, cp in lat.cluster.configs(lat.model)
+               if tp * cp * pp <= lat.cluster.gpus and (tp, pp) in lat.fitting_layouts()]
+    best = math.inf
+    for part in set_partitions(list(range(len(lengths)))):
+        options = []
+        for block in part:
+            ls = [lengths[i] for i in block]
+            options.append(sorted((lat.group_latency_ms(ls, tp, cp, pp=pp), (tp, cp, pp)) for tp, cp, pp in configs
+                                  if max(ls) <= lat.max_tokens(tp, cp, pp)))
+        for combo in itertools.product(*options):
+            worst = max(t for t, _ in combo)
+            if worst >= best or sum(tp * cp * pp for _, (tp, cp, pp) in combo) > lat.cluster.gpus:
+                continue
+            shapes = tuple((tp, cp * pp, tp * cp * pp > lat.cluster.gpus_per_node) for _, (tp, cp, pp) in combo)
+            if placeable(shapes, caps):
+                best = worst
+    return best

@@ -1,6 +1,5 @@
 """Pipeline stages: the 1F1B simulation, stage memory, plans with (TP, CP, PP) groups, the solver's
 pp_degrees, the 4D baselines, and bad input."""
-import itertools
 import json
 
 import numpy as np
@@ -10,9 +9,8 @@ import hetero_sched as hs
 from hetero_sched.baselines.megatron import megatron_best
 from hetero_sched.baselines.wlb_llm import wlb_llm_best, wlb_llm_plan
 from hetero_sched.latency.base import pipeline_ms
-from hetero_sched.milp.exhaustive import placeable, set_partitions
+from hetero_sched.milp.exhaustive import brute_force_pipelined
 from hetero_sched.milp.instance import build_instance
-from hetero_sched.placement import node_capacities
 
 SMALL = hs.ModelSpec(name="small-1b", layers=24, hidden=2048, heads=16, kv_heads=16, ffn=5632, vocab=32000)
 
@@ -170,35 +168,12 @@ class TestSolver:
         assert plan.validate(lat8b) == []
 
 
-def _brute_force_pipelined(lengths, lat, pp_degrees):
-    """The least makespan over every partition into groups and every (tp, cp, pp) of each group, each group
-    priced as a plan prices it (group_latency_ms: the 1F1B simulation), that places on the nodes."""
-    caps = tuple(node_capacities(lat.cluster.gpus, lat.cluster.gpus_per_node))
-    configs = [(tp, cp, pp) for pp in pp_degrees for tp, cp in lat.cluster.configs(lat.model)
-               if tp * cp * pp <= lat.cluster.gpus]
-    best = np.inf
-    for part in set_partitions(list(range(len(lengths)))):
-        options = []
-        for block in part:
-            ls = [lengths[i] for i in block]
-            options.append([(lat.group_latency_ms(ls, *cfg[:2], pp=cfg[2]), cfg) for cfg in configs
-                            if max(ls) <= lat.max_tokens(*cfg[:2], cfg[2])])
-        for combo in itertools.product(*options):
-            worst = max(t for t, _ in combo)
-            if worst >= best or sum(c[0] * c[1] * c[2] for _, c in combo) > lat.cluster.gpus:
-                continue
-            shapes = tuple((tp, cp * pp, tp * cp * pp > lat.cluster.gpus_per_node) for _, (tp, cp, pp) in combo)
-            if placeable(shapes, caps):
-                best = worst
-    return best
-
-
 @pytest.mark.parametrize("lengths", [[3000, 800, 1200], [2500, 2500, 400, 300]])
 def test_pipelined_bounds_hold_against_brute_force(lengths):
     """On tiny clusters the exhaustive optimum over (TP, CP, PP) groups priced by the simulation: the
     solver's bound never exceeds it and its plan is never below it."""
     lat = hs.latency_model(SMALL, hs.Cluster(gpus=4, gpus_per_node=4))
-    optimum = _brute_force_pipelined(lengths, lat, (1, 2))
+    optimum = brute_force_pipelined(lengths, lat, (1, 2))
     plan = hs.solve(lengths, lat.cluster, lat, time_limit_s=5, threads=1, objective="makespan", pp_degrees=(1, 2))
     assert plan.solver.makespan_bound_ms <= optimum * (1 + 1e-9)
     assert plan.makespan_ms >= optimum * (1 - 1e-9)
