@@ -42,6 +42,7 @@ QUICK_FLOOR_S = 0.25        # ... and one leaving less than this always is (the 
                             # heuristic 10 % of it: at 64 GPUs a 0.1 s plan came out 12 % slower than a 0.05 s one)
 QUICK_MAX_S = 5.0           # ... but a limit leaving more than this is never short: the overhead area bound is
                             # worth its cost there (a 1M-context batch on 4,096 GPUs prices for ~1 s)
+UNSTAGED_SHARE = 0.4        # of the time left, for the search without stages when stages are optional
 PIPELINE_SHARE = 0.2        # of the time left, for a search on estimated pipeline costs when stages are searched
 QUICK_SLACK = 0.006         # the first cover's T above the area relaxation's threshold estimate
 
@@ -90,6 +91,12 @@ def solve(lengths, cluster: Cluster, lat: LatencyModel, *, backend: str = "cpsat
     clock["bounds"] = time.monotonic() - start - clock["pricing"] - clock["warm start"]
     plans, notes, bounds = [("warm start", warm)] + _per_micro_batch(warm, lat), {}, {}
     if full.pipelined and not quick:
+        if any(cfg[3] == 1 for cfg in full.configs):  # stages are optional: the search without them first
+            left = (deadline - reserve - time.monotonic()) * UNSTAGED_SHARE
+            unstaged = solve(true_lengths, cluster, lat, backend=backend, time_limit_s=max(left, 0.0),
+                             threads=threads, seed=seed, rel_gap=rel_gap, objective=objective,
+                             deterministic_limit=deterministic_limit, round_lengths=round_lengths, pp_degrees=(1,))
+            plans.append(("the search without stages", unstaged))
         plans += _pipeline_estimate_plans(full, lat, warm, _share(PIPELINE_SHARE, deadline - reserve), seed,
                                           per_group_s, deterministic_limit)
     families = [f for sl in slices for f in sl.families]
