@@ -28,7 +28,7 @@ from hetero_sched.baselines.wlb_llm import wlb_llm_best
 
 import hetero_sched as hs
 from hetero_sched.milp.exhaustive import brute_force_makespan, brute_force_pipelined
-from hetero_sched.milp.instance import build_instance
+from hetero_sched.milp.instance import build_instance, largest_sequence
 
 OUT = Path(__file__).resolve().parent / "results"
 MODELS = [hs.ModelSpec(name="small-1b", layers=24, hidden=2048, heads=16, kv_heads=16, ffn=5632, vocab=32000),
@@ -67,13 +67,16 @@ def check_case(rng, lat_cache, backend, objective) -> tuple[str, str]:
             return "model does not fit (ValueError)", ""
         raise
     degrees = [1] if pp_degrees is None else [p for p in pp_degrees if p <= gpus]
-    cap = max((lat.max_tokens(tp, gpus // (tp * pp), pp) for tp, pp in lat.fitting_layouts() if pp in degrees),
-              default=0)
+    try:
+        cap = largest_sequence(lat, pp_degrees)
+    except ValueError:
+        cap = 0
     try:
         plan = hs.solve(lengths, lat.cluster, lat, backend=backend, time_limit_s=5, threads=1,
                         seed=int(rng.integers(99)), objective=objective, pp_degrees=pp_degrees)
     except ValueError as exc:
-        if max(lengths) > cap and ("sequence" in str(exc) or "fits on no" in str(exc)):
+        if (max(lengths) > cap and "sequence" in str(exc)) or (cap == 0 and ("fits on no" in str(exc)
+                                                                                or "need at least" in str(exc))):
             return "sequence too long (ValueError)", ""
         return "FAIL", f"unexpected ValueError: {exc} for {lengths} on {gpus} (pp_degrees {pp_degrees})"
     problems = plan.validate()

@@ -63,12 +63,16 @@ def _add_solver(p: argparse.ArgumentParser) -> None:
                    "the plan must not depend on the machine's load")
     p.add_argument("--objective", default="step", choices=["step", "makespan"],
                    help="minimise the step: makespan + exposed gradient sync (default), or the slowest group")
-    p.add_argument("--pp-degrees", metavar="LIST",
-                   help="pipeline degrees to search, comma-separated, each dividing the model's layers, e.g. 1,2,4 "
-                        "(default: 1 when the model fits without stages, else every divisor with which it fits)")
+    _add_pp_degrees(p)
     p.add_argument("--round-lengths", type=int, metavar="N",
                    help="price lengths rounded up to a multiple of N tokens (fewer distinct lengths for huge "
                         "batches; costs stay upper bounds, the plan is priced on the true lengths)")
+
+
+def _add_pp_degrees(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--pp-degrees", metavar="LIST",
+                   help="pipeline degrees to search, comma-separated, each dividing the model's layers, e.g. 1,2,4 "
+                        "(default: 1 when the model fits without stages, else every divisor with which it fits)")
 
 
 def _lengths(args) -> list[int]:
@@ -127,12 +131,9 @@ def _pp_degrees(args) -> tuple[int, ...] | None:
     if text is None:
         return None
     try:
-        degrees = tuple(int(x) for x in text.split(",") if x.strip())
+        return tuple(int(x) for x in text.split(","))
     except ValueError:
-        raise ValueError(f"--pp-degrees must be comma-separated integers, got {text!r}") from None
-    if not degrees:
-        raise ValueError(f"--pp-degrees needs at least one degree, got {text!r}")
-    return degrees
+        raise ValueError(f"--pp-degrees must be comma-separated integers such as 1,2,4, got {text!r}") from None
 
 
 # ---- commands --------------------------------------------------------------------------------------------
@@ -147,13 +148,13 @@ def cmd_solve(args) -> int:
     plan = solve(lengths, lat.cluster, lat, backend=args.backend, time_limit_s=args.time_limit,
                  threads=args.threads, seed=args.seed, objective=args.objective,
                  deterministic_limit=args.work_limit, round_lengths=args.round_lengths, pp_degrees=_pp_degrees(args))
+    if args.out:  # before printing: a reader that closes the pipe early (| head) must not lose the file
+        write_atomic(args.out, plan.to_json())
+        err.print(f"plan written to {args.out}")
     if args.json:
         out.print(plan.to_json(), markup=False, soft_wrap=True)
     else:
         print_plan(plan, lat)
-    if args.out:
-        write_atomic(args.out, plan.to_json())
-        err.print(f"plan written to {args.out}")
     return 0
 
 
@@ -255,20 +256,24 @@ def cmd_latency(args) -> int:
         check_writable(args.csv)
     lat = _setup(args)
     lengths = [parse_length(x) for x in args.at.split(",")] if args.at else [1024, 8192, 32768, 131072]
+    pp = args.pp
+    lat.check_pp(pp)
     header = ["TP", "CP", "max tokens", "overhead ms"] + [f"{x:,} tok" for x in lengths]
     rows = []
     for tp, cp in lat.cluster.configs(lat.model):
-        if cp > args.max_cp:
+        if cp > args.max_cp or tp * cp * pp > lat.cluster.gpus:
             continue
-        cap = lat.max_tokens(tp, cp)
-        rows.append([tp, cp, cap, lat.overhead_ms(tp, cp)] + [lat.seq_latency_ms(x, tp, cp) if x <= cap else None
-                                                               for x in lengths])
+        cap = lat.max_tokens(tp, cp, pp)
+        rows.append([tp, cp, cap, lat.overhead_ms(tp, cp, None, pp)]
+                    + [lat.seq_latency_ms(x, tp, cp, pp=pp) if x <= cap else None for x in lengths])
     if args.csv:
         header_csv = ["gpu", "calibrated", "tp", "cp", "max_tokens", "overhead_ms"] + [f"ms_at_{x}" for x in lengths]
         write_atomic(args.csv, _csv(header_csv, [[lat.cluster.gpu, lat.calibrated, *r] for r in rows]))
         err.print(f"latency table written to {args.csv}")
+    what = "fwd+recompute+bwd, all layers" if pp == 1 else \
+        f"{pp} stages: fwd+recompute+bwd of the last stage (its blocks and the LM head), what a sequence adds to a full pipeline"
     t = Table(title=f"step model ({lat.kind}) for {lat.model.name} on {lat.cluster.gpus} x {gpu_label(lat)}: "
-                    "fwd+recompute+bwd, all layers, ms ('-': does not fit)")
+                    f"{what}, ms ('-': does not fit)")
     for col in header:
         t.add_column(col, justify="right")
     for r in rows:
@@ -437,7 +442,7 @@ def cmd_sweep(args) -> int:
     lengths = _lengths(args)
     lat = _setup(args)
     rows = run_sweep(lengths, lat, backends, limits, args.repeat, args.threads, args.out, args.png, out,
-                     objective=args.objective)
+                     objective=args.objective, pp_degrees=_pp_degrees(args))
     out.print(f"{plural(len(rows), 'run')} in {args.out}" + (f", anytime plot in {args.png}" if args.png else ""))
     return 0
 
@@ -625,7 +630,7 @@ def _print_check(result) -> None:
 
 # ---- parser and entry point -----------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="hetero-sched", description="Plan heterogeneous TP/CP groups for a "
+    p = argparse.ArgumentParser(prog="hetero-sched", description="Plan heterogeneous TP/CP/PP groups for a "
                                 "long-context training step and compare with WLB-LLM.")
     p.add_argument("--version", action="version", version=f"hetero-sched {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
@@ -652,6 +657,7 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--out", default="sweep.csv", help="CSV (resumed when it exists)")
     w.add_argument("--png", help="anytime plot (needs the plot extra: pip install 'hetero-sched[plot]')")
     w.add_argument("--objective", default="step", choices=["step", "makespan"], help="what each run minimises")
+    _add_pp_degrees(w)
     w.set_defaults(func=cmd_sweep)
     v = sub.add_parser("validate", help="re-check a plan JSON: 0 valid, 1 invalid, 2 unreadable")
     v.add_argument("plan")
@@ -715,8 +721,9 @@ def build_parser() -> argparse.ArgumentParser:
                     "every layer (CUDA)")
     cm.add_argument("--out", required=True, help="check.json to write (atomically)")
     cm.set_defaults(func=cmd_check_model)
-    lt = sub.add_parser("latency", help="the step model's table for every (TP, CP)")
+    lt = sub.add_parser("latency", help="the step model's table for every (TP, CP), at one PP degree")
     _add_cluster(lt)
+    lt.add_argument("--pp", type=int, default=1, help="pipeline stages of every group in the table (default 1)")
     lt.add_argument("--at", help="lengths to price, comma-separated, K/M suffixes allowed (default 1K,8K,32K,128K)")
     lt.add_argument("--max-cp", type=int, default=8, help="list CP degrees up to this (default 8)")
     lt.add_argument("--csv", help="also write the table as CSV here")

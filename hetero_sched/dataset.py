@@ -361,13 +361,15 @@ def _check_budget(lengths, rule: StepRule) -> None:
 
 
 def _check_fits(lengths, rule: StepRule, opts: PlanOptions) -> None:
+    from .milp.instance import largest_sequence
+
     lat = _lat(opts)
-    cap = max(lat.max_tokens(tp, cp) for tp, cp in lat.cluster.configs(lat.model))
+    cap = largest_sequence(lat, opts.pp_degrees)
     longest = min(max(lengths), rule.context)
     if longest > cap:
         row = next(k for k, x in enumerate(lengths) if min(x, rule.context) == longest)
         raise ValueError(f"document {row} has {longest} tokens (after truncation at --context {rule.context}); the "
-                         f"largest any (TP, CP) group of {lat.cluster.gpus} GPUs holds is {cap}")
+                         f"largest any (TP, CP, PP) group of {lat.cluster.gpus} GPUs holds is {cap}")
 
 
 def _manifest(lengths, rule: StepRule, opts: PlanOptions) -> dict:

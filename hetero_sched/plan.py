@@ -131,7 +131,8 @@ class Plan:
         groups = []
         for (tp, cp, pp, ids), rk in kept:
             ids = sorted(int(i) for i in ids)
-            batches, ks = pack_by_class(lengths, ids, lat, tp, cp, pp, recompute_layers)
+            cross = nodes_spanned(rk, cluster.gpus_per_node) > 1
+            batches, ks = pack_by_class(lengths, ids, lat, tp, cp, pp, recompute_layers, cross)
             groups.append(Group(tp=tp, cp=cp, pp=pp, ranks=rk, sequence_ids=ids, micro_batches=batches,
                                 latency_ms=0.0, memory_gb=0.0, recompute_layers=ks))
         plan = cls(model=lat.model, cluster=cluster, latency_model=lat.describe(), lengths=lengths,
@@ -395,7 +396,7 @@ class Plan:
             if ids != list(range(len(seqs))):
                 raise ValueError("sequence ids must be 0..n-1 in order")
             model = ModelSpec.from_dict(data["model"])
-            groups = [_group_from(g, version, model.layers) for g in data["groups"]]
+            groups = [_group_from(k, g, version, model.layers) for k, g in enumerate(data["groups"])]
             described = dict(data["latency_model"])
             if version == 1:  # made before recompute was chosen and the all-gather overlapped
                 described |= {"recompute": "full", "overlap_param_gather": False}
@@ -409,13 +410,13 @@ class Plan:
             raise ValueError(f"malformed plan JSON: missing or wrong field {exc}") from None
 
 
-def _group_from(g: dict, version: int, layers: int) -> Group:
+def _group_from(k: int, g: dict, version: int, layers: int) -> Group:
     fields = {k: g[k] for k in ("tp", "cp", "ranks", "sequence_ids", "micro_batches", "latency_ms", "memory_gb")}
     fields["pp"] = g.get("pp", 1)
     try:
         check_pp(fields["pp"], layers)
     except ValueError as exc:
-        raise ValueError(f"malformed plan JSON: a group's {exc}") from None
+        raise ValueError(f"malformed plan JSON: group {k}: {exc}") from None
     if version == 1:
         fields["recompute_layers"] = [layers] * len(fields["micro_batches"])
     else:

@@ -20,11 +20,13 @@ NUMBERS = ("time_limit_s", "makespan_ms", "makespan_bound_ms", "step_ms", "step_
            "baseline_makespan_ms", "baseline_step_ms")
 
 
-def problem_key(lengths, lat, objective: str, threads: int) -> str:
-    """A hash of what a sweep solves (batch, cluster, model, step model, objective, threads): a CSV of
-    another problem is never resumed into."""
+def problem_key(lengths, lat, objective: str, threads: int, pp_degrees=None) -> str:
+    """A hash of what a sweep solves (batch, cluster, model, step model, objective, threads, pipeline
+    degrees when given): a CSV of another problem is never resumed into."""
     what = {"lengths": [int(x) for x in lengths], "cluster": lat.cluster.to_dict(), "model": lat.model.to_dict(),
             "latency_model": lat.describe(), "objective": objective, "threads": threads}
+    if pp_degrees is not None:
+        what["pp_degrees"] = sorted(int(p) for p in pp_degrees)
     return hashlib.sha256(json.dumps(what, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -80,12 +82,12 @@ def _row(key: str, objective: str, backend: str, limit: float, threads: int, see
 
 
 def run_sweep(lengths, lat, backends, limits, repeat, threads, csv_path, png_path, console=None,
-              objective: str = "step") -> list[dict]:
+              objective: str = "step", pp_degrees=None) -> list[dict]:
     """Run every (backend, limit, seed) not already in the CSV; the CSV is rewritten atomically after each
     run, so an interrupted sweep loses at most the run in flight and resumes where it stopped."""
     from rich.progress import Progress
 
-    key = problem_key(lengths, lat, objective, threads)
+    key = problem_key(lengths, lat, objective, threads, pp_degrees)
     rows = load_rows(csv_path, key)
     done = {(r["backend"], r["time_limit_s"], r["seed"]) for r in rows}
     todo = [(b, t, s) for b in backends for t in limits for s in range(repeat) if (b, float(t), s) not in done]
@@ -94,7 +96,7 @@ def run_sweep(lengths, lat, backends, limits, repeat, threads, csv_path, png_pat
         for backend, limit, seed in todo:
             progress.update(task, description=f"{backend} {limit:g}s seed {seed}")
             plan = solve(lengths, lat.cluster, lat, backend=backend, time_limit_s=limit, threads=threads, seed=seed,
-                         objective=objective)
+                         objective=objective, pp_degrees=pp_degrees)
             rows.append(_row(key, objective, backend, limit, threads, seed, plan))
             write_atomic(csv_path, _csv_text(rows))
             progress.advance(task)

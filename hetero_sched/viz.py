@@ -46,24 +46,25 @@ def gantt_png(plan: Plan) -> bytes:
 
 
 def _gantt_by_shape(plan: Plan):
-    """One bar per (TP, CP) shape: its slowest group's latency, with how many groups and GPUs it has."""
+    """One bar per (TP, CP, PP) shape: its slowest group's latency, with how many groups and GPUs it has."""
     plt = _pyplot()
     shapes: dict = {}
     for k, g in enumerate(plan.groups):
-        shapes.setdefault((g.tp, g.cp), []).append((g.latency_ms, k))
-    order = sorted(shapes, key=lambda s: (-s[0] * s[1], -s[0]))
+        shapes.setdefault((g.name, g.gpus, g.tp), []).append((g.latency_ms, k))
+    order = sorted(shapes, key=lambda s: (-s[1], -s[2], s[0]))
     fig, ax = plt.subplots(figsize=(10, max(3, 0.35 * len(order) + 1.5)))
     colors = plt.get_cmap("tab20").colors
-    for y, (tp, cp) in enumerate(order):
-        lat = [x for x, _ in shapes[(tp, cp)]]
-        ids = [k for _, k in shapes[(tp, cp)]]
+    for y, shape in enumerate(order):
+        name, gpus, _ = shape
+        lat = [x for x, _ in shapes[shape]]
+        ids = [k for _, k in shapes[shape]]
         ax.barh(y, max(lat), color=colors[y % 20], edgecolor="black", linewidth=0.5)
         ax.barh(y, min(lat), color="white", alpha=0.35)
-        ax.text(1, y, f"TP{tp}xCP{cp}: {len(lat)} group{'s' if len(lat) != 1 else ''} (ids {_id_range(ids)}), "
-                      f"{len(lat) * tp * cp} GPUs, "
+        ax.text(1, y, f"{name}: {len(lat)} group{'s' if len(lat) != 1 else ''} (ids {_id_range(ids)}), "
+                      f"{len(lat) * gpus} GPUs, "
                       f"{min(lat):.0f}-{max(lat):.0f} ms", va="center", fontsize=7)
     ax.axvspan(plan.makespan_ms, plan.step_ms, color="grey", alpha=0.3, label=f"exposed sync {plan.sync_ms:.0f} ms")
-    ax.set(yticks=range(len(order)), yticklabels=[f"TP{t}xCP{c}" for t, c in order], xlabel="time (ms)",
+    ax.set(yticks=range(len(order)), yticklabels=[name for name, _, _ in order], xlabel="time (ms)",
            ylim=(len(order) - 0.5, -0.5), title=f"{plan.model.name} on {plan.cluster.gpus} x {plan.cluster.gpu}: "
            f"{len(plan.groups)} groups by shape, makespan {plan.makespan_ms:.0f} ms, step {plan.step_ms:.0f} ms")
     ax.legend(loc="lower right", fontsize=8)
@@ -92,7 +93,7 @@ def _gantt_by_rank(plan: Plan):
             ax.barh(lo + (hi - lo + 1) / 2 - 0.5, w, left=t, height=hi - lo + 0.8, color=colors[k % 20],
                     edgecolor="black", linewidth=0.5, alpha=0.9 if j % 2 == 0 else 0.7)
             t += w
-        label = f"group {k}: TP{g.tp}xCP{g.cp}, {len(g.sequence_ids)} seq, {sum(seq_cost.values()):,} tok"
+        label = f"group {k}: {g.name}, {len(g.sequence_ids)} seq, {sum(seq_cost.values()):,} tok"
         ax.text(1, lo + (hi - lo) / 2, label, va="center", fontsize=7)
     ax.axvspan(plan.makespan_ms, plan.step_ms, color="grey", alpha=0.3, label=f"exposed sync {plan.sync_ms:.0f} ms")
     for node in range(gpn, gpus, gpn):

@@ -29,6 +29,7 @@ from .kernels import Kernels
 
 GB = 1e9
 RECOMPUTE_MODES = ("auto", "full")
+ADVICE_TOKENS = 4096  # a model is said to fit a cluster size when a group holds this many tokens per GPU
 
 
 def window_share(k_frac):
@@ -119,15 +120,17 @@ class LatencyModel(ABC):
     def group_latency_ms(self, lengths: Sequence[int], tp: int, cp: int, cross_node: bool | None = None,
                          pp: int = 1) -> float:
         """overhead_ms + Σ seq_latency_ms: the group runs its sequences one micro-batch after another. With
-        pp > 1: the sequences packed as a plan packs them (one recompute class per micro-batch, up to its
-        cap), run 1F1B in increasing stage time (pipeline_latency_ms)."""
+        pp > 1: the sequences packed as a plan packs them (pack_by_class), run 1F1B in increasing stage
+        time (the simulation of pipeline_latency_ms)."""
         lengths = self._check_lengths(lengths)
         if lengths.size and lengths.max() > self.max_tokens(tp, cp, pp):
             raise ValueError(f"a sequence of {int(lengths.max())} tokens exceeds max_tokens="
                              f"{self.max_tokens(tp, cp, pp)} of {config_name(tp, cp, pp)}")
         if pp > 1:
-            batches, ks = pack_by_class(lengths.tolist(), list(range(lengths.size)), self, tp, cp, pp)
-            return self.pipeline_latency_ms([lengths[b] for b in batches], tp, cp, pp, cross_node, ks)
+            as_list = lengths.tolist()
+            packed = pack_by_class(as_list, list(range(lengths.size)), self, tp, cp, pp, cross_node=cross_node)
+            return self.overhead_ms(tp, cp, cross_node, pp) + _pipelined_ms(self, as_list, packed, tp, cp, pp,
+                                                                            cross_node)
         seqs = self.seq_latency_array(lengths, tp, cp, cross_node).sum() if lengths.size else 0.0
         return self.overhead_ms(tp, cp, cross_node) + float(seqs)
 
@@ -574,10 +577,9 @@ class LatencyModel(ABC):
     def _check_fits(self) -> None:
         if self.fitting_layouts():
             return
-        best_tp = max(self.cluster.tp_degrees(self.model), default=1)
-        most_pp = max(self.pp_degrees)
+        best_tp, most_pp = min(self.layouts() or [(1, 1)], key=lambda lay: self._static_bytes(*lay))
         static = self._static_bytes(best_tp, most_pp) / GB
-        staged = f" with {most_pp} pipeline stages" if most_pp > 1 else ""
+        staged = f" with {most_pp} pipeline stages (groups of {best_tp * most_pp} GPUs)" if most_pp > 1 else ""
         raise ValueError(
             f"{self.model.name} cannot fit on {self.cluster.gpus} x {self.cluster.gpu}: weights, gradients "
             f"and ZeRO-1 optimizer states alone need {static:.1f} GB per GPU at TP{best_tp}{staged} "
@@ -586,14 +588,15 @@ class LatencyModel(ABC):
     def _what_would_fit(self) -> str:
         """Advice for a model that does not fit: the least cluster that holds it at some (TP, PP) (weights
         and gradients shard over TP and stages, the optimizer states over every GPU), or the pipeline
-        degrees it needs when the allowed ones cannot hold weights and gradients whatever the cluster."""
+        degrees it needs when the allowed ones cannot hold weights and gradients whatever the cluster. A
+        cluster is advised only where a group holds ADVICE_TOKENS tokens per GPU, not just the weights."""
         p, gpn, layers = self.model.params, self.cluster.gpus_per_node, self.model.layers
         tps = [t for t in (1, 2, 4, 8) if gpn % t == 0 and self.model.heads % t == 0]
         least = []
         for t in tps:
             for s in self.pp_degrees:
                 room = self.usable_bytes - (self._static_bytes(t, s) - K.OPTIMIZER_BYTES * p / self.cluster.gpus) \
-                    - self._bytes_per_token(t, None, s)
+                    - ADVICE_TOKENS * self._bytes_per_token(t, None, s)
                 if room > 0:
                     least.append((max(t * s, math.ceil(K.OPTIMIZER_BYTES * p / room)), t, s))
         if least:
@@ -668,13 +671,19 @@ class LatencyModel(ABC):
         return float(self.linear_fwd_ms(np.array([0.0]), tp)[0])
 
     # ---- validation -----------------------------------------------------------------------------
+    def check_pp(self, pp) -> int:
+        """pp as a pipeline degree of this model (ValueError naming it otherwise)."""
+        return check_pp(pp, self.model.layers)
+
     def _check_config(self, tp: int, cp: int, pp: int = 1) -> None:
         if tp not in self.cluster.tp_degrees(self.model):
             raise ValueError(f"tp={tp!r} is not a valid TP degree for {self.model.name} on this cluster "
                              f"(valid: {self.cluster.tp_degrees(self.model)})")
         check_pp(pp, self.model.layers)
-        if not isinstance(cp, (int, np.integer)) or cp < 1 or tp * cp * pp > self.cluster.gpus:
-            raise ValueError(f"cp={cp!r} invalid: need an integer >= 1 with tp*cp*pp <= {self.cluster.gpus}")
+        if not isinstance(cp, (int, np.integer)) or cp < 1:
+            raise ValueError(f"cp={cp!r} invalid: need an integer >= 1")
+        if tp * cp * pp > self.cluster.gpus:
+            raise ValueError(f"{config_name(tp, cp, pp)} needs {tp * cp * pp} GPUs; the cluster has {self.cluster.gpus}")
 
     @staticmethod
     def _check_lengths(lengths) -> np.ndarray:
@@ -750,30 +759,57 @@ def _one_f_one_b(m: int, pp: int, s: int) -> list[tuple[bool, int]]:
 
 
 def pack_by_class(lengths, ids, lat: LatencyModel, tp: int, cp: int, pp: int = 1,
-                  recompute_layers: int | None = None) -> tuple[list[list[int]], list[int]]:
+                  recompute_layers: int | None = None,
+                  cross_node: bool | None = None) -> tuple[list[list[int]], list[int]]:
     """Micro-batches of a group and the k each recomputes. recompute_layers=None: sequences of one class
     (the least k with which each fits alone) share micro-batches up to that class's cap, so a micro-batch's
-    least k is its class's; an int: that k for all, packed up to what fits with it. First-fit decreasing;
-    with stages, the micro-batches' costs then evened out (_balanced)."""
+    least k is its class's; an int: that k for all, packed up to what fits with it. First-fit decreasing.
+    With stages the micro-batch size is a choice: fewer, larger micro-batches leave longer fill, drain
+    and stalls, more and smaller ones pipeline better; three packings are simulated — up to the cap, up
+    to the group's longest sequence (WLB-LLM's), one sequence each — each with its micro-batches' costs
+    evened out (_balanced), and the fastest kept."""
+    if pp == 1:
+        return _pack_up_to(lengths, ids, lat, tp, cp, 1, recompute_layers, None)
+    longest = max((lengths[i] for i in ids), default=0)
+    options = [_pack_up_to(lengths, ids, lat, tp, cp, pp, recompute_layers, budget)
+               for budget in (None, longest, 0)]
+    return min(options, key=lambda packed: _pipelined_ms(lat, lengths, packed, tp, cp, pp, cross_node))
+
+
+def _pack_up_to(lengths, ids, lat: LatencyModel, tp: int, cp: int, pp: int, recompute_layers,
+                budget: int | None) -> tuple[list[list[int]], list[int]]:
+    """pack_by_class with micro-batches of at most `budget` tokens (None: the class's cap; 0: one sequence
+    each), balanced in cost when pp > 1."""
     from ..packing import pack_micro_batches
+    ids = list(ids)
     if recompute_layers is not None:
-        cap = lat.tokens_cap(tp, cp, recompute_layers, pp)
-        batches = pack_micro_batches(lengths, ids, cap)
-        if pp > 1:
-            batches = _balanced(lengths, batches, cap, lat.seq_latency_array(
-                np.array([lengths[i] for i in ids]), tp, cp, None, recompute_layers, pp), list(ids))
-        return batches, [int(recompute_layers)] * len(batches)
-    own = lat.recompute_layers_array(np.array([lengths[i] for i in ids], dtype=np.int64), tp, cp, pp)
-    batches, ks = [], []
-    for k in sorted(set(own.tolist())):
-        members = [i for i, ki in zip(ids, own) if ki == k]
-        packed = pack_micro_batches(lengths, members, lat.tokens_cap(tp, cp, k, pp))
-        if pp > 1:
-            packed = _balanced(lengths, packed, lat.tokens_cap(tp, cp, k, pp),
-                               lat.seq_latency_array(np.array(lengths)[members], tp, cp, None, k, pp), members)
+        ks = np.full(len(ids), int(recompute_layers), dtype=np.int64)
+    else:
+        ks = lat.recompute_layers_array(np.array([lengths[i] for i in ids], dtype=np.int64), tp, cp, pp)
+    batches, out_ks = [], []
+    for k in sorted(set(ks.tolist())):
+        members = [i for i, ki in zip(ids, ks) if ki == k]
+        cap = lat.tokens_cap(tp, cp, k, pp)
+        if budget == 0:
+            packed = [[i] for i in sorted(members, key=lambda i: (-lengths[i], i))]
+        else:
+            size = cap if budget is None else min(cap, budget)
+            packed = pack_micro_batches(lengths, members, size)
+            if pp > 1:
+                costs = lat.seq_latency_array(np.array([lengths[i] for i in members]), tp, cp, None, k, pp)
+                packed = _balanced(lengths, packed, size, costs, members)
         batches += packed
-        ks += [k] * len(packed)
-    return batches, ks
+        out_ks += [k] * len(packed)
+    return batches, out_ks
+
+
+def _pipelined_ms(lat: LatencyModel, lengths, packed, tp: int, cp: int, pp: int, cross_node) -> float:
+    """A packing's 1F1B time, micro-batches in increasing stage time (as plans run them)."""
+    batches, ks = packed
+    sizes = [[lengths[i] for i in mb] for mb in batches]
+    fwd, bwd = lat.stage_times(sizes, tp, cp, pp, cross_node, ks)
+    order = np.argsort((fwd + bwd).max(axis=1), kind="stable")
+    return pipeline_ms(fwd[order], bwd[order])
 
 
 def _balanced(lengths, packed: list[list[int]], cap: int, costs: np.ndarray, members: list[int]) -> list[list[int]]:

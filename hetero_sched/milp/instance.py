@@ -117,8 +117,9 @@ def build_instance(lengths, lat: LatencyModel, prune: bool = True,
     uniq, inverse = np.unique(lengths, return_inverse=True)
     check_size(len(lengths), 0, lat)
     caps_nodes = node_capacities(lat.cluster.gpus, lat.cluster.gpus_per_node)
+    degrees = check_pp_degrees(pp_degrees, lat) if only is None else [1]
     if only is None:
-        layouts = [lay for lay in lat.fitting_layouts() if lay[1] in check_pp_degrees(pp_degrees, lat)]
+        layouts = [lay for lay in lat.fitting_layouts() if lay[1] in degrees]
         kinds = [(tp, pp, cross, useful_cps(lat, tp, cross, uniq, caps_nodes, all_cps, pp))
                  for tp, pp in layouts for cross in _variants(caps_nodes)]
     else:
@@ -141,7 +142,7 @@ def build_instance(lengths, lat: LatencyModel, prune: bool = True,
         raise_no_fit(lengths, lat, pp_degrees)
     full = Instance(lengths=lengths, configs=configs, gpus=np.array(g), overhead=np.array(over),
                     cost=cost_u[inverse], total_gpus=lat.cluster.gpus, node_caps=caps_nodes,
-                    pruned=_cp_degrees_not_priced(lat, caps_nodes, len(configs)))
+                    pruned=_cp_degrees_not_priced(lat, caps_nodes, len(configs), degrees))
     if not prune:
         return full
     # dominance is decided on the distinct lengths' costs: the same answer, fewer rows
@@ -165,7 +166,11 @@ def check_pp_degrees(pp_degrees, lat: LatencyModel) -> list[int]:
         raise ValueError(f"pp_degrees={pp_degrees!r}: give a non-empty list of pipeline degrees, e.g. (1, 2, 4)")
     for pp in pp_degrees:
         check_pp(pp, lat.model.layers)
-    return sorted({int(pp) for pp in pp_degrees if pp <= lat.cluster.gpus})
+    kept = sorted({int(pp) for pp in pp_degrees if pp <= lat.cluster.gpus})
+    if not kept:
+        raise ValueError(f"pp_degrees {list(pp_degrees)}: {min(pp_degrees)} pipeline stages need at least "
+                         f"{min(pp_degrees)} GPUs; the cluster has {lat.cluster.gpus}")
+    return kept
 
 
 def useful_cps(lat: LatencyModel, tp: int, cross: bool, uniq: np.ndarray, caps_nodes: list[int],
@@ -225,9 +230,10 @@ def _least_holding(lat: LatencyModel, tp: int, least: int, most: int, length: in
     return lo
 
 
-def _cp_degrees_not_priced(lat: LatencyModel, caps_nodes: list[int], priced: int) -> int:
+def _cp_degrees_not_priced(lat: LatencyModel, caps_nodes: list[int], priced: int, degrees=(1,)) -> int:
     every = sum(len(_variants(caps_nodes)) * (lat.cluster.gpus // tp) for tp in lat.cluster.tp_degrees(lat.model))
-    every += sum(len(_variants(caps_nodes)) * (lat.cluster.gpus // (tp * pp)) for tp, pp in lat.layouts() if pp > 1)
+    every += sum(len(_variants(caps_nodes)) * (lat.cluster.gpus // (tp * pp)) for tp, pp in lat.layouts()
+                 if pp > 1 and pp in degrees)
     return max(0, every - priced)
 
 
@@ -291,14 +297,20 @@ def check_lengths(lengths) -> list[int]:
     return [int(x) for x in out]
 
 
-def raise_no_fit(lengths, lat: LatencyModel, pp_degrees=None) -> None:
-    """ValueError naming the longest sequence that fits no configuration and the largest that does."""
+def largest_sequence(lat: LatencyModel, pp_degrees=None) -> int:
+    """The most tokens any group of the cluster holds with these pipeline degrees; ValueError when the
+    model fits with none of them."""
     allowed = check_pp_degrees(pp_degrees, lat)
     layouts = [(tp, pp) for tp, pp in lat.fitting_layouts() if pp in allowed]
     if not layouts:
-        raise ValueError(f"{lat.model.name} fits on no (TP, PP) with pp_degrees {allowed} on {lat.cluster.gpus} GPUs "
-                         f"(it fits with {sorted({pp for _, pp in lat.fitting_layouts()})})")
-    best = max(lat.max_tokens(tp, lat.cluster.gpus // (tp * pp), pp) for tp, pp in layouts)
+        raise ValueError(f"{lat.model.name} fits on no (TP, PP) with pipeline degrees {allowed} on {lat.cluster.gpus} "
+                         f"GPUs; it fits with {sorted({pp for _, pp in lat.fitting_layouts()})}")
+    return max(lat.max_tokens(tp, lat.cluster.gpus // (tp * pp), pp) for tp, pp in layouts)
+
+
+def raise_no_fit(lengths, lat: LatencyModel, pp_degrees=None) -> None:
+    """ValueError naming the longest sequence that fits no configuration and the largest that does."""
+    best = largest_sequence(lat, pp_degrees)
     for i, x in enumerate(lengths):
         if x > best:
             raise ValueError(f"sequence {i} has {int(x)} tokens; the largest that fits any (TP, CP, PP) group of "

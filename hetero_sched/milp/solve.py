@@ -146,7 +146,8 @@ def solve(lengths, cluster: Cluster, lat: LatencyModel, *, backend: str = "cpsat
     plan.baseline = dict(warm.baseline)
     plan.solver = SolveResult(backend=backend, status="feasible", time_limit_s=time_limit_s, threads=threads,
                               seed=seed, objective=objective, makespan_bound_ms=bounds[tps[0]],
-                              step_bound_ms=_step_bound(lat, bounds, tps, families, objective, round_lengths))
+                              step_bound_ms=max(_step_bound(lat, bounds, tps, families, objective, round_lengths),
+                                                0.0 if round_lengths else bounds[tps[0]]))
     plan.reprice(lat)
     s = plan.solver
     s.status = "optimal" if s.gap <= OPTIMAL_GAP else ("baseline" if who == "warm start" else "feasible")

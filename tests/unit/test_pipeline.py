@@ -180,3 +180,33 @@ def test_pipelined_bounds_hold_against_brute_force(lengths):
     assert plan.validate(lat) == []
     instance = build_instance(lengths, lat, prune=False, pp_degrees=(1, 2))
     assert instance.pipelined
+
+
+class TestReviewFindings:
+    def test_pipelined_groups_pipeline_their_sequences(self):
+        """Packed up to the memory cap, 4 sequences on 8 stages ran as one micro-batch (627 ms); one each, 1F1B
+        overlaps them."""
+        lat = hs.latency_model(hs.ModelSpec.preset("llama3-8b"), hs.Cluster(gpus=8))
+        lengths = [4096, 2048, 1024, 1024]
+        plan = hs.solve(lengths, lat.cluster, lat, pp_degrees=(8,), time_limit_s=2)
+        g = plan.groups[0]
+        assert len(g.micro_batches) == 4 and g.latency_ms < 400
+        one_batch = lat.pipeline_latency_ms([lengths], 1, 1, 8, False, [g.recompute_layers[0]])
+        assert g.latency_ms < one_batch
+
+    def test_largest_sequence_counts_stages(self):
+        from hetero_sched.milp.instance import largest_sequence
+        lat = hs.latency_model(hs.ModelSpec.preset("llama3-405b"), hs.Cluster(gpus=128))
+        assert largest_sequence(lat) >= 8192
+        with pytest.raises(ValueError, match="need at least 32 GPUs"):
+            largest_sequence(hs.latency_model(hs.ModelSpec.preset("llama3-8b"), hs.Cluster(gpus=16)), (32,))
+
+    def test_cli_odd_pp_inputs(self, capsys):
+        from hetero_sched.cli import main
+        for bad in ("1,,2", "abc", "0", "-2", "64"):
+            assert main(["solve", "--lengths", "1024", "--gpus", "8", "--pp-degrees", bad]) == 2
+            err = capsys.readouterr().err
+            assert err.count("\n") == 1 and "Traceback" not in err
+        assert main(["latency", "--model", "llama3-405b", "--gpus", "512", "--pp", "9", "--at", "4K"]) == 0
+        assert "9 stages" in capsys.readouterr().out
+        assert main(["latency", "--gpus", "8", "--pp", "3"]) == 2
