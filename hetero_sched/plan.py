@@ -18,7 +18,9 @@ SCHEMA_VERSION = 3
 READABLE_VERSIONS = (1, 2, 3)  # 1: every micro-batch recomputed every layer, all-gather not overlapped;
                                # 2: no pipeline stages (pp = 1 when a group has none)
 EXACT_ORDER_GROUPS = 4  # up to this many groups with a choice, every (first, last) combination is priced
-GREEDY_ORDER_GROUPS = 8  # beyond, the slowest this many choose one by one (the others keep the largest last)
+GREEDY_ORDER_GROUPS = 8  # beyond, this many ending last (wait included) choose one by one (the others
+                         # keep the largest last), in up to GREEDY_ORDER_ROUNDS passes
+GREEDY_ORDER_ROUNDS = 3
 REL_TOL = 1e-6  # recomputed figures must match the file to this relative tolerance
 OBJECTIVES = ("step", "makespan")
 
@@ -148,7 +150,8 @@ class Plan:
         first and the longest window last when they are different micro-batches; when one micro-batch has
         both, it goes last with the next longest forward first, or first with the next longest window
         last — the only two orders not beaten by another. Up to EXACT_ORDER_GROUPS groups with that
-        choice, every combination is priced; beyond, the GREEDY_ORDER_GROUPS slowest choose one by one.
+        choice, every combination is priced; beyond, the GREEDY_ORDER_GROUPS that end last once their
+        all-gather wait is counted choose one by one, in passes until none changes.
         The others run in increasing size. A pipelined group (pp > 1) runs its micro-batches in
         increasing stage time: sorted, 1F1B stalls least (a long micro-batch after a short one stalls
         every stage), and its fill and drain are the shortest first and longest last."""
@@ -210,14 +213,26 @@ class Plan:
                 choice[k] = c
             return choice
         best = step()
-        for k in sorted(open_, key=lambda k: -self.groups[k].latency_ms)[:GREEDY_ORDER_GROUPS]:
-            step_with(k, 1)
-            value = step()
-            if value < best - 1e-12:
-                best, choice[k] = value, 1
-            else:
-                step_with(k, 0)
+        for _ in range(GREEDY_ORDER_ROUNDS):
+            improved = False
+            for k in self._latest(lat, timings, open_)[:GREEDY_ORDER_GROUPS]:
+                step_with(k, 1 - choice[k])
+                value = step()
+                if value < best - 1e-12:
+                    best, choice[k], improved = value, 1 - choice[k], True
+                else:
+                    step_with(k, choice[k])
+            if not improved:
+                break
         return choice
+
+    def _latest(self, lat: LatencyModel, timings, candidates: list[int]) -> list[int]:
+        """Candidates by decreasing end after their all-gather wait: the groups that set the step (a group
+        whose first micro-batch is short can end last whatever its latency)."""
+        ends, firsts, _ = lat._timing_columns(timings)
+        _, _, allgather = lat.sync_parts([(g.tp, g.pp) for g in self.groups])
+        delays = lat.gather_delays(allgather, firsts, len(ends))
+        return sorted(candidates, key=lambda k: (-(ends[k] + delays[k]), k))
 
     def _micro_batch_stats(self, lat: LatencyModel) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
         """Per group, in its recorded order: (forward ms, backward window ms, tokens) of each micro-batch;
