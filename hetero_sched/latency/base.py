@@ -683,7 +683,8 @@ class LatencyModel(ABC):
         if not isinstance(cp, (int, np.integer)) or cp < 1:
             raise ValueError(f"cp={cp!r} invalid: need an integer >= 1")
         if tp * cp * pp > self.cluster.gpus:
-            raise ValueError(f"{config_name(tp, cp, pp)} needs {tp * cp * pp} GPUs; the cluster has {self.cluster.gpus}")
+            raise ValueError(f"cp={cp} too large: {config_name(tp, cp, pp)} needs {tp * cp * pp} GPUs; the cluster has "
+                             f"{self.cluster.gpus}")
 
     @staticmethod
     def _check_lengths(lengths) -> np.ndarray:
