@@ -68,6 +68,16 @@ class LatencyModel(ABC):
         """Pipeline degrees a group may take: the divisors of the layer count (even stages) up to the
         cluster's GPUs (hs.solve's pp_degrees narrows them)."""
         self._check_fits()
+        self._load_curves()
+
+    def _load_curves(self) -> None:
+        """Read the NCCL curves pricing will use now, not inside a solve's time limit (the first solve of a
+        process spent ~45 ms of a 0.1 s limit reading them at 256 GPUs)."""
+        for tp in self.cluster.tp_degrees(self.model):
+            if tp > 1:
+                self._tp_allreduce(tp)
+        for devices in (1, 2):
+            self.k.curve(self.cluster.gpu, "send_recv", 2, devices)
 
     # ---- what subclasses provide ----------------------------------------------------------------
     @abstractmethod
@@ -116,6 +126,23 @@ class LatencyModel(ABC):
         head0 = self._gemm_intercept(m.hidden, m.vocab // tp)
         return (m.layers * fwd_layer + head0 + hop0, K.RECOMPUTE_FORWARDS * m.layers * fwd_layer,
                 m.layers * bwd_layer + K.LINEAR_BWD_RATIO * head0 + hop0)
+
+    def overhead_array(self, tp: int, cps, cross_node: bool, pp: int = 1) -> np.ndarray:
+        """overhead_ms of (tp, cp, cross_node, pp) for every cp of cps at once, the same floats (pricing
+        called overhead_ms once per CP degree: ~10 ms of a 0.1 s limit at 256 GPUs)."""
+        m = self.model
+        cps = np.asarray(cps, dtype=np.int64)
+        hop0 = (pp - 1) * self._stage_link(tp, 1, bool(cross_node), pp).floor_ms if pp > 1 else 0.0
+        linear0 = float(self._linear_intercept(tp))
+        tpc0 = self._tp_allreduce(tp).floor_ms * K.TP_ALLREDUCES_PER_LAYER_FWD if tp > 1 else 0.0
+        ring0 = np.where(cps > 1, (cps - 1) * self._ring_curve(tp, 2, bool(cross_node)).floor_ms, 0.0)
+        attn0 = self.k.attn_floor_ms * self.k.compute_scale
+        fwd_layer = linear0 + tpc0 + attn0 + ring0
+        bwd_layer = K.LINEAR_BWD_RATIO * linear0 + tpc0 + attn0 + 2 * ring0
+        head0 = self._gemm_intercept(m.hidden, m.vocab // tp)
+        parts = (m.layers * fwd_layer + head0 + hop0, K.RECOMPUTE_FORWARDS * m.layers * fwd_layer,
+                 m.layers * bwd_layer + K.LINEAR_BWD_RATIO * head0 + hop0)
+        return 0.0 + parts[0] + parts[1] + parts[2]
 
     def group_latency_ms(self, lengths: Sequence[int], tp: int, cp: int, cross_node: bool | None = None,
                          pp: int = 1) -> float:

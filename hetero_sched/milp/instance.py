@@ -135,7 +135,7 @@ def build_instance(lengths, lat: LatencyModel, prune: bool = True,
         table = np.where(uniq[:, None] <= caps[None, :], lat.cost_table(uniq, tp, cps, cross, pp), np.inf)
         configs += [(tp, int(cp), cross, pp) for cp in cps]
         columns.append(table)
-        over += [lat.overhead_ms(tp, int(cp), cross, pp) for cp in cps]
+        over += lat.overhead_array(tp, cps, cross, pp).tolist()
         g += [tp * int(cp) * pp for cp in cps]
     cost_u = np.hstack(columns) if columns else np.zeros((len(uniq), 0))
     if only is None and (not configs or not np.isfinite(cost_u).any(axis=1).all()):
