@@ -10,7 +10,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 
 from .latency import LatencyModel, latency_model
-from .latency.base import check_pp, config_name, pack_by_class, window_share
+from .latency.base import check_pp, config_name, pack_by_class, pipeline_ms, pipeline_order, window_share
 from .placement import nodes_spanned, place_groups, tp_group_inside_node
 from .specs import Cluster, ModelSpec
 
@@ -181,7 +181,7 @@ class Plan:
             if g.pp > 1 and len(g.micro_batches) > 1:
                 fwd, bwd = lat.stage_times([[self.lengths[i] for i in mb] for mb in g.micro_batches], g.tp, g.cp,
                                            g.pp, self._crosses(g), g.recompute_layers)
-                order = np.argsort((fwd + bwd).max(axis=1), kind="stable")
+                order = pipeline_order(fwd, bwd)
                 g.micro_batches = [g.micro_batches[j] for j in order]
                 g.recompute_layers = [g.recompute_layers[j] for j in order]
 
@@ -275,7 +275,7 @@ class Plan:
         batches = [[self.lengths[i] for i in mb] for mb in g.micro_batches]
         f, b = lat.stage_times(batches, g.tp, g.cp, g.pp, cross, g.recompute_layers)
         o_fwd, o_rec, o_bwd = lat.overhead_parts(g.tp, g.cp, cross, g.pp)
-        g.latency_ms = lat.pipeline_latency_ms(batches, g.tp, g.cp, g.pp, cross, g.recompute_layers)
+        g.latency_ms = sum((o_fwd, o_rec, o_bwd)) + pipeline_ms(f, b)  # = lat.pipeline_latency_ms, priced once
         tokens = np.array([sum(mb) for mb in batches], dtype=np.int64)
         g.memory_gb = float(lat.memory_gb_array(tokens, g.tp, g.cp, g.recompute_layers, g.pp).max())
         return o_fwd + f.sum(axis=1), o_rec + o_bwd + b.sum(axis=1), tokens

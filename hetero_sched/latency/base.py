@@ -76,8 +76,8 @@ class LatencyModel(ABC):
         for tp in self.cluster.tp_degrees(self.model):
             if tp > 1:
                 self._tp_allreduce(tp)
-        for devices in (1, 2):
-            self.k.curve(self.cluster.gpu, "send_recv", 2, devices)
+        for cross in (True, False):
+            self._link(cross)
 
     # ---- what subclasses provide ----------------------------------------------------------------
     @abstractmethod
@@ -114,35 +114,35 @@ class LatencyModel(ABC):
     def overhead_parts(self, tp: int, cp: int, cross_node: bool | None = None,
                        pp: int = 1) -> tuple[float, float, float]:
         """(forward, recompute of every layer, backward) of the overhead, ms; with stages, the pp − 1
-        boundaries' send floors in each direction are added to the forward and the backward."""
+        boundaries' send floors in each direction are added to the forward and the backward. Where
+        cross_node is None the ring crosses nodes when tp·cp exceeds a node, the stage links when tp·cp·pp
+        does."""
+        gpn = self.cluster.gpus_per_node
+        ring_cross = tp * cp > gpn if cross_node is None else bool(cross_node)
+        hop_cross = tp * cp * pp > gpn if cross_node is None else bool(cross_node)
+        return tuple(float(x[0]) for x in self._overhead_columns(tp, np.array([cp]), ring_cross, hop_cross, pp))
+
+    def overhead_array(self, tp: int, cps, cross_node: bool, pp: int = 1) -> np.ndarray:
+        """overhead_ms of (tp, cp, cross_node, pp) for every cp of cps at once, the same floats (pricing
+        called overhead_ms once per CP degree: ~10 ms of a 0.1 s limit at 256 GPUs)."""
+        fwd, rec, bwd = self._overhead_columns(tp, np.asarray(cps, dtype=np.int64), bool(cross_node),
+                                               bool(cross_node), pp)
+        return 0.0 + fwd + rec + bwd
+
+    def _overhead_columns(self, tp: int, cps: np.ndarray, ring_cross: bool, hop_cross: bool,
+                          pp: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """overhead_parts for every CP degree of cps (an integer array)."""
         m = self.model
-        hop0 = (pp - 1) * self._stage_link(tp, cp, cross_node, pp).floor_ms if pp > 1 else 0.0
+        hop0 = (pp - 1) * self._link(hop_cross).floor_ms if pp > 1 else 0.0
         linear0 = float(self._linear_intercept(tp))
         tpc0 = self._tp_allreduce(tp).floor_ms * K.TP_ALLREDUCES_PER_LAYER_FWD if tp > 1 else 0.0
-        ring0 = (cp - 1) * self._ring_curve(tp, cp, cross_node).floor_ms if cp > 1 else 0.0
+        ring0 = np.where(cps > 1, (cps - 1) * self._link(ring_cross).floor_ms, 0.0)
         attn0 = self.k.attn_floor_ms * self.k.compute_scale
         fwd_layer = linear0 + tpc0 + attn0 + ring0
         bwd_layer = K.LINEAR_BWD_RATIO * linear0 + tpc0 + attn0 + 2 * ring0
         head0 = self._gemm_intercept(m.hidden, m.vocab // tp)
         return (m.layers * fwd_layer + head0 + hop0, K.RECOMPUTE_FORWARDS * m.layers * fwd_layer,
                 m.layers * bwd_layer + K.LINEAR_BWD_RATIO * head0 + hop0)
-
-    def overhead_array(self, tp: int, cps, cross_node: bool, pp: int = 1) -> np.ndarray:
-        """overhead_ms of (tp, cp, cross_node, pp) for every cp of cps at once, the same floats (pricing
-        called overhead_ms once per CP degree: ~10 ms of a 0.1 s limit at 256 GPUs)."""
-        m = self.model
-        cps = np.asarray(cps, dtype=np.int64)
-        hop0 = (pp - 1) * self._stage_link(tp, 1, bool(cross_node), pp).floor_ms if pp > 1 else 0.0
-        linear0 = float(self._linear_intercept(tp))
-        tpc0 = self._tp_allreduce(tp).floor_ms * K.TP_ALLREDUCES_PER_LAYER_FWD if tp > 1 else 0.0
-        ring0 = np.where(cps > 1, (cps - 1) * self._ring_curve(tp, 2, bool(cross_node)).floor_ms, 0.0)
-        attn0 = self.k.attn_floor_ms * self.k.compute_scale
-        fwd_layer = linear0 + tpc0 + attn0 + ring0
-        bwd_layer = K.LINEAR_BWD_RATIO * linear0 + tpc0 + attn0 + 2 * ring0
-        head0 = self._gemm_intercept(m.hidden, m.vocab // tp)
-        parts = (m.layers * fwd_layer + head0 + hop0, K.RECOMPUTE_FORWARDS * m.layers * fwd_layer,
-                 m.layers * bwd_layer + K.LINEAR_BWD_RATIO * head0 + hop0)
-        return 0.0 + parts[0] + parts[1] + parts[2]
 
     def group_latency_ms(self, lengths: Sequence[int], tp: int, cp: int, cross_node: bool | None = None,
                          pp: int = 1) -> float:
@@ -227,19 +227,19 @@ class LatencyModel(ABC):
         layer_fwd, layer_bwd, head = self._layer_parts(L, tp, np.array([cp]), np.array([cross]))
         blocks = self.model.layers // pp
         k_stage = np.broadcast_to(np.asarray(recompute_layers, dtype=float), L.shape) / pp
-        hop = self._stage_hop_ms(L / cp, tp, cp, cross)
+        hop = self._stage_hop_ms(L / cp, tp, cross)
         inner_b = blocks * layer_bwd + K.RECOMPUTE_FORWARDS * k_stage * layer_fwd
         return (blocks * layer_fwd + hop, blocks * layer_fwd + head, inner_b + hop,
                 inner_b + K.LINEAR_BWD_RATIO * head)
 
-    def _stage_link(self, tp: int, cp: int, cross_node: bool | None, pp: int):
-        if cross_node is None:
-            cross_node = tp * cp * pp > self.cluster.gpus_per_node
-        return self.k.curve(self.cluster.gpu, "send_recv", 2, 1 if cross_node else 2)
+    def _link(self, cross: bool):
+        """The point-to-point curve between two GPUs: InfiniBand across nodes, NVLink inside one (CP rings
+        and stage boundaries)."""
+        return self.k.curve(self.cluster.gpu, "send_recv", 2, 1 if cross else 2)
 
-    def _stage_hop_ms(self, T: np.ndarray, tp: int, cp: int, cross: bool) -> np.ndarray:
+    def _stage_hop_ms(self, T: np.ndarray, tp: int, cross: bool) -> np.ndarray:
         """One stage boundary's transfer of T tokens' activations per GPU (floor excluded)."""
-        curve = self._stage_link(tp, cp, cross, 2)
+        curve = self._link(cross)
         nbytes = T * self.model.hidden * self.model.dtype_bytes / tp
         return curve(nbytes) - curve.floor_ms
 
@@ -556,9 +556,13 @@ class LatencyModel(ABC):
         """Weights and gradients of the GPU's share (its stage's blocks, and one vocabulary matrix and the
         final norm on an end stage: the heaviest stage) over TP, and its ZeRO-1 share of the optimizer
         states (every GPU of the cluster holds an equal share)."""
-        m, p = self.model, self.model.params
-        held = p if pp == 1 else m.layers // pp * m.params_per_layer + m.vocab * m.hidden + m.hidden
-        return K.WEIGHT_GRAD_BYTES * held / tp + K.OPTIMIZER_BYTES * p / self.cluster.gpus
+        return self._weight_grad_bytes(tp, pp) + K.OPTIMIZER_BYTES * self.model.params / self.cluster.gpus
+
+    def _weight_grad_bytes(self, tp: int, pp: int = 1) -> float:
+        """Weights and gradients one GPU holds (see _static_bytes): what no cluster size shards further."""
+        m = self.model
+        held = m.params if pp == 1 else m.layers // pp * m.params_per_layer + m.vocab * m.hidden + m.hidden
+        return K.WEIGHT_GRAD_BYTES * held / tp
 
     def _bytes_per_token(self, tp: int, recompute_layers=None, pp: int = 1):
         """Activation bytes per token per GPU with k recomputed layers (default: every layer): the k
@@ -622,16 +626,14 @@ class LatencyModel(ABC):
         least = []
         for t in tps:
             for s in self.pp_degrees:
-                room = self.usable_bytes - (self._static_bytes(t, s) - K.OPTIMIZER_BYTES * p / self.cluster.gpus) \
-                    - ADVICE_TOKENS * self._bytes_per_token(t, None, s)
+                room = self.usable_bytes - self._weight_grad_bytes(t, s) - ADVICE_TOKENS * self._bytes_per_token(t, None, s)
                 if room > 0:
                     least.append((max(t * s, math.ceil(K.OPTIMIZER_BYTES * p / room)), t, s))
         if least:
             gpus, t, s = min(least)
             return f"use at least {gpus} GPUs (for instance TP{t}" + (f" with {s} pipeline stages)" if s > 1 else ")")
         need = [s for s in pipeline_divisors(layers) if any(
-            self.usable_bytes > self._static_bytes(t, s) - K.OPTIMIZER_BYTES * p / self.cluster.gpus
-            + self._bytes_per_token(t, None, s) for t in tps)]
+            self.usable_bytes > self._weight_grad_bytes(t, s) + self._bytes_per_token(t, None, s) for t in tps)]
         if need:
             return f"it needs at least {need[0]} pipeline stages (allowed here: {list(self.pp_degrees)})"
         return "no split of its layers into pipeline stages holds it on this GPU"
@@ -651,18 +653,13 @@ class LatencyModel(ABC):
         rate = np.interp(np.log2(np.maximum(L / cp, 1.0)), np.log2(self.k.fa_fwd_seqlen), self.k.fa_fwd_tflops)
         return flops / (rate * 1e9) * self.k.compute_scale
 
-    def _ring_curve(self, tp: int, cp: int, cross_node: bool | None):
-        if cross_node is None:
-            cross_node = tp * cp > self.cluster.gpus_per_node
-        return self.k.curve(self.cluster.gpu, "send_recv", 2, 1 if cross_node else 2)
-
     def _ring_var(self, T: np.ndarray, tp: int, cp: np.ndarray, cross: np.ndarray) -> np.ndarray:
         """Forward ring: each rank passes its K,V block (T·2·kv_heads/tp·head_dim·2 bytes) cp−1 times,
         over InfiniBand where the group crosses nodes, NVLink otherwise."""
         m = self.model
         kv_heads = max(1.0, m.kv_heads / tp)  # GQA heads are replicated when tp > kv_heads
         nbytes = T * 2 * kv_heads * m.head_dim * m.dtype_bytes
-        ib, nvl = (self.k.curve(self.cluster.gpu, "send_recv", 2, d) for d in (1, 2))
+        ib, nvl = self._link(True), self._link(False)
         cross = np.broadcast_to(cross, nbytes.shape)
         per_step = np.empty_like(nbytes)
         for curve, where in ((ib, cross), (nvl, ~cross)):  # each element priced on its own link only
@@ -848,8 +845,14 @@ def _pipelined_ms(lat: LatencyModel, lengths, packed, tp: int, cp: int, pp: int,
     batches, ks = packed
     sizes = [[lengths[i] for i in mb] for mb in batches]
     fwd, bwd = lat.stage_times(sizes, tp, cp, pp, cross_node, ks)
-    order = np.argsort((fwd + bwd).max(axis=1), kind="stable")
+    order = pipeline_order(fwd, bwd)
     return pipeline_ms(fwd[order], bwd[order])
+
+
+def pipeline_order(fwd: np.ndarray, bwd: np.ndarray) -> np.ndarray:
+    """Micro-batches (rows of stage_times) in increasing stage time, the order pipelined groups run them:
+    sorted, 1F1B stalls least, and its fill and drain are the shortest first and the longest last."""
+    return np.argsort((fwd + bwd).max(axis=1), kind="stable")
 
 
 def _balanced(lengths, packed: list[list[int]], cap: int, costs: np.ndarray, members: list[int]) -> list[list[int]]:

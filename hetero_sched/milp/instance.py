@@ -111,8 +111,7 @@ def build_instance(lengths, lat: LatencyModel, prune: bool = True,
     prune=False keeps dominated configurations (CP degrees that cannot help are never priced);
     only=(tp, cp) or (tp, cp, pp) prices that configuration alone (both variants where they exist),
     whether it helps or not; all_cps=True prices every CP degree (the exhaustive oracle's configuration
-    space); pp_degrees: the pipeline degrees searched (default: every one the step model allows, see
-    check_pp_degrees). Pricing is vectorised and always completes (a plan, even the warm start, needs it)."""
+    space); pp_degrees: the pipeline degrees searched (default: see check_pp_degrees). Pricing is vectorised and always completes (a plan, even the warm start, needs it)."""
     lengths = np.asarray(check_lengths(lengths), dtype=np.int64)
     uniq, inverse = np.unique(lengths, return_inverse=True)
     check_size(len(lengths), 0, lat)

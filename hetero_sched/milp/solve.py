@@ -61,8 +61,8 @@ def solve(lengths, cluster: Cluster, lat: LatencyModel, *, backend: str = "cpsat
     lengths rounded up to a multiple of r (fewer distinct lengths; costs stay upper bounds); the plan is
     priced on the true lengths. threads: the backends' threads; with 2 or more, the step objective's
     bound may also run one pattern LP in a worker process (see milp.remote). pp_degrees: the pipeline
-    degrees searched, each dividing the layers (default: every divisor up to the cluster's GPUs with which
-    the model fits); groups of different degrees mix like groups of different TP. The search runs once
+    degrees searched, each dividing the layers (default: 1 when the model fits without stages, else every
+    divisor with which it fits: instance.check_pp_degrees); groups of different degrees mix like groups of different TP. The search runs once
     per smallest layout (GPUs per parameter copy, tp·pp) under the step objective."""
     start = time.monotonic()
     _check_args(cluster, lat, backend, time_limit_s, threads, seed, rel_gap, objective, round_lengths)
