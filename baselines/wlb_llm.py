@@ -120,10 +120,10 @@ def earliest_finish(inst: Instance, tp: int, cp: int, reps: list[bool],
         heaps[cross].append((float(inst.overhead[cols[cross]]), r))
     for h in heaps.values():
         heapq.heapify(h)
-    key = inst.cost[:, cols[reps[0]]]
+    key = inst.exact_cost(cols[reps[0]])  # true costs even where the instance's are estimates (grid pricing)
     out: list[list[int]] = [[] for _ in reps]
     order = np.lexsort((np.arange(inst.n), -key))
-    costs = {x: inst.cost[order, cols[x]].tolist() for x in cols}  # Python floats: no array access per sequence
+    costs = {x: inst.exact_cost(cols[x])[order].tolist() for x in cols}  # Python floats: no array access per sequence
     variants = sorted(cols)
     for j, i in enumerate(order.tolist()):
         best = variants[0] if len(variants) == 1 else \
@@ -231,7 +231,8 @@ def _makespan_bound(inst: Instance, cfg: tuple[int, int, int], reps: list[bool])
     """overhead + max(longest, total / replicas) on the cheaper variant."""
     tp, cp, pp = cfg
     cols = [_column(inst, tp, cp, cross, pp) for cross in set(reps)]
-    col = inst.cost[:, cols[0]] if len(cols) == 1 else np.minimum(inst.cost[:, cols[0]], inst.cost[:, cols[1]])
+    cost = inst.lower_cost  # a bound: on the floors where the costs are estimates
+    col = cost[:, cols[0]] if len(cols) == 1 else np.minimum(cost[:, cols[0]], cost[:, cols[1]])
     return float(min(inst.overhead[c] for c in cols) + max(col.max(), col.sum() / len(reps)))
 
 

@@ -117,10 +117,14 @@ class LatencyModel(ABC):
         boundaries' send floors in each direction are added to the forward and the backward. Where
         cross_node is None the ring crosses nodes when tp·cp exceeds a node, the stage links when tp·cp·pp
         does."""
-        gpn = self.cluster.gpus_per_node
-        ring_cross = tp * cp > gpn if cross_node is None else bool(cross_node)
-        hop_cross = tp * cp * pp > gpn if cross_node is None else bool(cross_node)
-        return tuple(float(x[0]) for x in self._overhead_columns(tp, np.array([cp]), ring_cross, hop_cross, pp))
+        key = ("parts", tp, cp, cross_node, pp)  # remembered: a plan of 5,000 groups asks for each group's
+        if key not in self._overheads:
+            gpn = self.cluster.gpus_per_node
+            ring_cross = tp * cp > gpn if cross_node is None else bool(cross_node)
+            hop_cross = tp * cp * pp > gpn if cross_node is None else bool(cross_node)
+            self._overheads[key] = tuple(float(x[0]) for x in self._overhead_columns(tp, np.array([cp]), ring_cross,
+                                                                                     hop_cross, pp))
+        return self._overheads[key]
 
     def overhead_array(self, tp: int, cps, cross_node: bool, pp: int = 1) -> np.ndarray:
         """overhead_ms of (tp, cp, cross_node, pp) for every cp of cps at once, the same floats (pricing
@@ -189,16 +193,24 @@ class LatencyModel(ABC):
         """seq_latency_ms of every length (rows) on TP tp and each CP degree of cps (columns): across
         nodes when cross_node is True, inside one when False, and when None as compactly as possible
         (crossing only when tp·cp·pp > gpus_per_node)."""
+        fwd, rec_all, bwd, k = self.cost_parts_table(lengths, tp, cps, cross_node, pp)
+        if self.recompute == "full":
+            return fwd + rec_all + bwd
+        return fwd + rec_all * (k / self.model.layers) + bwd
+
+    def cost_parts_table(self, lengths: np.ndarray, tp: int, cps: np.ndarray, cross_node: bool | None = None,
+                         pp: int = 1) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """cost_table in parts: (forward, recompute of every layer, backward, k) of every length (rows) on
+        each CP degree of cps (columns); the cost is forward + rec_all·k/layers + backward."""
         cps = np.asarray(cps)
-        for cp in cps:
-            self._check_config(tp, int(cp), pp)
+        if cps.size:  # every check passes for each degree when it passes for the least and the largest
+            for cp in {int(cps.min()), int(cps.max())}:
+                self._check_config(tp, cp, pp)
         L = np.asarray(lengths, dtype=float)[:, None]
         cross = self._default_cross(tp, cps, pp) if cross_node is None else np.full(cps.shape, bool(cross_node))
         fwd, rec_all, bwd = self._seq_parts(L, tp, cps[None, :], cross[None, :], pp)
-        if self.recompute == "full":
-            return fwd + rec_all + bwd
         k = self.recompute_layers_array(L, tp, cps[None, :].astype(np.int64), pp)  # (n, k) at once, per CP degree
-        return fwd + rec_all * (k / self.model.layers) + bwd
+        return fwd, rec_all, bwd, k
 
     def _default_cross(self, tp: int, cps: np.ndarray, pp: int = 1) -> np.ndarray:
         return tp * cps * pp > self.cluster.gpus_per_node

@@ -26,7 +26,7 @@ def _distinct_rows(inst: Instance) -> tuple[np.ndarray, np.ndarray]:
     """The cost rows of the distinct lengths and how many sequences each stands for (65,536 sequences
     at 128K have a third as many lengths)."""
     first, counts = distinct_lengths(inst.lengths)
-    return inst.cost[first], counts
+    return inst.lower_cost[first], counts
 
 
 _DISTINCT: list = [None, None]  # [lengths array, (first, counts)]: the slices of one solve share their lengths
@@ -49,7 +49,7 @@ def simple_bound_of(inst: Instance, cols: np.ndarray) -> float:
     """simple_bound of inst.subset(cols) without building it (a short limit's slices at 16,384 GPUs); inf
     when some sequence fits none of those configurations."""
     first, weight = distinct_lengths(inst.lengths)
-    cost, gpus, over = inst.cost[first][:, cols], inst.gpus[cols], inst.overhead[cols]
+    cost, gpus, over = inst.distinct_lower_rows(first)[:, cols], inst.gpus[cols], inst.overhead[cols]
     if cols.size == 0 or not np.isfinite(cost).any(axis=1).all():
         return math.inf
     longest = float(np.min(over[None, :] + cost, axis=1).max())
@@ -69,12 +69,14 @@ def overhead_area_bound(inst: Instance, upper: float, rel_tol: float = 1e-7) -> 
     return area_bracket(inst, upper, rel_tol)[0]
 
 
-def area_bracket(inst: Instance, upper: float, rel_tol: float = 1e-7, first: bool = False) -> tuple[float, float]:
+def area_bracket(inst: Instance, upper: float, rel_tol: float = 1e-7, first: bool = False,
+                 estimate: bool = False) -> tuple[float, float]:
     """(lo, hi): f(lo) > N (so lo is a valid makespan bound, or the simple bound), f(hi) ≤ N (the area
     relaxation allows hi; hi ≤ upper). first=True stops after the first estimate of the threshold (two
-    or three evaluations): a short limit's target for the heuristic's first cover."""
+    or three evaluations): a short limit's target for the heuristic's first cover. estimate=True: on the
+    instance's costs even where they are estimates (a target, not a bound: lo is then no bound)."""
     lo = simple_bound(inst)
-    need = _AreaNeed(inst)
+    need = _AreaNeed(inst, estimate)
     N = inst.total_gpus
     f_lo = need(lo)
     if f_lo <= N:
@@ -125,9 +127,9 @@ class _AreaNeed:
 
     NARROW = 0.1  # relative bracket width below which rows are pruned
 
-    def __init__(self, inst: Instance) -> None:
+    def __init__(self, inst: Instance, estimate: bool = False) -> None:
         first, self.weight = distinct_lengths(inst.lengths)
-        cost = inst.cost[first]
+        cost = (inst.cost if estimate else inst.lower_cost)[first]
         self.work = inst.gpus[None, :] * cost                       # (m, C) gpus·cost
         self.finish = cost + inst.overhead[None, :]                 # (m, C) a group of one sequence
         self.over = np.broadcast_to(inst.overhead[None, :], cost.shape)

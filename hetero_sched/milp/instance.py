@@ -45,6 +45,10 @@ class Instance:
     total_gpus: int
     node_caps: list = None  # GPUs per node; default: one node holding every GPU
     pruned: int = 0       # configurations removed as dominated or useless
+    floor: np.ndarray | None = None  # (n, C) lower bounds of the true costs where cost is an estimate
+    pricer: object = None  # with floor: (config) -> that configuration's true cost column
+    _exact: dict | None = None
+    _rows: tuple | None = None
 
     def __post_init__(self) -> None:
         if self.node_caps is None:
@@ -60,7 +64,30 @@ class Instance:
         keep = np.asarray(keep, dtype=int)
         return Instance(lengths=self.lengths, configs=[self.configs[c] for c in keep], gpus=self.gpus[keep],
                         overhead=self.overhead[keep], cost=self.cost[:, keep], total_gpus=self.total_gpus,
-                        node_caps=self.node_caps, pruned=self.pruned + len(self.configs) - len(keep))
+                        node_caps=self.node_caps, pruned=self.pruned + len(self.configs) - len(keep),
+                        floor=None if self.floor is None else self.floor[:, keep], pricer=self.pricer)
+
+    @property
+    def lower_cost(self) -> np.ndarray:
+        """What bounds are computed on: the costs, or where they are estimates (grid pricing) their floors."""
+        return self.cost if self.floor is None else self.floor
+
+    def distinct_lower_rows(self, first: np.ndarray) -> np.ndarray:
+        """lower_cost at the rows `first` (the distinct lengths' first occurrences), copied once per instance."""
+        if self._rows is None or self._rows[0] is not first:
+            self._rows = (first, self.lower_cost[first])
+        return self._rows[1]
+
+    def exact_cost(self, c: int) -> np.ndarray:
+        """Column c's true costs (the column itself unless the costs are estimates: then priced once)."""
+        if self.floor is None:
+            return self.cost[:, c]
+        if self._exact is None:
+            self._exact = {}
+        cfg = self.configs[c]
+        if cfg not in self._exact:
+            self._exact[cfg] = self.pricer(cfg)
+        return self._exact[cfg]
 
     def shape(self, c: int) -> tuple[int, int, bool]:
         """(tp, TP blocks, cross) of configuration c: what placement sees."""
@@ -105,13 +132,17 @@ def placeable_instead(d: tuple, c: tuple) -> bool:
 
 
 def build_instance(lengths, lat: LatencyModel, prune: bool = True,
-                   only: tuple | None = None, all_cps: bool = False, pp_degrees=None) -> Instance:
+                   only: tuple | None = None, all_cps: bool = False, pp_degrees=None,
+                   grid: bool = False) -> Instance:
     """Price every sequence on every configuration worth pricing; raise when one fits nowhere.
 
     prune=False keeps dominated configurations (CP degrees that cannot help are never priced);
     only=(tp, cp) or (tp, cp, pp) prices that configuration alone (both variants where they exist),
     whether it helps or not; all_cps=True prices every CP degree (the exhaustive oracle's configuration
-    space); pp_degrees: the pipeline degrees searched (default: see check_pp_degrees). Pricing is vectorised and always completes (a plan, even the warm start, needs it)."""
+    space); pp_degrees: the pipeline degrees searched (default: see check_pp_degrees). Pricing is vectorised and always completes (a plan, even the warm start, needs it).
+    grid=True (a short limit's pricing): where the distinct lengths are many (more than GRID_SAVING times
+    the grid's points), only a geometric grid of them is priced (see grid_costs); the costs are then
+    estimates and `floor` bounds them from below."""
     lengths = np.asarray(check_lengths(lengths), dtype=np.int64)
     uniq, inverse = np.unique(lengths, return_inverse=True)
     check_size(len(lengths), 0, lat)
@@ -126,14 +157,20 @@ def build_instance(lengths, lat: LatencyModel, prune: bool = True,
         kinds = [(tp, pp, cross, np.array([cp])) for cross in _variants(caps_nodes)
                  if (tp * cp * pp <= max(caps_nodes) or cross) and (cp * pp > 1 or not cross)]
     check_size(len(lengths), len(uniq) * sum(k[3].size for k in kinds), lat)
-    configs, columns, over, g = [], [], [], []
+    points = grid_points(uniq) if grid and only is None else None
+    configs, columns, floors, over, g = [], [], [], [], []
     for tp, pp, cross, cps in kinds:
         if cps.size == 0:
             continue  # nothing fits, or fewer tokens than ranks: such groups are never useful
         caps = np.array([lat.max_tokens(tp, int(cp), pp) for cp in cps])
-        table = np.where(uniq[:, None] <= caps[None, :], lat.cost_table(uniq, tp, cps, cross, pp), np.inf)
+        fits = uniq[:, None] <= caps[None, :]
+        if points is None:
+            columns.append(np.where(fits, lat.cost_table(uniq, tp, cps, cross, pp), np.inf))
+        else:
+            estimate, floor = grid_costs(uniq, points, lat, tp, cps, cross, pp)
+            columns.append(np.where(fits, estimate, np.inf))
+            floors.append(np.where(fits, floor, np.inf))
         configs += [(tp, int(cp), cross, pp) for cp in cps]
-        columns.append(table)
         over += lat.overhead_array(tp, cps, cross, pp).tolist()
         g += [tp * int(cp) * pp for cp in cps]
     cost_u = np.hstack(columns) if columns else np.zeros((len(uniq), 0))
@@ -142,10 +179,59 @@ def build_instance(lengths, lat: LatencyModel, prune: bool = True,
     full = Instance(lengths=lengths, configs=configs, gpus=np.array(g), overhead=np.array(over),
                     cost=cost_u[inverse], total_gpus=lat.cluster.gpus, node_caps=caps_nodes,
                     pruned=_cp_degrees_not_priced(lat, caps_nodes, len(configs), degrees))
+    if points is not None:
+        full.floor = np.hstack(floors)[inverse]
+        full.pricer = lambda cfg: _true_column(lat, uniq, cfg)[inverse]
     if not prune:
         return full
     # dominance is decided on the distinct lengths' costs: the same answer, fewer rows
     return full.subset(_undominated(full.gpus, full.overhead, cost_u, full.configs))
+
+
+GRID_RATIO = 1.01   # grid pricing: at least one priced length in every 1 % of lengths (points ≤ 2 % apart)
+GRID_SAVING = 3     # ... used only where it prices at most a third of the distinct lengths
+
+
+def grid_points(uniq: np.ndarray) -> np.ndarray | None:
+    """Indices into the sorted distinct lengths of the grid priced instead of all of them: the least length
+    in each GRID_RATIO bucket (log scale) and the longest; None when that saves too little."""
+    bucket = np.floor(np.log(uniq / uniq[0]) / np.log(GRID_RATIO)).astype(np.int64)
+    points = np.union1d(np.flatnonzero(np.r_[True, bucket[1:] != bucket[:-1]]), [len(uniq) - 1])
+    return points if GRID_SAVING * len(points) <= len(uniq) else None
+
+
+def grid_costs(uniq: np.ndarray, points: np.ndarray, lat: LatencyModel, tp: int, cps: np.ndarray, cross: bool,
+               pp: int) -> tuple[np.ndarray, np.ndarray]:
+    """(estimate, floor) of every distinct length's cost on (tp, cps, cross, pp), pricing the grid alone.
+    Estimate: forward + backward and the recompute of every layer interpolated linearly between the grid
+    lengths around (both smooth in the length: the attention's quadratic term moves them by ~(2 %)²/8 of
+    a cost between points 2 % apart), the recompute charged at the length's own k (a step in the length,
+    computed exactly). Floor: the cost of the grid length at or below (costs never fall as a sequence
+    grows: every kernel time, ring transfer and k is nondecreasing in its tokens), a valid lower bound."""
+    G = uniq[points]
+    fwd, rec_all, bwd, k_grid = lat.cost_parts_table(G, tp, cps, cross, pp)
+    full = lat.recompute == "full"
+    layers = lat.model.layers
+    grid_cost = fwd + rec_all + bwd if full else fwd + rec_all * (k_grid / layers) + bwd
+    below = np.searchsorted(G, uniq, side="right") - 1           # the grid length ≤ each length
+    above = np.minimum(below + 1, len(G) - 1)
+    span = np.maximum(G[above] - G[below], 1)
+    w = ((uniq - G[below]) / span)[:, None]
+    fixed = fwd + bwd
+    estimate = (1 - w) * fixed[below] + w * fixed[above]
+    rec = (1 - w) * rec_all[below] + w * rec_all[above]
+    k = layers if full else lat.recompute_layers_array(uniq[:, None], tp, cps[None, :].astype(np.int64), pp)
+    estimate = estimate + rec * (np.asarray(k) / layers)
+    exact = np.zeros(len(uniq), dtype=bool)
+    exact[points] = True
+    return np.where(exact[:, None], grid_cost[below], estimate), grid_cost[below]
+
+
+def _true_column(lat: LatencyModel, uniq: np.ndarray, cfg: tuple) -> np.ndarray:
+    """The distinct lengths' true costs on one configuration (inf where a length does not fit)."""
+    tp, cp, cross, pp = cfg
+    cost = lat.cost_table(uniq, tp, np.array([cp]), cross, pp)[:, 0]
+    return np.where(uniq <= lat.max_tokens(tp, cp, pp), cost, np.inf)
 
 
 def _variants(caps_nodes: list[int]) -> tuple[bool, ...]:
@@ -199,20 +285,14 @@ _FASTEST: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # per step mo
 def _fastest_cp(lat: LatencyModel, tp: int, cross: bool, first: int, most: int, length: int, pp: int = 1) -> int:
     """The CP degree in first..most on which a sequence of `length` tokens runs fastest (overhead
     included), remembered per step model: a step of a dataset mostly has the same longest sequence (the
-    context), and pricing it on every degree (up to 4,096) took a fifth of pricing a large batch."""
+    context). Every degree is priced in two array passes (one overhead_ms call per degree took a third
+    of pricing 4,096 sequences on 1,024 GPUs)."""
     memo = _FASTEST.setdefault(lat, {})
     key = (tp, cross, first, most, length, pp)
     if key not in memo:
         cps = np.arange(first, most + 1)
-        seq = lat.cost_table(np.array([length]), tp, cps, cross, pp)[0]
-        # overheads are ≥ 0: only degrees whose sequence cost alone beats the best total can win, so the
-        # overhead (one call per degree; 16,384 degrees at 16,384 GPUs) is priced for those alone
-        best = (np.inf, 0)
-        for j in np.argsort(seq, kind="stable"):
-            if seq[j] > best[0]:
-                break
-            best = min(best, (seq[j] + lat.overhead_ms(tp, int(cps[j]), cross, pp), int(cps[j])))
-        memo[key] = best[1]
+        total = lat.cost_table(np.array([length]), tp, cps, cross, pp)[0] + lat.overhead_array(tp, cps, cross, pp)
+        memo[key] = int(cps[int(np.argmin(total))])  # the first (least) degree among equals
     return memo[key]
 
 

@@ -45,6 +45,9 @@ QUICK_MAX_S = 5.0           # ... but a limit leaving more than this is never sh
 UNSTAGED_SHARE = 0.4        # of the time left, for the search without stages when stages are optional
 PIPELINE_SHARE = 0.2        # of the time left, for a search on estimated pipeline costs when stages are searched
 QUICK_SLACK = 0.006         # the first cover's T above the area relaxation's threshold estimate
+QUICK_RESERVE_PLANS = 1     # ... a short limit's (its final plan is not priced again)
+QUICK_GRACE = 0.5           # of the allowance past a short limit (max(25 %, 0.05 s)) its first search may use
+GRID_MIN_DISTINCT = 6_000   # distinct lengths from which a limit under QUICK_MAX_S may price a grid of them
 
 
 def solve(lengths, cluster: Cluster, lat: LatencyModel, *, backend: str = "cpsat", time_limit_s: float = 10.0,
@@ -71,7 +74,7 @@ def solve(lengths, cluster: Cluster, lat: LatencyModel, *, backend: str = "cpsat
 
     true_lengths = np.asarray(check_lengths(lengths), dtype=np.int64)
     priced = _rounded(true_lengths, round_lengths)
-    full = build_instance(priced, lat, prune=False, pp_degrees=pp_degrees)
+    full = _priced(priced, lat, pp_degrees, time_limit_s if deterministic_limit is None else math.inf)
     clock = {"pricing": time.monotonic() - start}
     warm = best_homogeneous_plan(full, lat, objective)
     clock["warm start"] = time.monotonic() - start - clock["pricing"]
@@ -81,7 +84,13 @@ def solve(lengths, cluster: Cluster, lat: LatencyModel, *, backend: str = "cpsat
     # a short limit (little time left for what pricing took): simple bounds, one layout, a first cover aimed
     left = deadline - time.monotonic()
     short = min(max(QUICK_FACTOR * clock["pricing"], QUICK_FLOOR_S), QUICK_MAX_S)
-    quick = deterministic_limit is None and left < short
+    quick = deterministic_limit is None and (left < short or full.floor is not None)
+    if quick:  # the final plan is not priced again (Plan.refresh) and the heuristic keeps back its own building
+        reserve = repricing * QUICK_RESERVE_PLANS
+    # a short limit's first search may run into the limit's allowance: without it no plan but the warm start
+    # comes back at 0.1 s on 1,024 GPUs (pricing, the warm start and one plan's building take about that)
+    first_end = max(deadline, start + time_limit_s + QUICK_GRACE * max(0.25 * time_limit_s, 0.05)) if quick \
+        else deadline
     tps = sorted({full.layout(c) for c in range(len(full.configs))})  # smallest layouts a plan may have
     slices = [_slice(full, warm, t, quick) for t in (tps if objective == "step" else tps[:1])]
     # the all-gather's waits in the step bound cost ~0.1-0.2 s at 64 GPUs x 256: not on limits under WAITS_MIN_S
@@ -105,7 +114,9 @@ def solve(lengths, cluster: Cluster, lat: LatencyModel, *, backend: str = "cpsat
         # most promising slice first; under the step objective the makespan search (every configuration)
         # comes first, so that the step objective never loses to the makespan objective's plan
         todo = sorted(slices, key=lambda sl: sl.step_lower(lat))
-        if objective == "step":
+        if objective == "step" and quick:  # one slice may be all a short limit searches: the likeliest first
+            todo.sort(key=lambda sl: step_estimate(sl, full, lat))
+        elif objective == "step":
             todo.sort(key=lambda sl: sl.min_tp != tps[0])
         first = True
         while todo:
@@ -122,14 +133,14 @@ def solve(lengths, cluster: Cluster, lat: LatencyModel, *, backend: str = "cpsat
                 sl.build(full, warm)  # (a short limit's later slices: only when time is left to search them)
             now = time.monotonic()
             share = _slice_share(sl, todo, lat, best, first, quick)
+            slice_deadline = now + ((first_end if first else deadline) - reserve - now) * share
             first = False
-            slice_deadline = now + (deadline - reserve - now) * share
             found, bounds[sl.min_tp], notes[sl.min_tp], search = _search(
                 sl, full, lat, slice_deadline, backend, threads, seed, rel_gap, deterministic_limit, quick,
                 per_group_s)
             sl.searched(bounds[sl.min_tp], search, threads, deterministic_limit)
             plans += found
-        if objective == "step" and deterministic_limit is None and not round_lengths:
+        if objective == "step" and deterministic_limit is None and not round_lengths and full.floor is None:
             best = min(p.step_ms for _, p in plans)
             moved = tighten(families, lat, best, deadline - reserve)
             if moved:
@@ -148,20 +159,36 @@ def solve(lengths, cluster: Cluster, lat: LatencyModel, *, backend: str = "cpsat
                               seed=seed, objective=objective, makespan_bound_ms=bounds[tps[0]],
                               step_bound_ms=max(_step_bound(lat, bounds, tps, families, objective, round_lengths),
                                                 0.0 if round_lengths else bounds[tps[0]]))
-    plan.reprice(lat)
+    plan.refresh(lat, groups_unchanged=True)  # every candidate was built (or the warm start repriced) by lat
     s = plan.solver
     s.status = "optimal" if s.gap <= OPTIMAL_GAP else ("baseline" if who == "warm start" else "feasible")
     rounding = f"lengths priced rounded up to {round_lengths}; " if round_lengths else ""
     s.wall_s = time.monotonic() - start
     clock["placing and pricing the plans"] = s.wall_s - sum(clock.values())
     spent = ", ".join(f"{k} {1e3 * v:.0f} ms" for k, v in clock.items())
-    budget = (f" | short limit: simple bounds, first covers aimed at the area bound's T, no pattern LP or LNS; "
-              f"{spent}") if quick else f" | time: {spent}"
+    grid = "lengths priced on a grid (estimated costs, bounds on their floors), " if full.floor is not None else ""
+    budget = (f" | short limit: {grid}simple bounds, layouts in order of an estimated step, first covers aimed "
+              f"at the area bound's T, no pattern LP or LNS, the first search may use half the allowance past the "
+              f"limit; {spent}") if quick else f" | time: {spent}"
     if deterministic_limit is not None:
         budget = ""  # under a work limit the message, like the plan, is the same on every run
     s.message = f"objective {objective}; {rounding}plan from {who}; " + " | ".join(notes[t] for t in sorted(notes)) \
         + budget
     return plan
+
+
+def _priced(lengths: np.ndarray, lat: LatencyModel, pp_degrees, limit_s: float) -> Instance:
+    """The full instance. Where the limit will be short whatever pricing takes (under QUICK_FLOOR_S, or
+    many distinct lengths and a limit under QUICK_FACTOR grid pricings), a grid of the lengths is priced
+    instead of all (build_instance's grid: estimated costs, their floors for the bounds): 1,024 GPUs x
+    4,096 sequences priced in 31 ms instead of 42-56 ms, 16,384 x 65,536 in 0.16 s instead of 0.28-0.62 s."""
+    many = np.unique(lengths).size >= GRID_MIN_DISTINCT
+    if limit_s < QUICK_FLOOR_S or (many and limit_s < QUICK_MAX_S):
+        started = time.monotonic()
+        full = build_instance(lengths, lat, prune=False, pp_degrees=pp_degrees, grid=True)
+        if full.floor is None or limit_s < max(QUICK_FLOOR_S, QUICK_FACTOR * (time.monotonic() - started)):
+            return full
+    return build_instance(lengths, lat, prune=False, pp_degrees=pp_degrees)
 
 
 def _slice_share(sl: Slice, todo: list, lat: LatencyModel, best: float, first: bool, quick: bool) -> float:
@@ -177,6 +204,34 @@ def _slice_share(sl: Slice, todo: list, lat: LatencyModel, best: float, first: b
         return max(FIRST_SHARE, weight[0] / max(sum(weight), 1))
     win = [max(best - x.step_lower(lat), 0.0) for x in [sl] + todo]
     return win[0] / sum(win) if sum(win) > 0 else 1.0 / (1 + len(todo))
+
+
+def step_estimate(sl: Slice, full: Instance, lat: LatencyModel) -> float:
+    """What a plan of slice sl likely takes over the step (not a bound; it orders a short limit's slices):
+    its makespan bound, plus the exposed sync of a group that starts with a full micro-batch of
+    median-length sequences on the slice's fastest-starting configuration of its smallest layout. The
+    step bound lets the slowest group hide the all-gather behind a forward of up to half its makespan,
+    but a balanced plan's short-document groups start with their cap's worth of tokens: at 1,024 GPUs
+    the TP1 slice's bound was 3,074 ms and its plan's step 3,640 ms (596 ms exposed), the TP2 slice's
+    3,206 and 3,269 ms."""
+    if not math.isfinite(sl.lower):
+        return math.inf
+    median = max(int(np.median(full.lengths)), 1)
+    layout = [cfg for cfg in full.configs if cfg[0] * cfg[3] == sl.min_tp]
+    least = min((cfg[1] for cfg in layout), default=0)  # the fewest ranks hold the fewest tokens
+    first = min((_full_forward_ms(lat, cfg, median) for cfg in layout if cfg[1] == least), default=math.inf)
+    return sl.lower + lat.sync_exposed_lower_ms(sl.min_tp, sl.lower, first_forward_max_ms=first)
+
+
+def _full_forward_ms(lat: LatencyModel, cfg: tuple, length: int) -> float:
+    """Forward of a micro-batch filled to (tp, cp, cross, pp)'s cap (recomputing nothing) with sequences
+    of `length` tokens, overhead's forward part included; inf where none fits."""
+    tp, cp, cross, pp = cfg
+    cap = lat.tokens_cap(tp, cp, 0, pp)
+    if cap < length:
+        return math.inf
+    fwd = lat.seq_parts_array(np.array([length]), tp, cp, cross, 0, pp)[0][0]
+    return float(lat.overhead_parts(tp, cp, cross, pp)[0] + fwd * (cap // length))
 
 
 def _per_micro_batch(warm: Plan, lat: LatencyModel) -> list[tuple[str, Plan]]:
@@ -380,7 +435,9 @@ def _search(sl: Slice, full: Instance, lat, deadline: float, backend, threads, s
         return [], max(lower, simple_bound(inst)), \
             f"{_unit(full)}>={min_tp}: no time left after pricing: warm start kept, simple bounds", None
     guess = None
-    if quick:
+    if quick and inst.floor is not None:  # estimated costs: a target from them, the bound stays the floors'
+        guess = area_bracket(inst, upper, first=True, estimate=True)[1] * (1 + QUICK_SLACK)
+    elif quick:
         lo, target = area_bracket(inst, upper, first=True)
         lower, guess = max(lower, lo), target * (1 + QUICK_SLACK)
     size = sl.size

@@ -81,3 +81,87 @@ def test_a_short_limit_is_kept(llama3):
     hs.solve(lengths[:64], lat.cluster, lat, time_limit_s=0.05)  # imports and the step model's caches
     plan = hs.solve(lengths, lat.cluster, lat, time_limit_s=0.1)
     assert plan.validate() == [] and plan.solver.wall_s < 0.1 + 1.0
+
+
+@pytest.mark.parametrize("recompute", ["auto", "full"])
+def test_grid_pricing_estimates_floors_and_true_columns(llama3, recompute, monkeypatch):
+    """Pricing a grid of the lengths: every estimate within 2.5 % of the true cost (0.1 % on average), the
+    floors never above it, the same fits, and a true column priced on demand is the exact one."""
+    from hetero_sched.milp import instance as instance_module
+    monkeypatch.setattr(instance_module, "GRID_SAVING", 1.5)
+    lat = hs.latency_model(llama3, hs.Cluster(gpus=256), recompute=recompute)
+    lengths = synthetic("lognormal:n=2048,context=131072,seed=21,sigma_x100=125")
+    exact = build_instance(lengths, lat, prune=False)
+    grid = build_instance(lengths, lat, prune=False, grid=True)
+    assert grid.floor is not None and grid.configs == exact.configs
+    fits = np.isfinite(exact.cost)
+    assert (np.isfinite(grid.cost) == fits).all() and (np.isfinite(grid.floor) == fits).all()
+    rel = np.abs(grid.cost[fits] / exact.cost[fits] - 1)
+    assert rel.max() < 0.025 and rel.mean() < 1e-3
+    assert (grid.floor[fits] <= exact.cost[fits] * (1 + 1e-12)).all()
+    for c in (0, len(exact.configs) // 2, len(exact.configs) - 1):
+        assert np.array_equal(grid.exact_cost(c), exact.cost[:, c])
+        assert np.array_equal(grid.subset([c]).exact_cost(0), exact.cost[:, c])
+
+
+def test_bounds_and_the_warm_start_on_a_grid_are_those_of_true_costs(llama3, monkeypatch):
+    """On grid pricing the bounds (on the floors) stay at or below those on true costs, and the warm start
+    is the placed WLB-LLM plan of true costs (its packing reads true columns)."""
+    from hetero_sched.baselines.wlb_llm import best_homogeneous_plan
+    from hetero_sched.milp import instance as instance_module
+    monkeypatch.setattr(instance_module, "GRID_SAVING", 1.5)
+    lat = hs.latency_model(llama3, hs.Cluster(gpus=256))
+    lengths = synthetic("lognormal:n=2048,context=131072,seed=22,sigma_x100=125")
+    exact = build_instance(lengths, lat, prune=False)
+    grid = build_instance(lengths, lat, prune=False, grid=True)
+    assert grid.floor is not None
+    assert bounds.simple_bound(grid) <= bounds.simple_bound(exact) * (1 + 1e-12)
+    assert bounds.overhead_area_bound(grid, 1e12) <= bounds.overhead_area_bound(exact, 1e12) * (1 + 1e-9)
+    cols = np.arange(0, len(exact.configs), 3)
+    assert bounds.simple_bound_of(grid, cols) <= bounds.simple_bound_of(exact, cols) * (1 + 1e-12)
+    for objective in ("step", "makespan"):
+        a, b = best_homogeneous_plan(exact, lat, objective), best_homogeneous_plan(grid, lat, objective)
+        assert (a.step_ms, a.makespan_ms) == (b.step_ms, b.makespan_ms)
+        assert [g.sequence_ids for g in a.groups] == [g.sequence_ids for g in b.groups]
+
+
+def test_a_short_limit_searches_the_layout_its_estimate_ranks_first(llama3):
+    """The step estimate that orders a short limit's layouts picks one whose quick plan is within 1 % of
+    the best layout's quick plan over the step (TP1's bound is the least, but its plans leave ~500 ms of
+    the all-gather exposed behind short first micro-batches)."""
+    import math
+    from hetero_sched.baselines.wlb_llm import best_homogeneous_plan
+    from hetero_sched.milp import solve as S
+    from hetero_sched.milp.heuristic import heuristic_solution
+    lat = hs.latency_model(llama3, hs.Cluster(gpus=64))
+    for seed in (31, 32):
+        full = build_instance(synthetic(f"lognormal:n=256,context=131072,seed={seed},sigma_x100=125"), lat,
+                              prune=False)
+        warm = best_homogeneous_plan(full, lat, "step")
+        steps, estimates, lowers = {}, {}, {}
+        for t in sorted({full.layout(c) for c in range(len(full.configs))}):
+            sl = S._slice(full, warm, t, quick=True)
+            if sl.make is None:
+                continue
+            sl.build(full, warm)
+            estimates[t], lowers[t] = S.step_estimate(sl, full, lat), sl.step_lower(lat)
+            target = bounds.area_bracket(sl.inst, sl.upper, first=True)[1]
+            sol = heuristic_solution(sl.inst, sl.lower, sl.upper, math.inf, restarts=False, guess=target * 1.006)
+            plan = S._to_plan(sl.inst, sol, S._greedy_shares(sl.inst, sol), lat)
+            steps[t] = plan.step_ms if plan is not None else math.inf
+        chosen = min(estimates, key=estimates.get)
+        assert steps[chosen] <= min(steps.values()) * 1.01, (seed, steps, estimates)
+        assert steps[min(lowers, key=lowers.get)] > steps[chosen] * 1.05  # the bound's order would pick worse
+
+
+def test_refresh_reuses_the_last_pricing_and_pickles_without_it(llama3):
+    import pickle
+    lat = hs.latency_model(llama3, hs.Cluster(gpus=16))
+    plan = hs.solve(synthetic("lognormal:n=40,context=65536,seed=3"), lat.cluster, lat, time_limit_s=1.0)
+    figures = (plan.makespan_ms, plan.sync_ms, plan.step_ms, plan.solver.gap)
+    plan.refresh(lat, groups_unchanged=True)
+    assert (plan.makespan_ms, plan.sync_ms, plan.step_ms, plan.solver.gap) == figures
+    plan.reprice(lat)
+    assert (plan.makespan_ms, plan.sync_ms, plan.step_ms, plan.solver.gap) == figures
+    copy = pickle.loads(pickle.dumps(plan))
+    assert copy.priced_with is None and copy.step_ms == plan.step_ms and copy.groups == plan.groups
