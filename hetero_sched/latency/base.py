@@ -64,6 +64,7 @@ class LatencyModel(ABC):
         self._intercepts: dict = {}
         self._rank_caps: dict = {}
         self._buckets: dict = {}
+        self._sync_lower: dict = {}
         self.pp_degrees = [d for d in pipeline_divisors(model.layers) if d <= cluster.gpus]
         """Pipeline degrees a group may take: the divisors of the layer count (even stages) up to the
         cluster's GPUs (hs.solve's pp_degrees narrows them)."""
@@ -372,7 +373,10 @@ class LatencyModel(ABC):
         2P/u_L, across nodes. Then the cluster reduce-scatters the 2P/u_L-byte shards (ZeRO-1) and
         all-gathers the updated weights: each (2P/u_L)·(1 − u_L/N) / bw, bw = InfiniBand when the cluster
         spans nodes."""
-        layouts = [as_layout(t) for t in tps]
+        try:  # each distinct layout once (a plan of 5,000 groups has a handful)
+            layouts = [as_layout(t) for t in set(tps)]
+        except TypeError:  # unhashable entries (lists)
+            layouts = [as_layout(t) for t in tps]
         if not layouts:
             return 0.0, 0.0, 0.0
         n = self.cluster.gpus
@@ -506,6 +510,15 @@ class LatencyModel(ABC):
         micro-batch's forward known from the batch (layouts.net_forward_caps); the delay then falls no lower
         than with that forward however long the makespan. waits_included: makespan_lower_ms already bounds
         the slowest group's end after its all-gather wait (layouts.delay_area_bound): no wait is added."""
+        key = (t_layout, makespan_lower_ms, mixed, first_forward_max_ms, waits_included)
+        if key not in self._sync_lower:  # remembered: a solve asks again for the same bounds (sorting slices)
+            if len(self._sync_lower) > 100_000:
+                self._sync_lower.clear()
+            self._sync_lower[key] = self._sync_exposed_lower(*key)
+        return self._sync_lower[key]
+
+    def _sync_exposed_lower(self, t_layout: int, makespan_lower_ms: float, mixed: bool,
+                            first_forward_max_ms: float, waits_included: bool) -> float:
         _, reduce, allgather = self.sync_parts([t_layout])
         gather = 0.0
         if mixed:

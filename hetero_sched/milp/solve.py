@@ -15,7 +15,7 @@ from ..placement import nodes_spanned, pack_nodes, ranks_from_nodes
 from ..plan import Plan, SolveResult, check_objective, objective_key
 from ..specs import Cluster
 from .backends import BACKENDS, BUILD_SHARE, BuildTimeout, build_seconds, run_backend
-from .bounds import area_bracket, distinct_lengths, overhead_area_bound, simple_bound, simple_bound_of
+from .bounds import LayoutBounds, area_bracket, distinct_lengths, overhead_area_bound, simple_bound
 from .formulation import build_milp, decode, decode_nodes, estimate_size, hint_values
 from .heuristic import heuristic_solution, makespan
 from .instance import Instance, _undominated, build_instance, check_lengths
@@ -92,7 +92,8 @@ def solve(lengths, cluster: Cluster, lat: LatencyModel, *, backend: str = "cpsat
     first_end = max(deadline, start + time_limit_s + QUICK_GRACE * max(0.25 * time_limit_s, 0.05)) if quick \
         else deadline
     tps = sorted({full.layout(c) for c in range(len(full.configs))})  # smallest layouts a plan may have
-    slices = [_slice(full, warm, t, quick) for t in (tps if objective == "step" else tps[:1])]
+    mins = LayoutBounds(full) if quick else None
+    slices = [_slice(full, warm, t, mins) for t in (tps if objective == "step" else tps[:1])]
     # the all-gather's waits in the step bound cost ~0.1-0.2 s at 64 GPUs x 256: not on limits under WAITS_MIN_S
     if objective == "step" and not quick and not full.pipelined and (deterministic_limit is not None
                                               or deadline - time.monotonic() > WAITS_MIN_S):
@@ -334,19 +335,18 @@ class Slice:
             pure.start = lambda upper: _pure_search(self.pure, pure.bound, upper, threads, search)
 
 
-def _slice(full: Instance, warm: Plan, min_tp: int, quick: bool = False) -> Slice:
-    """quick: the simple bounds only (a pass over the distinct lengths' costs instead of the overhead area
-    bound's search), computed on the full instance's columns; the slice's instance (dominated
+def _slice(full: Instance, warm: Plan, min_tp: int, quick: LayoutBounds | None = None) -> Slice:
+    """quick (the full instance's LayoutBounds): the simple bounds only (a pass over the distinct lengths'
+    costs instead of the overhead area bound's search); the slice's instance (dominated
     configurations kept: the bounds are the same with them, a dominated configuration is never a row's
     minimum) is built only if the slice is searched, and none of the pure family (its pattern LP will
     not run)."""
-    if quick:
+    if quick is not None:
         cols = np.array([c for c in range(len(full.configs)) if full.layout(c) >= min_tp], dtype=int)
-        lower = simple_bound_of(full, cols)
+        lower = quick.of(lambda u: u >= min_tp)
         if not math.isfinite(lower):
             return Slice(min_tp, None, families=(Family(min_tp, False, math.inf), Family(min_tp, True, math.inf)))
-        pure_cols = np.array([c for c in cols if full.layout(c) == min_tp], dtype=int)
-        pure_lower = max(lower, simple_bound_of(full, pure_cols))
+        pure_lower = max(lower, quick.of(lambda u: u == min_tp))
         return Slice(min_tp, None, lower=lower, families=(Family(min_tp, False, pure_lower),
                                                           Family(min_tp, True, lower)),
                      configs=cols.size, make=lambda: full.subset(cols))
@@ -436,9 +436,9 @@ def _search(sl: Slice, full: Instance, lat, deadline: float, backend, threads, s
             f"{_unit(full)}>={min_tp}: no time left after pricing: warm start kept, simple bounds", None
     guess = None
     if quick and inst.floor is not None:  # estimated costs: a target from them, the bound stays the floors'
-        guess = area_bracket(inst, upper, first=True, estimate=True)[1] * (1 + QUICK_SLACK)
+        guess = area_bracket(inst, upper, first=True, estimate=True, simple=lower)[1] * (1 + QUICK_SLACK)
     elif quick:
-        lo, target = area_bracket(inst, upper, first=True)
+        lo, target = area_bracket(inst, upper, first=True, simple=lower)
         lower, guess = max(lower, lo), target * (1 + QUICK_SLACK)
     size = sl.size
     mip_runs = backend != "none" and size <= MAX_MIP_VARIABLES

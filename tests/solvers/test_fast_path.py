@@ -117,8 +117,8 @@ def test_bounds_and_the_warm_start_on_a_grid_are_those_of_true_costs(llama3, mon
     assert grid.floor is not None
     assert bounds.simple_bound(grid) <= bounds.simple_bound(exact) * (1 + 1e-12)
     assert bounds.overhead_area_bound(grid, 1e12) <= bounds.overhead_area_bound(exact, 1e12) * (1 + 1e-9)
-    cols = np.arange(0, len(exact.configs), 3)
-    assert bounds.simple_bound_of(grid, cols) <= bounds.simple_bound_of(exact, cols) * (1 + 1e-12)
+    for t in (1, 2, 4):
+        assert bounds.LayoutBounds(grid).of(lambda u: u >= t) <= bounds.LayoutBounds(exact).of(lambda u: u >= t)
     for objective in ("step", "makespan"):
         a, b = best_homogeneous_plan(exact, lat, objective), best_homogeneous_plan(grid, lat, objective)
         assert (a.step_ms, a.makespan_ms) == (b.step_ms, b.makespan_ms)
@@ -140,7 +140,7 @@ def test_a_short_limit_searches_the_layout_its_estimate_ranks_first(llama3):
         warm = best_homogeneous_plan(full, lat, "step")
         steps, estimates, lowers = {}, {}, {}
         for t in sorted({full.layout(c) for c in range(len(full.configs))}):
-            sl = S._slice(full, warm, t, quick=True)
+            sl = S._slice(full, warm, t, bounds.LayoutBounds(full))
             if sl.make is None:
                 continue
             sl.build(full, warm)
@@ -165,3 +165,29 @@ def test_refresh_reuses_the_last_pricing_and_pickles_without_it(llama3):
     assert (plan.makespan_ms, plan.sync_ms, plan.step_ms, plan.solver.gap) == figures
     copy = pickle.loads(pickle.dumps(plan))
     assert copy.priced_with is None and copy.step_ms == plan.step_ms and copy.groups == plan.groups
+
+
+def test_layout_bounds_are_the_simple_bounds_of_their_configurations(llama3):
+    lat = hs.latency_model(llama3, hs.Cluster(gpus=64))
+    inst = build_instance(synthetic("lognormal:n=256,context=131072,seed=23,sigma_x100=125"), lat, prune=False)
+    mins = bounds.LayoutBounds(inst)
+    for keep in (lambda u: u >= 1, lambda u: u >= 2, lambda u: u == 2, lambda u: u == 8, lambda u: u > 8):
+        cols = [c for c in range(len(inst.configs)) if keep(inst.layout(c))]
+        fits = cols and np.isfinite(inst.cost[:, cols]).any(axis=1).all()
+        expected = bounds.simple_bound(inst.subset(cols)) if fits else float("inf")
+        assert mins.of(keep) == pytest.approx(expected, rel=1e-12)
+
+
+def test_spare_efficiency_is_the_median_over_sequences(llama3):
+    """Computed over distinct lengths with their counts: the median of every sequence's GPU-time on each
+    configuration that holds any (numpy's nanmedian over all sequences), exactly."""
+    from hetero_sched.milp.heuristic import spare_efficiency
+    for gpus, n, seed in ((8, 7, 1), (16, 40, 2), (64, 256, 3)):
+        lat = hs.latency_model(llama3, hs.Cluster(gpus=gpus))
+        lengths = synthetic(f"lognormal:n={n},context=131072,seed={seed}")
+        for inst in (build_instance(lengths, lat), build_instance(lengths + lengths[:5], lat, prune=False)):
+            values = np.where(np.isfinite(inst.cost), inst.cost * inst.gpus[None, :], np.nan)
+            held = np.isfinite(values).any(axis=0)
+            expected = np.full(len(inst.configs), np.inf)
+            expected[held] = np.nanmedian(values[:, held], axis=0)
+            assert np.array_equal(spare_efficiency(inst), expected)
