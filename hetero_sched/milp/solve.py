@@ -45,6 +45,9 @@ QUICK_MAX_S = 5.0           # ... but a limit leaving more than this is never sh
 UNSTAGED_SHARE = 0.4        # of the time left, for the search without stages when stages are optional
 PIPELINE_SHARE = 0.2        # of the time left, for a search on estimated pipeline costs when stages are searched
 QUICK_SLACK = 0.006         # the first cover's T above the area relaxation's threshold estimate
+QUICK_GROUPS_PER_WARM = 3   # a heterogeneous plan has about this many times the warm start's groups (3.1x at
+                            # 256-4,096 GPUs), so building it takes about that many times longer ...
+COVER_PER_BUILD = 0.5       # ... and one cover this share of its building (33-38 us a group against 66-87)
 QUICK_RESERVE_PLANS = 1     # ... a short limit's (its final plan is not priced again)
 QUICK_GRACE = 0.5           # of the allowance past a short limit (max(25 %, 0.05 s)) its first search may use
 GRID_MIN_DISTINCT = 6_000   # distinct lengths from which a limit under QUICK_MAX_S may price a grid of them
@@ -130,12 +133,18 @@ def solve(lengths, cluster: Cluster, lat: LatencyModel, *, backend: str = "cpsat
                 continue
             if beside and not any(f.remote for f in families):
                 sl.start_beside(lat, best, deadline - reserve - time.monotonic())
-            if first or time.monotonic() < deadline - reserve:
-                sl.build(full, warm)  # (a short limit's later slices: only when time is left to search them)
             now = time.monotonic()
             share = _slice_share(sl, todo, lat, best, first, quick)
             slice_deadline = now + ((first_end if first else deadline) - reserve - now) * share
-            first = False
+            first_search, first = first, False
+            expected = per_group_s * QUICK_GROUPS_PER_WARM * len(warm.groups) * (1 + COVER_PER_BUILD)
+            if quick and sl.make is not None and now + expected > slice_deadline:  # nor time to build the slice
+                bounds[sl.min_tp] = sl.lower
+                notes[sl.min_tp] = f"{_unit(full)}>={sl.min_tp}: no time left for a first cover and its plan " \
+                                   f"(~{1e3 * expected:.0f} ms here): warm start kept, simple bounds"
+                continue
+            if first_search or time.monotonic() < deadline - reserve:
+                sl.build(full, warm)  # (a short limit's later slices: only when time is left to search them)
             found, bounds[sl.min_tp], notes[sl.min_tp], search = _search(
                 sl, full, lat, slice_deadline, backend, threads, seed, rel_gap, deterministic_limit, quick,
                 per_group_s)
