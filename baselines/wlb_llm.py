@@ -28,6 +28,7 @@ import numpy as np
 
 from hetero_sched.latency import LatencyModel
 from hetero_sched.latency.base import config_name
+from hetero_sched.milp.bounds import distinct_lengths
 from hetero_sched.milp.instance import Instance, build_instance
 from hetero_sched.placement import NodePacker, ranks_from_nodes
 from hetero_sched.plan import Plan, check_objective, objective_key
@@ -231,9 +232,15 @@ def _makespan_bound(inst: Instance, cfg: tuple[int, int, int], reps: list[bool])
     """overhead + max(longest, total / replicas) on the cheaper variant."""
     tp, cp, pp = cfg
     cols = [_column(inst, tp, cp, cross, pp) for cross in set(reps)]
-    cost = inst.lower_cost  # a bound: on the floors where the costs are estimates
-    col = cost[:, cols[0]] if len(cols) == 1 else np.minimum(cost[:, cols[0]], cost[:, cols[1]])
-    return float(min(inst.overhead[c] for c in cols) + max(col.max(), col.sum() / len(reps)))
+    if inst.floor is None:
+        col = inst.cost[:, cols[0]] if len(cols) == 1 else np.minimum(inst.cost[:, cols[0]], inst.cost[:, cols[1]])
+        longest, total = col.max(), col.sum()
+    else:  # estimated costs (grid pricing): on the floors of the distinct lengths, each times its count
+        first, counts = distinct_lengths(inst.lengths)
+        rows = inst.distinct_lower_rows(first)
+        col = rows[:, cols[0]] if len(cols) == 1 else np.minimum(rows[:, cols[0]], rows[:, cols[1]])
+        longest, total = col.max(), counts @ col
+    return float(min(inst.overhead[c] for c in cols) + max(longest, total / len(reps)))
 
 
 def _lower_bound(inst: Instance, lat: LatencyModel, cfg: tuple[int, int, int], reps: list[bool],

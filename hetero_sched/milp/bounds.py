@@ -26,7 +26,7 @@ def _distinct_rows(inst: Instance) -> tuple[np.ndarray, np.ndarray]:
     """The cost rows of the distinct lengths and how many sequences each stands for (65,536 sequences
     at 128K have a third as many lengths)."""
     first, counts = distinct_lengths(inst.lengths)
-    return inst.lower_cost[first], counts
+    return inst.distinct_lower_rows(first), counts
 
 
 _DISTINCT: list = [None, None]  # [lengths array, (first, counts)]: the slices of one solve share their lengths
@@ -149,7 +149,7 @@ class _AreaNeed:
 
     def __init__(self, inst: Instance, estimate: bool = False) -> None:
         first, self.weight = distinct_lengths(inst.lengths)
-        cost = (inst.cost if estimate else inst.lower_cost)[first]
+        cost = inst.cost[first] if estimate else inst.distinct_lower_rows(first)
         self.work = inst.gpus[None, :] * cost                       # (m, C) gpus·cost
         self.finish = cost + inst.overhead[None, :]                 # (m, C) a group of one sequence
         self.over = np.broadcast_to(inst.overhead[None, :], cost.shape)

@@ -45,7 +45,8 @@ class Instance:
     total_gpus: int
     node_caps: list = None  # GPUs per node; default: one node holding every GPU
     pruned: int = 0       # configurations removed as dominated or useless
-    floor: np.ndarray | None = None  # (n, C) lower bounds of the true costs where cost is an estimate
+    floor: np.ndarray | None = None  # (distinct lengths, C), sorted: lower bounds of the true costs where cost
+    #                                   is an estimate (bounds read distinct lengths only; 75 MB less at 16,384 GPUs)
     pricer: object = None  # with floor: (config) -> that configuration's true cost column
     _exact: dict | None = None
     _rows: tuple | None = None
@@ -67,15 +68,13 @@ class Instance:
                         node_caps=self.node_caps, pruned=self.pruned + len(self.configs) - len(keep),
                         floor=None if self.floor is None else self.floor[:, keep], pricer=self.pricer)
 
-    @property
-    def lower_cost(self) -> np.ndarray:
-        """What bounds are computed on: the costs, or where they are estimates (grid pricing) their floors."""
-        return self.cost if self.floor is None else self.floor
-
     def distinct_lower_rows(self, first: np.ndarray) -> np.ndarray:
-        """lower_cost at the rows `first` (the distinct lengths' first occurrences), copied once per instance."""
+        """What bounds are computed on, one row per distinct length (`first`: each one's first sequence, in
+        increasing length): the costs (copied once per instance), or where they are estimates their floors."""
+        if self.floor is not None:
+            return self.floor
         if self._rows is None or self._rows[0] is not first:
-            self._rows = (first, self.lower_cost[first])
+            self._rows = (first, self.cost[first])
         return self._rows[1]
 
     def exact_cost(self, c: int) -> np.ndarray:
@@ -180,7 +179,7 @@ def build_instance(lengths, lat: LatencyModel, prune: bool = True,
                     cost=cost_u[inverse], total_gpus=lat.cluster.gpus, node_caps=caps_nodes,
                     pruned=_cp_degrees_not_priced(lat, caps_nodes, len(configs), degrees))
     if points is not None:
-        full.floor = np.hstack(floors)[inverse]
+        full.floor = np.hstack(floors)
         full.pricer = lambda cfg: _true_column(lat, uniq, cfg)[inverse]
     if not prune:
         return full
