@@ -167,8 +167,8 @@ def binary_search_cover(inst: Instance, lo: float, hi: float, deadline: float, r
     order = default_order(inst) if order is None else order
     best = None
     if guess is not None:  # then a little higher (GUESS_STEPS), before hi
-        for T in (guess * (1 + up) for up in GUESS_STEPS):
-            if not lo < T < hi or time.monotonic() >= deadline:
+        for T in (guess * (1 + up) for up in GUESS_STEPS):  # the guess itself even past the deadline
+            if not lo < T < hi or (T > guess and time.monotonic() >= deadline):
                 break
             best = cover(inst, T, order, rule)
             if best is not None:

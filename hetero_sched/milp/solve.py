@@ -18,7 +18,7 @@ from .backends import BACKENDS, BUILD_SHARE, BuildTimeout, build_seconds, run_ba
 from .bounds import LayoutBounds, area_bracket, distinct_lengths, overhead_area_bound, simple_bound
 from .formulation import build_milp, decode, decode_nodes, estimate_size, hint_values
 from .heuristic import heuristic_solution, makespan
-from .instance import Instance, _undominated, build_instance, check_lengths
+from .instance import Instance, _undominated, build_instance, check_lengths, grid_points
 from .layouts import (Family, anchored_delay_bound, delay_area_bound, forward_tables, net_forward_caps, step_bound,
                       tighten)
 from .lns import rebalance, swap_towards
@@ -45,11 +45,14 @@ QUICK_MAX_S = 5.0           # ... but a limit leaving more than this is never sh
 UNSTAGED_SHARE = 0.4        # of the time left, for the search without stages when stages are optional
 PIPELINE_SHARE = 0.2        # of the time left, for a search on estimated pipeline costs when stages are searched
 QUICK_SLACK = 0.006         # the first cover's T above the area relaxation's threshold estimate
-QUICK_GROUPS_PER_WARM = 3   # a heterogeneous plan has about this many times the warm start's groups (3.1x at
-                            # 256-4,096 GPUs), so building it takes about that many times longer ...
-COVER_PER_BUILD = 0.5       # ... and one cover this share of its building (33-38 us a group against 66-87)
+QUICK_GPUS_PER_GROUP = 3.5  # a short limit's plan has about one group per this many GPUs (17-19 groups on 64 GPUs,
+                            # 264-320 on 1,024, 711-1,057 on 4,096, 5,052 on 16,384) ...
+SEQ_PRICINGS_PER_GROUP = 200  # ... each costing about this many sequences' repricing (a cover ~35 us, building
+                              # ~70 us, a sequence repriced ~0.5 us here) ...
+SEQ_PRICINGS_PER_CELL = 0.12  # ... plus copying the slice, the area target, the order and the spare groups'
+                              # medians: ~60 ns per sequence x configuration
 QUICK_RESERVE_PLANS = 1     # ... a short limit's (its final plan is not priced again)
-QUICK_GRACE = 0.5           # of the allowance past a short limit (max(25 %, 0.05 s)) its first search may use
+QUICK_GRACE = 0.5           # of the allowance past a short limit (max(25 %, 0.05 s)) its searches may use
 GRID_MIN_DISTINCT = 6_000   # distinct lengths from which a limit under QUICK_MAX_S may price a grid of them
 
 
@@ -135,10 +138,11 @@ def solve(lengths, cluster: Cluster, lat: LatencyModel, *, backend: str = "cpsat
                 sl.start_beside(lat, best, deadline - reserve - time.monotonic())
             now = time.monotonic()
             share = _slice_share(sl, todo, lat, best, first, quick)
-            slice_deadline = now + ((first_end if first else deadline) - reserve - now) * share
+            end = first_end if quick else deadline
+            slice_deadline = now + (end - reserve - now) * share
             first_search, first = first, False
-            expected = per_group_s * QUICK_GROUPS_PER_WARM * len(warm.groups) * (1 + COVER_PER_BUILD)
-            if quick and sl.make is not None and now + expected > slice_deadline:  # nor time to build the slice
+            expected = _quick_search_seconds(sl, full, warm, repricing)
+            if quick and sl.make is not None and now + expected > end - reserve:  # nor time to build the slice
                 bounds[sl.min_tp] = sl.lower
                 notes[sl.min_tp] = f"{_unit(full)}>={sl.min_tp}: no time left for a first cover and its plan " \
                                    f"(~{1e3 * expected:.0f} ms here): warm start kept, simple bounds"
@@ -178,8 +182,8 @@ def solve(lengths, cluster: Cluster, lat: LatencyModel, *, backend: str = "cpsat
     spent = ", ".join(f"{k} {1e3 * v:.0f} ms" for k, v in clock.items())
     grid = "lengths priced on a grid (estimated costs, bounds on their floors), " if full.floor is not None else ""
     budget = (f" | short limit: {grid}simple bounds, layouts in order of an estimated step, first covers aimed "
-              f"at the area bound's T, no pattern LP or LNS, the first search may use half the allowance past the "
-              f"limit; {spent}") if quick else f" | time: {spent}"
+              f"at the area bound's T, no pattern LP or LNS, searches may use half the allowance past the limit; "
+              f"{spent}") if quick else f" | time: {spent}"
     if deterministic_limit is not None:
         budget = ""  # under a work limit the message, like the plan, is the same on every run
     s.message = f"objective {objective}; {rounding}plan from {who}; " + " | ".join(notes[t] for t in sorted(notes)) \
@@ -192,23 +196,41 @@ def _priced(lengths: np.ndarray, lat: LatencyModel, pp_degrees, limit_s: float) 
     many distinct lengths and a limit under QUICK_FACTOR grid pricings), a grid of the lengths is priced
     instead of all (build_instance's grid: estimated costs, their floors for the bounds): 1,024 GPUs x
     4,096 sequences priced in 31 ms instead of 42-56 ms, 16,384 x 65,536 in 0.16 s instead of 0.28-0.62 s."""
-    many = np.unique(lengths).size >= GRID_MIN_DISTINCT
-    if limit_s < QUICK_FLOOR_S or (many and limit_s < QUICK_MAX_S):
+    distinct = np.unique(lengths).size
+    if limit_s < QUICK_FLOOR_S or (distinct >= GRID_MIN_DISTINCT and limit_s < QUICK_MAX_S):
         started = time.monotonic()
         full = build_instance(lengths, lat, prune=False, pp_degrees=pp_degrees, grid=True)
-        if full.floor is None or limit_s < max(QUICK_FLOOR_S, QUICK_FACTOR * (time.monotonic() - started)):
+        if full.floor is None:
+            return full
+        # pricing every distinct length would take about as much more as there are more of them than grid
+        # points; the limit would then be short anyway (see solve's quick): keep the grid
+        exact_s = (time.monotonic() - started) * distinct / len(grid_points(np.unique(lengths)))
+        if limit_s < QUICK_FLOOR_S or limit_s - exact_s < min(max(QUICK_FACTOR * exact_s, QUICK_FLOOR_S), QUICK_MAX_S):
             return full
     return build_instance(lengths, lat, prune=False, pp_degrees=pp_degrees)
 
 
+def _quick_search_seconds(sl: Slice, full: Instance, warm: Plan, repricing: float) -> float:
+    """What a short limit's search of slice sl takes at least to return a plan (a first cover, its polish
+    and its building), in units of the warm start's repricing per sequence, measured on this machine: at
+    16,384 GPUs x 65,536 sequences 1.6 s, against ~55 ms at 1,024 x 4,096."""
+    per_sequence = repricing / max(full.n, 1)
+    groups = full.total_gpus / QUICK_GPUS_PER_GROUP
+    return per_sequence * (groups * SEQ_PRICINGS_PER_GROUP + full.n * sl.configs * SEQ_PRICINGS_PER_CELL)
+
+
 def _slice_share(sl: Slice, todo: list, lat: LatencyModel, best: float, first: bool, quick: bool) -> float:
-    """The share of the time left that slice sl gets. First (under the step objective, the makespan
-    search over every configuration): all of it on a short limit (as the makespan objective gives it),
-    else at least FIRST_SHARE, or its share of the configurations. Then each slice in proportion to what
-    it can still win over the best plan's step, best − its step bound (a slice whose bound is near the
-    best plan has little to search for)."""
+    """The share of the time left that slice sl gets. On a short limit, an equal share of what is left for
+    each slice still to search (the estimated step that orders them can be wrong: at 128 GPUs it ranked
+    TP2 before TP4, whose plan was 10 % faster; a first cover of each is worth more than restarts on one).
+    Otherwise first (under the step objective, the makespan search over every configuration) at least
+    FIRST_SHARE, or its share of the configurations, then each slice in proportion to what it can still
+    win over the best plan's step, best − its step bound (a slice whose bound is near the best plan has
+    little to search for)."""
+    if quick:  # (those whose step bound is below the best plan: the others will not be searched)
+        return 1.0 / (1 + sum(x.step_lower(lat) < best for x in todo))
     if first:
-        if not todo or quick:
+        if not todo:
             return 1.0
         weight = [x.configs for x in [sl] + todo]
         return max(FIRST_SHARE, weight[0] / max(sum(weight), 1))
