@@ -47,10 +47,10 @@ PIPELINE_SHARE = 0.2        # of the time left, for a search on estimated pipeli
 QUICK_SLACK = 0.006         # the first cover's T above the area relaxation's threshold estimate
 QUICK_GPUS_PER_GROUP = 3.5  # a short limit's plan has about one group per this many GPUs (17-19 groups on 64 GPUs,
                             # 264-320 on 1,024, 711-1,057 on 4,096, 5,052 on 16,384) ...
-SEQ_PRICINGS_PER_GROUP = 200  # ... each costing about this many sequences' repricing (a cover ~35 us, building
-                              # ~70 us, a sequence repriced ~0.5 us here) ...
+REPRICES_PER_GROUP = 4.5    # ... each costing about this many repricings of a group of the warm start (a cover
+                            # ~35 us, building ~70 us, a group repriced ~23 us here) ...
 SEQ_PRICINGS_PER_CELL = 0.12  # ... plus copying the slice, the area target, the order and the spare groups'
-                              # medians: ~60 ns per sequence x configuration
+                              # medians: ~60 ns per sequence x configuration, a sequence repriced ~0.5 us
 QUICK_RESERVE_PLANS = 1     # ... a short limit's (its final plan is not priced again)
 QUICK_GRACE = 0.5           # of the allowance past a short limit (max(25 %, 0.05 s)) its searches may use
 GRID_MIN_DISTINCT = 6_000   # distinct lengths from which a limit under QUICK_MAX_S may price a grid of them
@@ -87,13 +87,13 @@ def solve(lengths, cluster: Cluster, lat: LatencyModel, *, backend: str = "cpsat
     repricing = _pricing_seconds(warm, lat)
     reserve = repricing * RESERVE_PLANS  # placing and pricing the plans found, after the search
     per_group_s = repricing * BUILD_REPRICES / len(warm.groups)  # building a plan found, per group
-    # a short limit (little time left for what pricing took): simple bounds, one layout, a first cover aimed
+    # a short limit (little time left for what pricing took): simple bounds, first covers aimed (see README)
     left = deadline - time.monotonic()
     short = min(max(QUICK_FACTOR * clock["pricing"], QUICK_FLOOR_S), QUICK_MAX_S)
     quick = deterministic_limit is None and (left < short or full.floor is not None)
     if quick:  # the final plan is not priced again (Plan.refresh) and the heuristic keeps back its own building
         reserve = repricing * QUICK_RESERVE_PLANS
-    # a short limit's first search may run into the limit's allowance: without it no plan but the warm start
+    # a short limit's searches may run into half the limit's allowance: without it no plan but the warm start
     # comes back at 0.1 s on 1,024 GPUs (pricing, the warm start and one plan's building take about that)
     first_end = max(deadline, start + time_limit_s + QUICK_GRACE * max(0.25 * time_limit_s, 0.05)) if quick \
         else deadline
@@ -192,10 +192,11 @@ def solve(lengths, cluster: Cluster, lat: LatencyModel, *, backend: str = "cpsat
 
 
 def _priced(lengths: np.ndarray, lat: LatencyModel, pp_degrees, limit_s: float) -> Instance:
-    """The full instance. Where the limit will be short whatever pricing takes (under QUICK_FLOOR_S, or
-    many distinct lengths and a limit under QUICK_FACTOR grid pricings), a grid of the lengths is priced
-    instead of all (build_instance's grid: estimated costs, their floors for the bounds): 1,024 GPUs x
-    4,096 sequences priced in 31 ms instead of 42-56 ms, 16,384 x 65,536 in 0.16 s instead of 0.28-0.62 s."""
+    """The full instance. Where the limit will be short whatever pricing takes (under QUICK_FLOOR_S, or at
+    least GRID_MIN_DISTINCT distinct lengths whose full pricing would leave the limit short: see solve's
+    quick), a grid of the lengths is priced instead of all (build_instance's grid: estimated costs,
+    their floors for the bounds): 1,024 GPUs x 4,096 sequences priced in 31 ms instead of 42-56 ms,
+    16,384 x 65,536 in 0.13-0.45 s instead of 0.28-0.75 s."""
     distinct = np.unique(lengths).size
     if limit_s < QUICK_FLOOR_S or (distinct >= GRID_MIN_DISTINCT and limit_s < QUICK_MAX_S):
         started = time.monotonic()
@@ -212,11 +213,12 @@ def _priced(lengths: np.ndarray, lat: LatencyModel, pp_degrees, limit_s: float) 
 
 def _quick_search_seconds(sl: Slice, full: Instance, warm: Plan, repricing: float) -> float:
     """What a short limit's search of slice sl takes at least to return a plan (a first cover, its polish
-    and its building), in units of the warm start's repricing per sequence, measured on this machine: at
-    16,384 GPUs x 65,536 sequences 1.6 s, against ~55 ms at 1,024 x 4,096."""
-    per_sequence = repricing / max(full.n, 1)
+    and its building), from what repricing the warm start took, per group and per sequence (its groups
+    may be few and large: 26 groups on 4,096 GPUs for a 1M-token batch): at 16,384 GPUs x 65,536
+    sequences ~1.6 s, against ~55 ms at 1,024 x 4,096."""
     groups = full.total_gpus / QUICK_GPUS_PER_GROUP
-    return per_sequence * (groups * SEQ_PRICINGS_PER_GROUP + full.n * sl.configs * SEQ_PRICINGS_PER_CELL)
+    cells = full.n * sl.configs * SEQ_PRICINGS_PER_CELL * repricing / max(full.n, 1)
+    return groups * REPRICES_PER_GROUP * repricing / max(len(warm.groups), 1) + cells
 
 
 def _slice_share(sl: Slice, todo: list, lat: LatencyModel, best: float, first: bool, quick: bool) -> float:
