@@ -53,7 +53,7 @@ def _add_cluster(p: argparse.ArgumentParser) -> None:
 
 def _add_solver(p: argparse.ArgumentParser) -> None:
     p.add_argument("--backend", default="cpsat", help=f"{', '.join(BACKENDS)} or none (heuristic only)")
-    p.add_argument("--time-limit", type=float, default=10.0, help="seconds, model building included")
+    p.add_argument("--time-limit", type=float, default=10.0, help="seconds, model building included (default 10)")
     p.add_argument("--threads", type=int, default=2,
                    help="solver threads (default 2; 2 or more also lets the step bound run an LP in a worker process)")
     p.add_argument("--seed", type=int, default=0, help="the solver's random seed")

@@ -189,15 +189,19 @@ def build_instance(lengths, lat: LatencyModel, prune: bool = True,
     return full.subset(_undominated(full.gpus, full.overhead, cost_u, full.configs))
 
 
-GRID_RATIO = 1.01   # grid pricing: at least one priced length in every 1 % of lengths (points ≤ 2 % apart)
-GRID_SAVING = 3     # ... used only where it prices at most a third of the distinct lengths
+GRID_RATIO = 1.02   # grid pricing: buckets of lengths 2 % wide (log scale), each priced at its least and largest
+GRID_SAVING = 3     # ... used only where that prices at most a third of the distinct lengths
 
 
 def grid_points(uniq: np.ndarray) -> np.ndarray | None:
-    """Indices into the sorted distinct lengths of the grid priced instead of all of them: the least length
-    in each GRID_RATIO bucket (log scale) and the longest; None when that saves too little."""
+    """Indices into the sorted distinct lengths of the grid priced instead of all of them: the least and
+    the largest length of each GRID_RATIO bucket (log scale), so every length lies between two grid
+    lengths at most 2 % apart (a bucket's own, or the largest of one and the least of the next when it
+    is itself one of them); None when that saves too little."""
     bucket = np.floor(np.log(uniq / uniq[0]) / np.log(GRID_RATIO)).astype(np.int64)
-    points = np.union1d(np.flatnonzero(np.r_[True, bucket[1:] != bucket[:-1]]), [len(uniq) - 1])
+    starts = np.r_[True, bucket[1:] != bucket[:-1]]
+    ends = np.r_[bucket[1:] != bucket[:-1], True]
+    points = np.flatnonzero(starts | ends)
     return points if GRID_SAVING * len(points) <= len(uniq) else None
 
 
@@ -208,7 +212,9 @@ def grid_costs(uniq: np.ndarray, points: np.ndarray, lat: LatencyModel, tp: int,
     lengths around (both smooth in the length: the attention's quadratic term moves them by ~(2 %)²/8 of
     a cost between points 2 % apart), the recompute charged at the length's own k (a step in the length,
     computed exactly). Floor: the cost of the grid length at or below (costs never fall as a sequence
-    grows: every kernel time, ring transfer and k is nondecreasing in its tokens), a valid lower bound."""
+    grows: every kernel time, ring transfer and k is nondecreasing in its tokens), a valid lower bound.
+    A length between two buckets' grid lengths (which may be far apart: empty buckets between) is itself
+    a grid length, so interpolation spans at most one bucket."""
     G = uniq[points]
     fwd, rec_all, bwd, k_grid = lat.cost_parts_table(G, tp, cps, cross, pp)
     full = lat.recompute == "full"

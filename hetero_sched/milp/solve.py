@@ -50,7 +50,7 @@ QUICK_GPUS_PER_GROUP = 3.5  # a short limit's plan has about one group per this 
 REPRICES_PER_GROUP = 4.5    # ... each costing about this many repricings of a group of the warm start (a cover
                             # ~35 us, building ~70 us, a group repriced ~23 us here) ...
 SEQ_PRICINGS_PER_CELL = 0.12  # ... plus copying the slice, the area target, the order and the spare groups'
-                              # medians: ~60 ns per sequence x configuration, a sequence repriced ~0.5 us
+                              # medians: ~60 ns per sequence x configuration, against ~0.5 us a sequence repriced
 QUICK_RESERVE_PLANS = 1     # ... a short limit's (its final plan is not priced again)
 QUICK_GRACE = 0.5           # of the allowance past a short limit (max(25 %, 0.05 s)) its searches may use
 GRID_MIN_DISTINCT = 6_000   # distinct lengths from which a limit under QUICK_MAX_S may price a grid of them
@@ -181,9 +181,10 @@ def solve(lengths, cluster: Cluster, lat: LatencyModel, *, backend: str = "cpsat
     clock["placing and pricing the plans"] = s.wall_s - sum(clock.values())
     spent = ", ".join(f"{k} {1e3 * v:.0f} ms" for k, v in clock.items())
     grid = "lengths priced on a grid (estimated costs, bounds on their floors), " if full.floor is not None else ""
-    budget = (f" | short limit: {grid}simple bounds, layouts in order of an estimated step, first covers aimed "
-              f"at the area bound's T, no pattern LP or LNS, searches may use half the allowance past the limit; "
-              f"{spent}") if quick else f" | time: {spent}"
+    order = "layouts in order of an estimated step, " if objective == "step" else ""
+    budget = (f" | short limit: {grid}simple bounds, {order}first covers aimed at the area bound's T, no pattern "
+              f"LP or LNS, searches may use half the allowance past the limit; {spent}") if quick \
+        else f" | time: {spent}"
     if deterministic_limit is not None:
         budget = ""  # under a work limit the message, like the plan, is the same on every run
     s.message = f"objective {objective}; {rounding}plan from {who}; " + " | ".join(notes[t] for t in sorted(notes)) \
@@ -203,8 +204,8 @@ def _priced(lengths: np.ndarray, lat: LatencyModel, pp_degrees, limit_s: float) 
         full = build_instance(lengths, lat, prune=False, pp_degrees=pp_degrees, grid=True)
         if full.floor is None:
             return full
-        # pricing every distinct length would take about as much more as there are more of them than grid
-        # points; the limit would then be short anyway (see solve's quick): keep the grid
+        # pricing every distinct length would take about this grid's time times how many more lengths there
+        # are than grid points; were the limit short even then (see solve's quick), keep the grid
         exact_s = (time.monotonic() - started) * distinct / len(grid_points(np.unique(lengths)))
         if limit_s < QUICK_FLOOR_S or limit_s - exact_s < min(max(QUICK_FACTOR * exact_s, QUICK_FLOOR_S), QUICK_MAX_S):
             return full
@@ -213,12 +214,12 @@ def _priced(lengths: np.ndarray, lat: LatencyModel, pp_degrees, limit_s: float) 
 
 def _quick_search_seconds(sl: Slice, full: Instance, warm: Plan, repricing: float) -> float:
     """What a short limit's search of slice sl takes at least to return a plan (a first cover, its polish
-    and its building), from what repricing the warm start took, per group and per sequence (its groups
-    may be few and large: 26 groups on 4,096 GPUs for a 1M-token batch): at 16,384 GPUs x 65,536
-    sequences ~1.6 s, against ~55 ms at 1,024 x 4,096."""
+    and its building), from what repricing the warm start took: per group of the plan to come (in
+    repricings of one of the warm start's groups, which may be few and large: 26 on 4,096 GPUs for a
+    1M-token batch) and per configuration of the slice (a column as long as the batch, in repricings of
+    the whole batch). At 16,384 GPUs x 65,536 sequences ~1.6 s, against ~55 ms at 1,024 x 4,096."""
     groups = full.total_gpus / QUICK_GPUS_PER_GROUP
-    cells = full.n * sl.configs * SEQ_PRICINGS_PER_CELL * repricing / max(full.n, 1)
-    return groups * REPRICES_PER_GROUP * repricing / max(len(warm.groups), 1) + cells
+    return repricing * (groups * REPRICES_PER_GROUP / max(len(warm.groups), 1) + sl.configs * SEQ_PRICINGS_PER_CELL)
 
 
 def _slice_share(sl: Slice, todo: list, lat: LatencyModel, best: float, first: bool, quick: bool) -> float:
@@ -506,9 +507,9 @@ def _search(sl: Slice, full: Instance, lat, deadline: float, backend, threads, s
         bound = max(bound, b)
         if sol is not None:
             found.append((backend, sol))
+            note += f"; {backend} status: {status}"
         else:
             note += f"; {backend} returned no incumbent ({status}): best known plan kept"
-        note += f"; {backend} status: {status}"
     else:
         note += "; no time left for the MIP"
     plans = [(who, heur_plan if entry is heur and heur_plan is not None else _to_plan(inst, *entry, lat))
