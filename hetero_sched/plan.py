@@ -274,7 +274,7 @@ class Plan:
         mb_fwd = np.bincount(mb_of, weights=fwd[flat], minlength=len(sizes))
         tokens = np.bincount(mb_of, weights=lengths[flat], minlength=len(sizes)).astype(np.int64)
         ks = np.fromiter((k for g in groups for k in g.recompute_layers), dtype=np.int64, count=len(sizes))
-        parts = np.array([lat.overhead_parts(*key) for key in keys]).reshape(len(keys), 3)
+        parts = np.array([lat.overhead_parts(*key) for key in keys])  # (groups, 3)
         overhead = parts[:, 0] + parts[:, 1] + parts[:, 2]
         o_fwd_mb, overhead_mb = np.repeat(parts[:, 0], counts), np.repeat(overhead, counts)
         firsts = np.r_[0, np.cumsum(counts)[:-1]]
@@ -324,11 +324,11 @@ class Plan:
         """Recompute every figure from the step model (never from a solver's objective)."""
         self._price(lat, self._micro_batch_stats(lat))
 
-    def refresh(self, lat: LatencyModel, groups_unchanged: bool = False) -> None:
-        """reprice; groups_unchanged=True (the caller only set solver or baseline since this plan was built
-        or priced by `lat`): the makespan, sync, step and solver figures from that pricing's per-micro-batch
-        figures, without pricing every sequence again (a fifth of a 0.1 s limit at 1,024 GPUs)."""
-        if groups_unchanged and self.priced_with is not None and self.priced_with[0] is lat:
+    def refresh(self, lat: LatencyModel) -> None:
+        """reprice a plan whose groups did not change since `lat` built or priced it (its solver or baseline
+        may have): the makespan, sync, step and solver figures from that pricing's per-micro-batch figures,
+        without pricing every sequence again (a fifth of a 0.1 s limit at 1,024 GPUs); else reprice."""
+        if self.priced_with is not None and self.priced_with[0] is lat:
             self._price(lat, self.priced_with[1])
         else:
             self.reprice(lat)

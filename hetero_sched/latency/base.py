@@ -194,7 +194,10 @@ class LatencyModel(ABC):
         """seq_latency_ms of every length (rows) on TP tp and each CP degree of cps (columns): across
         nodes when cross_node is True, inside one when False, and when None as compactly as possible
         (crossing only when tp·cp·pp > gpus_per_node)."""
-        fwd, rec_all, bwd, k = self.cost_parts_table(lengths, tp, cps, cross_node, pp)
+        return self.cost_of_parts(*self.cost_parts_table(lengths, tp, cps, cross_node, pp))
+
+    def cost_of_parts(self, fwd, rec_all, bwd, k):
+        """A sequence's cost from cost_parts_table's parts: forward + its k of every layer's recompute + backward."""
         if self.recompute == "full":
             return fwd + rec_all + bwd
         return fwd + rec_all * (k / self.model.layers) + bwd

@@ -217,9 +217,7 @@ def grid_costs(uniq: np.ndarray, points: np.ndarray, lat: LatencyModel, tp: int,
     a grid length, so interpolation spans at most one bucket."""
     G = uniq[points]
     fwd, rec_all, bwd, k_grid = lat.cost_parts_table(G, tp, cps, cross, pp)
-    full = lat.recompute == "full"
-    layers = lat.model.layers
-    grid_cost = fwd + rec_all + bwd if full else fwd + rec_all * (k_grid / layers) + bwd
+    grid_cost = lat.cost_of_parts(fwd, rec_all, bwd, k_grid)  # the true costs of the grid lengths
     below = np.searchsorted(G, uniq, side="right") - 1           # the grid length ≤ each length
     above = np.minimum(below + 1, len(G) - 1)
     span = np.maximum(G[above] - G[below], 1)
@@ -227,8 +225,8 @@ def grid_costs(uniq: np.ndarray, points: np.ndarray, lat: LatencyModel, tp: int,
     fixed = fwd + bwd
     estimate = (1 - w) * fixed[below] + w * fixed[above]
     rec = (1 - w) * rec_all[below] + w * rec_all[above]
-    k = layers if full else lat.recompute_layers_array(uniq[:, None], tp, cps[None, :].astype(np.int64), pp)
-    estimate = estimate + rec * (np.asarray(k) / layers)
+    k = lat.recompute_layers_array(uniq[:, None], tp, cps[None, :].astype(np.int64), pp)
+    estimate = lat.cost_of_parts(estimate, rec, 0.0, k)
     exact = np.zeros(len(uniq), dtype=bool)
     exact[points] = True
     return np.where(exact[:, None], grid_cost[below], estimate), grid_cost[below]

@@ -141,12 +141,13 @@ def solve(lengths, cluster: Cluster, lat: LatencyModel, *, backend: str = "cpsat
             end = first_end if quick else deadline
             slice_deadline = now + (end - reserve - now) * share
             first_search, first = first, False
-            expected = _quick_search_seconds(sl, full, warm, repricing)
-            if quick and sl.make is not None and now + expected > end - reserve:  # nor time to build the slice
-                bounds[sl.min_tp] = sl.lower
-                notes[sl.min_tp] = f"{_unit(full)}>={sl.min_tp}: no time left for a first cover and its plan " \
-                                   f"(~{1e3 * expected:.0f} ms here): warm start kept, simple bounds"
-                continue
+            if quick and sl.make is not None:  # no time for a cover and its plan: not even the slice is built
+                expected = _quick_search_seconds(sl, full, warm, repricing)
+                if now + expected > end - reserve:
+                    bounds[sl.min_tp] = sl.lower
+                    notes[sl.min_tp] = f"{_unit(full)}>={sl.min_tp}: no time left for a first cover and its plan " \
+                                       f"(~{1e3 * expected:.0f} ms here): warm start kept, simple bounds"
+                    continue
             if first_search or time.monotonic() < deadline - reserve:
                 sl.build(full, warm)  # (a short limit's later slices: only when time is left to search them)
             found, bounds[sl.min_tp], notes[sl.min_tp], search = _search(
@@ -173,7 +174,7 @@ def solve(lengths, cluster: Cluster, lat: LatencyModel, *, backend: str = "cpsat
                               seed=seed, objective=objective, makespan_bound_ms=bounds[tps[0]],
                               step_bound_ms=max(_step_bound(lat, bounds, tps, families, objective, round_lengths),
                                                 0.0 if round_lengths else bounds[tps[0]]))
-    plan.refresh(lat, groups_unchanged=True)  # every candidate was built (or the warm start repriced) by lat
+    plan.refresh(lat)  # every candidate was built (or the warm start repriced) by lat; only solver and baseline set
     s = plan.solver
     s.status = "optimal" if s.gap <= OPTIMAL_GAP else ("baseline" if who == "warm start" else "feasible")
     rounding = f"lengths priced rounded up to {round_lengths}; " if round_lengths else ""
@@ -198,15 +199,15 @@ def _priced(lengths: np.ndarray, lat: LatencyModel, pp_degrees, limit_s: float) 
     quick), a grid of the lengths is priced instead of all (build_instance's grid: estimated costs,
     their floors for the bounds): 1,024 GPUs x 4,096 sequences priced in 31 ms instead of 42-56 ms,
     16,384 x 65,536 in 0.13-0.45 s instead of 0.28-0.75 s."""
-    distinct = np.unique(lengths).size
-    if limit_s < QUICK_FLOOR_S or (distinct >= GRID_MIN_DISTINCT and limit_s < QUICK_MAX_S):
+    uniq = np.unique(lengths)
+    if limit_s < QUICK_FLOOR_S or (uniq.size >= GRID_MIN_DISTINCT and limit_s < QUICK_MAX_S):
         started = time.monotonic()
         full = build_instance(lengths, lat, prune=False, pp_degrees=pp_degrees, grid=True)
         if full.floor is None:
             return full
         # pricing every distinct length would take about this grid's time times how many more lengths there
         # are than grid points; were the limit short even then (see solve's quick), keep the grid
-        exact_s = (time.monotonic() - started) * distinct / len(grid_points(np.unique(lengths)))
+        exact_s = (time.monotonic() - started) * uniq.size / len(grid_points(uniq))
         if limit_s < QUICK_FLOOR_S or limit_s - exact_s < min(max(QUICK_FACTOR * exact_s, QUICK_FLOOR_S), QUICK_MAX_S):
             return full
     return build_instance(lengths, lat, prune=False, pp_degrees=pp_degrees)

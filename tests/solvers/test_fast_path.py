@@ -162,7 +162,7 @@ def test_refresh_reuses_the_last_pricing_and_pickles_without_it(llama3):
     lat = hs.latency_model(llama3, hs.Cluster(gpus=16))
     plan = hs.solve(synthetic("lognormal:n=40,context=65536,seed=3"), lat.cluster, lat, time_limit_s=1.0)
     figures = (plan.makespan_ms, plan.sync_ms, plan.step_ms, plan.solver.gap)
-    plan.refresh(lat, groups_unchanged=True)
+    plan.refresh(lat)
     assert (plan.makespan_ms, plan.sync_ms, plan.step_ms, plan.solver.gap) == figures
     plan.reprice(lat)
     assert (plan.makespan_ms, plan.sync_ms, plan.step_ms, plan.solver.gap) == figures
