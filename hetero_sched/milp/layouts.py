@@ -98,14 +98,21 @@ class Family:
         return f"TP{self.t} {'mixed' if self.mixed else 'only'}"
 
 
-LEVEL_STRIDE = 4  # recompute levels priced together in net_forward_caps (a valid cap for every level in between)
+LEVELS_MAX = 33  # recompute levels priced in net_forward_caps, at most (stride 1 up to 32 layers: exact)
+
+
+def _level_stride(layers: int) -> int:
+    """Levels k are priced in strides (the stride's lowest k for the extra, its highest for the room: a cap
+    for every k in between); stride 1 is exact, and a stride of 4 left the cap of 1-GPU groups at 297 ms
+    where no micro-batch without a long sequence reaches 221 ms (64 GPUs, llama3-8b)."""
+    return max(1, -(-layers // (LEVELS_MAX - 1)))
 
 
 def forward_tables(lengths, configs, lat) -> tuple | None:
     """(distinct lengths, their counts, per configuration (forward, recompute of every layer, own class)
     of each distinct length); None without the overlap, or when it would exceed FORWARD_CAP_CELLS·20."""
     uniq, counts = np.unique(np.asarray(lengths, dtype=np.int64), return_counts=True)
-    levels = lat.model.layers // LEVEL_STRIDE + 1
+    levels = lat.model.layers // _level_stride(lat.model.layers) + 1
     if not lat.overlap_param_gather or uniq.size * len(configs) * levels > 20 * FORWARD_CAP_CELLS:
         return None
     parts = []
@@ -115,90 +122,139 @@ def forward_tables(lengths, configs, lat) -> tuple | None:
     return uniq, counts, parts
 
 
-def net_forward_caps(tables, configs, lat, left_out=None) -> np.ndarray:
+def net_forward_caps(tables, configs, lat, keep=None) -> np.ndarray:
     """For each configuration, a cap on what a group's first micro-batch can hide of the overlapped
     parameter all-gather: its forward minus the extra recompute it pays for being large. A micro-batch
     recomputing k layers holds ≤ tokens_cap(k) tokens, and each of its sequences pays (k − k_i)/layers
     of its own recompute beyond its own class k_i; forward minus that extra, summed, is at most a
-    fractional knapsack (values fwd_i − extra_i, weights L_i) — taken over levels k in strides (the
-    stride's lowest k for the extra, its highest for the capacity: a cap for every k in it), plus the
-    overhead's forward part. The delay the all-gather imposes falls with this net forward, and the extra
-    recompute is added to a group's time (see delay_area_bound), so a group waits at least
-    delay(net cap) beyond its own-class time. left_out[j]: distinct lengths a group of configuration j
-    is known not to hold (see anchored_delay_bound)."""
+    fractional knapsack (values fwd_i − extra_i, weights L_i) — taken over levels k (in strides: the
+    stride's lowest k for the extra, its highest for the room), plus the overhead's forward part. The delay
+    the all-gather imposes falls with this net forward, and the extra recompute is added to a group's time
+    (see delay_area_bound), so a group waits at least delay(net cap) beyond its own-class time.
+    keep[j]: (R, distinct lengths) — R caps of configuration j, each over the lengths its row keeps
+    (see tiered_delay_bound); returns (C,) without keep, (R, C) with it."""
     uniq, counts, parts = tables
     layers = lat.model.layers
-    lows = np.arange(0, layers + 1, LEVEL_STRIDE)
-    highs = np.minimum(lows + LEVEL_STRIDE - 1, layers)
-    caps = np.empty(len(configs))
+    lows = np.arange(0, layers + 1, _level_stride(layers))
+    highs = np.minimum(np.r_[lows[1:] - 1, layers], layers)
+    rows = 1 if keep is None else keep[0].shape[0]
+    caps = np.empty((rows, len(configs)))
     for j, ((tp, cp, cross, _), (fwd, rec_all, own)) in enumerate(zip(configs, parts)):
         rooms = np.array([lat.tokens_cap(tp, cp, int(hi)) for hi in highs], dtype=float)
         # a sequence of a higher class than the level's top cannot sit in such a micro-batch
         held = (own[None, :] <= highs[:, None])
-        if left_out is not None:
-            held &= ~left_out[j][None, :]
         value = np.where(held, fwd[None, :] - np.maximum(lows[:, None] - own[None, :], 0) / layers * rec_all[None, :],
                          0.0)
-        caps[j] = lat.overhead_parts(tp, cp, cross)[0] + float(_fractional_knapsacks(value, uniq, counts, rooms).max())
-    return caps
+        kept = np.ones((1, uniq.size), dtype=bool) if keep is None else keep[j]
+        best = _fractional_knapsacks(value, uniq, counts, rooms, kept).max(axis=1)
+        caps[:, j] = lat.overhead_parts(tp, cp, cross)[0] + best
+    return caps[0] if keep is None else caps
 
 
-ANCHOR_SHARE = 0.5  # a sequence whose forward alone hides this share of the all-gather is an anchor
+WAIT_TIERS = 20  # forward thresholds (multiples of 1/WAIT_TIERS of the all-gather) that rank a group's largest sequence
+LAMBDA_SCALES = (1.0, 0.75, 0.5, 0.25)  # Lagrangian multipliers tried (shares of what an anchor saves)
 
 
-def anchored_delay_bound(inst, tables, cols, caps, lat, t_layout: int, lower: float, upper: float) -> float:
-    """delay_area_bound counting anchors: a group holding no anchor (a sequence whose forward alone reaches
-    ANCHOR_SHARE of the layout's all-gather on its configuration) waits at least the delay of the net cap
-    without anchors (Ws); one holding an anchor, the delay of the full cap (Wb); each anchor sits in one
-    group. In the area argument a group of type τ needs Σ gpus·cost/(T − o − W_τ) GPUs, and an anchored
-    group needs 1 ≤ its anchors, so for any λ_c ≥ 0 adding λ_c·(Σ cost/(T − o − Wb) − anchors) ≤ 0 keeps
-    it valid; per sequence the least of (small: gpus·cost/(T − o − Ws), not for anchors) and (anchored:
-    (gpus + λ)·cost/(T − o − Wb) − λ·anchor) summed over the batch must fit N GPUs. λ_c = gpus·(Ws −
-    Wb)/(T − o − Ws): one anchor then buys its group the wait it saves. Bisection keeps only T proven
-    infeasible, so the result is a bound whatever λ does to monotonicity."""
+def wait_tiers(tables, cols, configs, lat, allgather: float, memo: dict | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(tier of each distinct length on each configuration (U, C): how many of the thresholds
+    θ_r = r/WAIT_TIERS·allgather, r = 1…WAIT_TIERS, its forward reaches; the least wait of a group of each
+    tier on each configuration (R, C), R = WAIT_TIERS + 1): a group whose sequences are all of tier ≤ r
+    starts with a micro-batch whose net forward is at most the cap over those sequences alone, so it waits
+    at least its delay. The last row (every sequence) is the plain cap's wait. memo: columns already
+    computed for this all-gather, by configuration index (the pure family's are the mixed one's)."""
     uniq, counts, parts = tables
-    _, _, allgather = lat.sync_parts([t_layout])
+    memo = {} if memo is None else memo
     fwd = np.stack([parts[c][0] for c in cols], axis=1)  # (U, C)
-    anchor = fwd >= ANCHOR_SHARE * allgather
-    small = net_forward_caps((uniq, counts, [parts[c] for c in cols]), inst.configs, lat, left_out=list(anchor.T))
-    w_big = lat.least_gather_delays(allgather, caps)
-    w_small = np.maximum(lat.least_gather_delays(allgather, small), w_big)
+    theta = np.arange(1, WAIT_TIERS + 1) / WAIT_TIERS * allgather
+    tier = np.searchsorted(theta, fwd, side="right")  # thresholds at or below each forward
+    for j, c in enumerate(cols):
+        if c not in memo:
+            memo[c] = _tier_waits(tables, c, configs[j], tier[:, j], lat, allgather)
+    waits = np.stack([memo[c] for c in cols], axis=1)
+    return tier, np.maximum.accumulate(waits[::-1], axis=0)[::-1]  # a lower tier never waits less
+
+
+def _tier_waits(tables, c: int, config: tuple, tier: np.ndarray, lat, allgather: float) -> np.ndarray:
+    """One configuration's least wait per tier (see wait_tiers): the caps of the tiers its lengths reach
+    (the others keep the same lengths as the tier below them, or none)."""
+    uniq, counts, parts = tables
+    present = np.unique(tier)
+    keep = tier[None, :] <= present[:, None]
+    caps = net_forward_caps((uniq, counts, [parts[c]]), [config], lat, keep=[keep])[:, 0]
+    empty = lat.overhead_parts(*config[:3])[0]
+    row = np.searchsorted(present, np.arange(WAIT_TIERS + 1), side="right") - 1  # the largest present tier ≤ r
+    return lat.least_gather_delays(allgather, np.where(row >= 0, caps[np.maximum(row, 0)], empty))
+
+
+def tiered_delay_bound(inst, tables, cols, lat, t_layout: int, lower: float, upper: float,
+                       memo: dict | None = None) -> float:
+    """delay_area_bound with groups ranked by their largest sequence (wait_tiers): a group of tier r holds
+    only sequences of tier ≤ r, so it waits W_r; unless r = 0 it holds one of tier r at least (its anchor).
+    In the area argument a group of configuration c and tier r needs gpus·Σ cost/(T − o − W_r) ≤ gpus
+    GPUs, and 1 ≤ its anchors, so for any λ ≥ 0 adding λ·(Σ cost/(T − o − W_r) − anchors) ≤ 0 keeps it
+    valid: each sequence pays the least over configurations and tiers at or above its own of
+    (gpus + λ)·cost/(T − o − W_r) − λ·[its tier is r], and the sum over the batch must fit N GPUs. λ =
+    s·gpus·(W_0 − W_r)/(T − o − W_0): at s = 1 an anchor buys its group what it saves against a group of
+    tier 0; T is infeasible when any s in LAMBDA_SCALES proves it. Bisection keeps only T proven
+    infeasible, so the result is a bound whatever λ does to monotonicity."""
+    uniq, counts, _ = tables
+    _, _, allgather = lat.sync_parts([t_layout])
+    tier, waits = wait_tiers(tables, cols, inst.configs, lat, allgather, memo)
     cost = inst.cost[np.unique(inst.lengths, return_index=True)[1]]  # (U, C): one row per distinct length
     gpus, over = inst.gpus.astype(float), inst.overhead
+    ranks = np.arange(waits.shape[0])[:, None, None]
+    admissible = tier[None, :, :] <= ranks  # (R, U, C)
+    anchors = tier[None, :, :] == ranks
+    anchors[0] = False  # a group of tier 0 needs none
 
-    def infeasible(T: float) -> bool:
-        cap_s, cap_b = T - over - w_small, T - over - w_big
+    def infeasible(T: float, scale: float) -> bool:
+        caps = T - over[None, :] - waits  # (R, C)
         with np.errstate(divide="ignore", invalid="ignore"):
-            lam = np.where(cap_s > 0, gpus * (w_small - w_big) / cap_s, 0.0)
-            a_s = np.where(~anchor & (cost <= cap_s) & (cap_s > 0), gpus * cost / cap_s, np.inf)
-            a_b = np.where((cost <= cap_b) & (cap_b > 0), (gpus + lam) * cost / cap_b - lam * anchor, np.inf)
-        need = np.minimum(a_s, a_b).min(axis=1)
+            lam = np.where(caps[0] > 0, scale * gpus * (waits[0] - waits) / caps[0], 0.0)  # (R, C)
+            pay = np.where(admissible & (cost[None] <= caps[:, None, :]) & (caps[:, None, :] > 0),
+                           ((gpus + lam) / caps)[:, None, :] * cost[None] - lam[:, None, :] * anchors, np.inf)
+        need = pay.min(axis=(0, 2))
         return bool(np.isinf(need).any() or float((counts * need).sum()) > inst.total_gpus * (1 + 1e-9))
 
+    scales = list(LAMBDA_SCALES)
+
+    def proven(T: float) -> bool:
+        for s in scales:
+            if infeasible(T, s):
+                scales.remove(s)
+                scales.insert(0, s)  # the scale that proved last is tried first
+                return True
+        return False
+
     lo, hi = lower, max(upper, lower)
-    if infeasible(hi):
+    if proven(hi):
         return hi
     for _ in range(40):
-        if hi - lo <= 1e-7 * hi:
+        if hi - lo <= 1e-5 * hi:
             break
         mid = (lo + hi) / 2
-        if infeasible(mid):
+        if proven(mid):
             lo = mid
         else:
             hi = mid
     return lo
 
 
-def _fractional_knapsacks(value: np.ndarray, weight: np.ndarray, counts: np.ndarray, rooms: np.ndarray) -> np.ndarray:
-    """Per row of value (one knapsack each, room rooms[r]): the most value its room holds of these items
-    (each counts[j] times, weight[j] tokens each), fractions allowed: best value per token first."""
+def _fractional_knapsacks(value: np.ndarray, weight: np.ndarray, counts: np.ndarray, rooms: np.ndarray,
+                          kept: np.ndarray) -> np.ndarray:
+    """Per row of kept (R) and of value (one knapsack each, room rooms[l]): the most value its room holds of
+    the items that row keeps (each counts[u] times, weight[u] tokens each), fractions allowed: best value
+    per token first. Returns (R, levels). Each level is sorted once; a row's left-out items weigh nothing."""
     value = np.maximum(value, 0.0)
-    order = np.argsort(-value / weight[None, :], axis=1, kind="stable")
-    w = (weight * counts)[order].astype(float)  # whole items' tokens, in each row's order
+    order = np.argsort(-value / weight[None, :], axis=1, kind="stable")  # (levels, U)
+    w = (weight * counts)[order].astype(float)  # whole items' tokens, in each level's order
     v = np.take_along_axis(value, order, axis=1) * counts[order]
-    before = np.cumsum(w, axis=1) - w  # tokens taken before each item
-    share = np.clip((rooms[:, None] - before) / w, 0.0, 1.0)  # the fraction of each item that fits
-    return (share * v).sum(axis=1)
+    k = kept[:, order]  # (R, levels, U)
+    wk = np.where(k, w[None], 0.0)
+    before = np.cumsum(wk, axis=2) - wk  # tokens taken before each item
+    with np.errstate(divide="ignore", invalid="ignore"):
+        share = np.where(k, np.clip((rooms[None, :, None] - before) / w[None], 0.0, 1.0), 0.0)
+    return (share * v[None]).sum(axis=2)
 
 
 def delay_area_bound(inst, caps: np.ndarray, lat, t_layout: int, upper: float) -> float:

@@ -19,7 +19,7 @@ from .bounds import LayoutBounds, area_bracket, distinct_lengths, overhead_area_
 from .formulation import build_milp, decode, decode_nodes, estimate_size, hint_values
 from .heuristic import heuristic_solution, makespan
 from .instance import Instance, _undominated, build_instance, check_lengths, grid_points
-from .layouts import (Family, anchored_delay_bound, delay_area_bound, forward_tables, net_forward_caps, step_bound,
+from .layouts import (Family, delay_area_bound, forward_tables, net_forward_caps, step_bound, tiered_delay_bound,
                       tighten)
 from .lns import rebalance, swap_towards
 from .patterns import PatternBound, worth_trying
@@ -399,23 +399,27 @@ def _slice(full: Instance, warm: Plan, min_tp: int, quick: LayoutBounds | None =
 
 def _cap_first_forwards(slices: list, full: Instance, lat: LatencyModel, upper: float) -> None:
     """Each family's bounds from the overlapped all-gather (layouts.net_forward_caps): the cap on what its
-    slowest group's first micro-batch hides, and the area bound with every group's least wait, anchors
-    counted; over every configuration its plans may use (dominated ones included: their waits differ)."""
+    slowest group's first micro-batch hides, and the area bound with every group's least wait, groups
+    ranked by their largest sequence (layouts.tiered_delay_bound); over every configuration its plans may
+    use (dominated ones included: their waits differ). A family whose step bound already reaches `upper`
+    (the warm start's step) is left as it is."""
     tables = forward_tables(full.lengths, full.configs, lat)
     if tables is None:
         return
     caps = net_forward_caps(tables, full.configs, lat)
     for sl in slices:
+        memo = {}  # one layout's tier waits per configuration: its two families share them
         for fam in sl.families:
             cols = np.array([c for c, cfg in enumerate(full.configs)
                              if (cfg[0] >= fam.t if fam.mixed else cfg[0] == fam.t)], dtype=int)
-            if cols.size:
-                sub = full.subset(cols)
-                fam.forward_cap = float(caps[cols].max())
-                fam.delayed = delay_area_bound(sub, caps[cols], lat, fam.t, 1e12)
-                if math.isfinite(fam.delayed):
-                    fam.delayed = max(fam.delayed, anchored_delay_bound(sub, tables, cols, caps[cols], lat, fam.t,
-                                                                        fam.delayed, upper))
+            if not cols.size or fam.step(lat) >= upper:
+                continue
+            sub = full.subset(cols)
+            fam.forward_cap = float(caps[cols].max())
+            fam.delayed = delay_area_bound(sub, caps[cols], lat, fam.t, 1e12)
+            if math.isfinite(fam.delayed) and fam.step(lat) < upper:
+                fam.delayed = max(fam.delayed, tiered_delay_bound(sub, tables, cols, lat, fam.t, fam.delayed,
+                                                                  upper, memo))
 
 
 def _unit(full: Instance) -> str:
