@@ -32,7 +32,7 @@ POLL_S = 0.05  # how often a family searched in a worker is read while nothing i
 PATIENCE_SHARE = 0.35  # of the time left: how long one trial may stay open before a lower one is tried
 
 
-FORWARD_CAP_CELLS = 100_000  # distinct lengths x configurations priced for the waits (x9 recompute levels), at most
+FORWARD_CAP_CELLS = 100_000  # distinct lengths x configurations priced for the waits (x20 with their recompute levels), at most
 
 
 @dataclass
@@ -99,27 +99,35 @@ class Family:
 
 
 LEVELS_MAX = 33  # recompute levels priced in net_forward_caps, at most (stride 1 up to 32 layers: exact)
+STRIDE_MAX = 4  # a coarser stride proves too little to be worth its time
 
 
-def _level_stride(layers: int) -> int:
+def _level_stride(layers: int, cells_per_level: int = 0) -> int:
     """Levels k are priced in strides (the stride's lowest k for the extra, its highest for the room: a cap
-    for every k in between); stride 1 is exact, and a stride of 4 left the cap of 1-GPU groups at 297 ms
-    where no micro-batch without a long sequence reaches 221 ms (64 GPUs, llama3-8b)."""
-    return max(1, -(-layers // (LEVELS_MAX - 1)))
+    for every k in between). Stride 1 is exact: a stride of 4 left the cap of 1-GPU groups at 297 ms
+    where no micro-batch without a long sequence reaches 221 ms (64 GPUs, llama3-8b). Coarser where the
+    batch and the configurations are many (cells_per_level: distinct lengths x configurations), so that
+    the tables stay within 20·FORWARD_CAP_CELLS."""
+    stride = max(1, -(-layers // (LEVELS_MAX - 1)))
+    while cells_per_level * (layers // stride + 1) > 20 * FORWARD_CAP_CELLS and stride < layers:
+        stride += 1
+    return stride
 
 
 def forward_tables(lengths, configs, lat) -> tuple | None:
     """(distinct lengths, their counts, per configuration (forward, recompute of every layer, own class)
-    of each distinct length); None without the overlap, or when it would exceed FORWARD_CAP_CELLS·20."""
+    of each distinct length, the recompute levels' stride); None without the overlap, or when the stride
+    would pass STRIDE_MAX times the model's finest one (see _level_stride)."""
     uniq, counts = np.unique(np.asarray(lengths, dtype=np.int64), return_counts=True)
-    levels = lat.model.layers // _level_stride(lat.model.layers) + 1
-    if not lat.overlap_param_gather or uniq.size * len(configs) * levels > 20 * FORWARD_CAP_CELLS:
+    layers = lat.model.layers
+    stride = _level_stride(layers, uniq.size * len(configs))
+    if not lat.overlap_param_gather or stride > STRIDE_MAX * _level_stride(layers):
         return None
     parts = []
     for tp, cp, cross, _ in configs:
-        fwd, rec_all, _ = lat.seq_parts_array(uniq, tp, cp, cross, recompute_layers=lat.model.layers)
+        fwd, rec_all, _ = lat.seq_parts_array(uniq, tp, cp, cross, recompute_layers=layers)
         parts.append((fwd, rec_all, lat.recompute_layers_array(uniq, tp, cp)))
-    return uniq, counts, parts
+    return uniq, counts, parts, stride
 
 
 def net_forward_caps(tables, configs, lat, keep=None) -> np.ndarray:
@@ -133,9 +141,9 @@ def net_forward_caps(tables, configs, lat, keep=None) -> np.ndarray:
     (see delay_area_bound), so a group waits at least delay(net cap) beyond its own-class time.
     keep[j]: (R, distinct lengths) — R caps of configuration j, each over the lengths its row keeps
     (see tiered_delay_bound); returns (C,) without keep, (R, C) with it."""
-    uniq, counts, parts = tables
+    uniq, counts, parts, stride = tables
     layers = lat.model.layers
-    lows = np.arange(0, layers + 1, _level_stride(layers))
+    lows = np.arange(0, layers + 1, stride)
     highs = np.minimum(np.r_[lows[1:] - 1, layers], layers)
     rows = 1 if keep is None else keep[0].shape[0]
     caps = np.empty((rows, len(configs)))
@@ -155,19 +163,23 @@ WAIT_TIERS = 20  # forward thresholds (multiples of 1/WAIT_TIERS of the all-gath
 LAMBDA_SCALES = (1.0, 0.75, 0.5, 0.25)  # Lagrangian multipliers tried (shares of what an anchor saves)
 
 
-def wait_tiers(tables, cols, configs, lat, allgather: float, memo: dict | None = None) -> tuple[np.ndarray, np.ndarray]:
+def wait_tiers(tables, cols, configs, lat, allgather: float, memo: dict | None = None,
+               deadline: float = math.inf) -> tuple[np.ndarray, np.ndarray] | None:
     """(tier of each distinct length on each configuration (U, C): how many of the thresholds
     θ_r = r/WAIT_TIERS·allgather, r = 1…WAIT_TIERS, its forward reaches; the least wait of a group of each
     tier on each configuration (R, C), R = WAIT_TIERS + 1): a group whose sequences are all of tier ≤ r
     starts with a micro-batch whose net forward is at most the cap over those sequences alone, so it waits
     at least its delay. The last row (every sequence) is the plain cap's wait. memo: columns already
-    computed for this all-gather, by configuration index (the pure family's are the mixed one's)."""
-    uniq, counts, parts = tables
+    computed for this all-gather, by configuration index (the pure family's are the mixed one's). None
+    when the deadline passes first."""
+    parts = tables[2]
     memo = {} if memo is None else memo
     fwd = np.stack([parts[c][0] for c in cols], axis=1)  # (U, C)
     theta = np.arange(1, WAIT_TIERS + 1) / WAIT_TIERS * allgather
     tier = np.searchsorted(theta, fwd, side="right")  # thresholds at or below each forward
     for j, c in enumerate(cols):
+        if time.monotonic() > deadline:
+            return None
         if c not in memo:
             memo[c] = _tier_waits(tables, c, configs[j], tier[:, j], lat, allgather)
     waits = np.stack([memo[c] for c in cols], axis=1)
@@ -177,17 +189,17 @@ def wait_tiers(tables, cols, configs, lat, allgather: float, memo: dict | None =
 def _tier_waits(tables, c: int, config: tuple, tier: np.ndarray, lat, allgather: float) -> np.ndarray:
     """One configuration's least wait per tier (see wait_tiers): the caps of the tiers its lengths reach
     (the others keep the same lengths as the tier below them, or none)."""
-    uniq, counts, parts = tables
+    uniq, counts, parts, stride = tables
     present = np.unique(tier)
     keep = tier[None, :] <= present[:, None]
-    caps = net_forward_caps((uniq, counts, [parts[c]]), [config], lat, keep=[keep])[:, 0]
+    caps = net_forward_caps((uniq, counts, [parts[c]], stride), [config], lat, keep=[keep])[:, 0]
     empty = lat.overhead_parts(*config[:3])[0]
     row = np.searchsorted(present, np.arange(WAIT_TIERS + 1), side="right") - 1  # the largest present tier ≤ r
     return lat.least_gather_delays(allgather, np.where(row >= 0, caps[np.maximum(row, 0)], empty))
 
 
 def tiered_delay_bound(inst, tables, cols, lat, t_layout: int, lower: float, upper: float,
-                       memo: dict | None = None) -> float:
+                       memo: dict | None = None, deadline: float = math.inf) -> float:
     """delay_area_bound with groups ranked by their largest sequence (wait_tiers): a group of tier r holds
     only sequences of tier ≤ r, so it waits W_r; unless r = 0 it holds one of tier r at least (its anchor).
     In the area argument a group of configuration c and tier r needs gpus·Σ cost/(T − o − W_r) ≤ gpus
@@ -196,10 +208,14 @@ def tiered_delay_bound(inst, tables, cols, lat, t_layout: int, lower: float, upp
     (gpus + λ)·cost/(T − o − W_r) − λ·[its tier is r], and the sum over the batch must fit N GPUs. λ =
     s·gpus·(W_0 − W_r)/(T − o − W_0): at s = 1 an anchor buys its group what it saves against a group of
     tier 0; T is infeasible when any s in LAMBDA_SCALES proves it. Bisection keeps only T proven
-    infeasible, so the result is a bound whatever λ does to monotonicity."""
-    uniq, counts, _ = tables
+    infeasible, so the result is a bound whatever λ does to monotonicity; at the deadline, the best proven
+    so far (`lower` when the tiers are not all priced)."""
+    uniq, counts = tables[:2]
     _, _, allgather = lat.sync_parts([t_layout])
-    tier, waits = wait_tiers(tables, cols, inst.configs, lat, allgather, memo)
+    tiers = wait_tiers(tables, cols, inst.configs, lat, allgather, memo, deadline)
+    if tiers is None:
+        return lower
+    tier, waits = tiers
     cost = inst.cost[np.unique(inst.lengths, return_index=True)[1]]  # (U, C): one row per distinct length
     gpus, over = inst.gpus.astype(float), inst.overhead
     ranks = np.arange(waits.shape[0])[:, None, None]
@@ -230,7 +246,7 @@ def tiered_delay_bound(inst, tables, cols, lat, t_layout: int, lower: float, upp
     if proven(hi):
         return hi
     for _ in range(40):
-        if hi - lo <= 1e-5 * hi:
+        if hi - lo <= 1e-5 * hi or time.monotonic() > deadline:
             break
         mid = (lo + hi) / 2
         if proven(mid):

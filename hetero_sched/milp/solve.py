@@ -33,6 +33,7 @@ PATTERN_SHARE = 0.35        # of the time left, for the pattern LP before the co
 LNS_SHARE = 0.4             # of the time left then, for rebalancing (it stops earlier once stuck)
 MILP_VARS_PER_S = 150_000   # build_milp's own pace here (24 GPUs x 256 sequences: 47,672 variables in 0.32 s)
 WAITS_MIN_S = 2.0          # seconds left below which the step bound does without the all-gather's waits
+WAITS_SHARE = 0.25         # of the time left, at most, for the waits (the tiers: ~1 s at 64 GPUs x 256, ~3 s at 256 x 1,024)
 RESERVE_PLANS = 4           # plan pricings kept back per slice (heuristic's, MIP's, the final one, slack)
 QUICK_FACTOR = 10           # a limit leaving less than this many pricings' time after the warm start is short:
                             # cheap bounds, first covers aimed near the area bound, no pattern LP or LNS
@@ -100,10 +101,12 @@ def solve(lengths, cluster: Cluster, lat: LatencyModel, *, backend: str = "cpsat
     tps = sorted({full.layout(c) for c in range(len(full.configs))})  # smallest layouts a plan may have
     mins = LayoutBounds(full) if quick else None
     slices = [_slice(full, warm, t, mins) for t in (tps if objective == "step" else tps[:1])]
-    # the all-gather's waits in the step bound cost ~0.1-0.2 s at 64 GPUs x 256: not on limits under WAITS_MIN_S
+    # the all-gather's waits in the step bound cost ~1 s at 64 GPUs x 256: not on limits under WAITS_MIN_S,
+    # and at most WAITS_SHARE of the time left (under a work limit, all of them: the same bound on every run)
     if objective == "step" and not quick and not full.pipelined and (deterministic_limit is not None
                                               or deadline - time.monotonic() > WAITS_MIN_S):
-        _cap_first_forwards(slices, full, lat, warm.step_ms)
+        _cap_first_forwards(slices, full, lat, warm.step_ms, math.inf if deterministic_limit is not None
+                            else time.monotonic() + WAITS_SHARE * (deadline - time.monotonic()))
     clock["bounds"] = time.monotonic() - start - clock["pricing"] - clock["warm start"]
     plans, notes, bounds = [("warm start", warm)] + _per_micro_batch(warm, lat), {}, {}
     if full.pipelined and not quick:
@@ -397,12 +400,14 @@ def _slice(full: Instance, warm: Plan, min_tp: int, quick: LayoutBounds | None =
                  (Family(min_tp, False, pure_lower), Family(min_tp, True, lower)), configs=len(inst.configs))
 
 
-def _cap_first_forwards(slices: list, full: Instance, lat: LatencyModel, upper: float) -> None:
+def _cap_first_forwards(slices: list, full: Instance, lat: LatencyModel, upper: float,
+                        deadline: float = math.inf) -> None:
     """Each family's bounds from the overlapped all-gather (layouts.net_forward_caps): the cap on what its
     slowest group's first micro-batch hides, and the area bound with every group's least wait, groups
     ranked by their largest sequence (layouts.tiered_delay_bound); over every configuration its plans may
     use (dominated ones included: their waits differ). A family whose step bound already reaches `upper`
-    (the warm start's step) is left as it is."""
+    (the warm start's step) is left as it is; past the deadline, the tiers are left out (see
+    tiered_delay_bound)."""
     tables = forward_tables(full.lengths, full.configs, lat)
     if tables is None:
         return
@@ -419,7 +424,7 @@ def _cap_first_forwards(slices: list, full: Instance, lat: LatencyModel, upper: 
             fam.delayed = delay_area_bound(sub, caps[cols], lat, fam.t, 1e12)
             if math.isfinite(fam.delayed) and fam.step(lat) < upper:
                 fam.delayed = max(fam.delayed, tiered_delay_bound(sub, tables, cols, lat, fam.t, fam.delayed,
-                                                                  upper, memo))
+                                                                  upper, memo, deadline))
 
 
 def _unit(full: Instance) -> str:
