@@ -32,7 +32,8 @@ POLL_S = 0.05  # how often a family searched in a worker is read while nothing i
 PATIENCE_SHARE = 0.35  # of the time left: how long one trial may stay open before a lower one is tried
 
 
-FORWARD_CAP_CELLS = 100_000  # distinct lengths x configurations priced for the waits (x20 with their recompute levels), at most
+TABLE_CELLS = 2_000_000  # items x configurations x recompute levels priced for the waits, at most
+BUCKET_CELLS = TABLE_CELLS  # distinct lengths x configurations x levels beyond which lengths are bucketed
 
 
 @dataclass
@@ -100,61 +101,93 @@ class Family:
 
 LEVELS_MAX = 33  # recompute levels priced in net_forward_caps, at most (stride 1 up to 32 layers: exact)
 STRIDE_MAX = 4  # a coarser stride proves too little to be worth its time
+BUCKET_RATIO = 1.02  # lengths within 2 % of each other share an item where the distinct lengths are too many
+
+
+@dataclass
+class ForwardTables:
+    """What the waits bound prices, per item: a distinct length, or (where the distinct lengths x
+    configurations x recompute levels would pass BUCKET_CELLS) a bucket of lengths within
+    BUCKET_RATIO of each other, whose least and largest lengths are priced: every quantity the bound needs
+    is monotone in the length (forward, recompute, own class), so the bucket's ends bracket each member."""
+    lo: np.ndarray      # (B,) least length of each item
+    hi: np.ndarray      # (B,) largest length
+    counts: np.ndarray  # (B,) sequences in it
+    tokens: np.ndarray  # (B,) their tokens
+    item: np.ndarray    # (U,) the item of each distinct length (increasing)
+    parts: list         # per configuration: (forward at lo, at hi, recompute of every layer at lo, own class at lo, at hi)
+    stride: int         # recompute levels priced: 0, stride, 2·stride, …
+
+    def of(self, cols) -> ForwardTables:
+        """The same items on configurations cols only."""
+        return replace(self, parts=[self.parts[c] for c in cols])
 
 
 def _level_stride(layers: int, cells_per_level: int = 0) -> int:
     """Levels k are priced in strides (the stride's lowest k for the extra, its highest for the room: a cap
     for every k in between). Stride 1 is exact: a stride of 4 left the cap of 1-GPU groups at 297 ms
     where no micro-batch without a long sequence reaches 221 ms (64 GPUs, llama3-8b). Coarser where the
-    batch and the configurations are many (cells_per_level: distinct lengths x configurations), so that
-    the tables stay within 20·FORWARD_CAP_CELLS."""
+    items and the configurations are many (cells_per_level: items x configurations), so that the tables
+    stay within TABLE_CELLS."""
     stride = max(1, -(-layers // (LEVELS_MAX - 1)))
-    while cells_per_level * (layers // stride + 1) > 20 * FORWARD_CAP_CELLS and stride < layers:
+    while cells_per_level * (layers // stride + 1) > TABLE_CELLS and stride < layers:
         stride += 1
     return stride
 
 
-def forward_tables(lengths, configs, lat) -> tuple | None:
-    """(distinct lengths, their counts, per configuration (forward, recompute of every layer, own class)
-    of each distinct length, the recompute levels' stride); None without the overlap, or when the stride
-    would pass STRIDE_MAX times the model's finest one (see _level_stride)."""
+def forward_tables(lengths, configs, lat) -> ForwardTables | None:
+    """The waits bound's items (distinct lengths, or buckets of them: see ForwardTables) priced on every
+    configuration; None without the overlap, or when even buckets would need a stride beyond STRIDE_MAX
+    times the model's finest one (see _level_stride)."""
     uniq, counts = np.unique(np.asarray(lengths, dtype=np.int64), return_counts=True)
     layers = lat.model.layers
-    stride = _level_stride(layers, uniq.size * len(configs))
+    item = np.arange(uniq.size)
+    if uniq.size * len(configs) * (layers // _level_stride(layers) + 1) > BUCKET_CELLS:
+        bucket = np.floor(np.log(uniq) / np.log(BUCKET_RATIO)).astype(np.int64)
+        item = np.r_[0, np.cumsum(np.diff(bucket) > 0)]
+    starts = np.flatnonzero(np.r_[True, np.diff(item) > 0])
+    lo, hi = uniq[starts], uniq[np.r_[starts[1:] - 1, uniq.size - 1]]
+    stride = _level_stride(layers, lo.size * len(configs))
     if not lat.overlap_param_gather or stride > STRIDE_MAX * _level_stride(layers):
         return None
+    ends = np.unique(np.r_[lo, hi])
     parts = []
     for tp, cp, cross, _ in configs:
-        fwd, rec_all, _ = lat.seq_parts_array(uniq, tp, cp, cross, recompute_layers=layers)
-        parts.append((fwd, rec_all, lat.recompute_layers_array(uniq, tp, cp)))
-    return uniq, counts, parts, stride
+        fwd, rec_all, _ = lat.seq_parts_array(ends, tp, cp, cross, recompute_layers=layers)
+        own = lat.recompute_layers_array(ends, tp, cp)
+        at_lo, at_hi = np.searchsorted(ends, lo), np.searchsorted(ends, hi)
+        parts.append((fwd[at_lo], fwd[at_hi], rec_all[at_lo], own[at_lo], own[at_hi]))
+    return ForwardTables(lo, hi, np.add.reduceat(counts, starts), np.add.reduceat(uniq * counts, starts), item,
+                         parts, stride)
 
 
-def net_forward_caps(tables, configs, lat, keep=None) -> np.ndarray:
-    """For each configuration, a cap on what a group's first micro-batch can hide of the overlapped
-    parameter all-gather: its forward minus the extra recompute it pays for being large. A micro-batch
-    recomputing k layers holds ≤ tokens_cap(k) tokens, and each of its sequences pays (k − k_i)/layers
-    of its own recompute beyond its own class k_i; forward minus that extra, summed, is at most a
-    fractional knapsack (values fwd_i − extra_i, weights L_i) — taken over levels k (in strides: the
-    stride's lowest k for the extra, its highest for the room), plus the overhead's forward part. The delay
-    the all-gather imposes falls with this net forward, and the extra recompute is added to a group's time
-    (see delay_area_bound), so a group waits at least delay(net cap) beyond its own-class time.
-    keep[j]: (R, distinct lengths) — R caps of configuration j, each over the lengths its row keeps
-    (see tiered_delay_bound); returns (C,) without keep, (R, C) with it."""
-    uniq, counts, parts, stride = tables
+def net_forward_caps(tables: ForwardTables, configs, lat, keep=None) -> np.ndarray:
+    """For each configuration (tables.parts[j] for configs[j]), a cap on what a group's first micro-batch
+    can hide of the overlapped parameter all-gather: its forward minus the extra recompute it pays for
+    being large. A micro-batch recomputing k layers holds ≤ tokens_cap(k) tokens, and each of its
+    sequences pays (k − k_i)/layers of its own recompute beyond its own class k_i; forward minus that
+    extra, summed, is at most a fractional knapsack (weights: tokens) — taken over levels k (in strides:
+    the stride's lowest k for the extra, its highest for the room), plus the overhead's forward part. An
+    item's value per token is taken at most: its largest length's forward over its least length, less its
+    least extra (least recompute per token, largest own class). The delay the all-gather imposes falls
+    with this net forward, and the extra recompute is added to a group's time (see delay_area_bound), so
+    a group waits at least delay(net cap) beyond its own-class time. keep[j]: (R, items) — R caps of
+    configuration j, each over the items its row keeps (see tiered_delay_bound); returns (C,) without
+    keep, (R, C) with it."""
+    t = tables
     layers = lat.model.layers
-    lows = np.arange(0, layers + 1, stride)
+    lows = np.arange(0, layers + 1, t.stride)
     highs = np.minimum(np.r_[lows[1:] - 1, layers], layers)
     rows = 1 if keep is None else keep[0].shape[0]
     caps = np.empty((rows, len(configs)))
-    for j, ((tp, cp, cross, _), (fwd, rec_all, own)) in enumerate(zip(configs, parts)):
+    for j, ((tp, cp, cross, _), (fwd_lo, fwd_hi, rec_lo, own_lo, own_hi)) in enumerate(zip(configs, t.parts)):
         rooms = np.array([lat.tokens_cap(tp, cp, int(hi)) for hi in highs], dtype=float)
-        # a sequence of a higher class than the level's top cannot sit in such a micro-batch
-        held = (own[None, :] <= highs[:, None])
-        value = np.where(held, fwd[None, :] - np.maximum(lows[:, None] - own[None, :], 0) / layers * rec_all[None, :],
-                         0.0)
-        kept = np.ones((1, uniq.size), dtype=bool) if keep is None else keep[j]
-        best = _fractional_knapsacks(value, uniq, counts, rooms, kept).max(axis=1)
+        # an item whose least length is of a higher class than the level's top cannot sit in such a micro-batch
+        held = (own_lo[None, :] <= highs[:, None])
+        per_token = fwd_hi / t.lo - np.maximum(lows[:, None] - own_hi[None, :], 0) / layers * (rec_lo / t.hi)
+        value = np.where(held, per_token * t.tokens, 0.0)
+        kept = np.ones((1, t.lo.size), dtype=bool) if keep is None else keep[j]
+        best = _fractional_knapsacks(value, t.tokens.astype(float), rooms, kept).max(axis=1)
         caps[:, j] = lat.overhead_parts(tp, cp, cross)[0] + best
     return caps[0] if keep is None else caps
 
@@ -163,64 +196,68 @@ WAIT_TIERS = 20  # forward thresholds (multiples of 1/WAIT_TIERS of the all-gath
 LAMBDA_SCALES = (1.0, 0.75, 0.5, 0.25)  # Lagrangian multipliers tried (shares of what an anchor saves)
 
 
-def wait_tiers(tables, cols, configs, lat, allgather: float, memo: dict | None = None,
-               deadline: float = math.inf) -> tuple[np.ndarray, np.ndarray] | None:
-    """(tier of each distinct length on each configuration (U, C): how many of the thresholds
-    θ_r = r/WAIT_TIERS·allgather, r = 1…WAIT_TIERS, its forward reaches; the least wait of a group of each
-    tier on each configuration (R, C), R = WAIT_TIERS + 1): a group whose sequences are all of tier ≤ r
-    starts with a micro-batch whose net forward is at most the cap over those sequences alone, so it waits
-    at least its delay. The last row (every sequence) is the plain cap's wait. memo: columns already
-    computed for this all-gather, by configuration index (the pure family's are the mixed one's). None
-    when the deadline passes first."""
-    parts = tables[2]
+def wait_tiers(tables: ForwardTables, cols, configs, lat, allgather: float, memo: dict | None = None,
+               deadline: float = math.inf) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+    """(least and largest tier of each item on each configuration (B, C) — a length's tier: how many of
+    the thresholds θ_r = r/WAIT_TIERS·allgather, r = 1…WAIT_TIERS, its forward reaches —, and the least
+    wait of a group of each tier on each configuration (R, C), R = WAIT_TIERS + 1): a group whose
+    sequences are all of tier ≤ r starts with a micro-batch whose net forward is at most the cap over
+    those sequences alone (items whose least tier is ≤ r), so it waits at least its delay. The last row
+    (every sequence) is the plain cap's wait. memo: columns already computed for this all-gather, by
+    configuration index (the pure family's are the mixed one's). None when the deadline passes
+    first, or would pass before the tiers are all priced."""
     memo = {} if memo is None else memo
-    fwd = np.stack([parts[c][0] for c in cols], axis=1)  # (U, C)
     theta = np.arange(1, WAIT_TIERS + 1) / WAIT_TIERS * allgather
-    tier = np.searchsorted(theta, fwd, side="right")  # thresholds at or below each forward
-    for j, c in enumerate(cols):
-        if time.monotonic() > deadline:
-            return None
-        if c not in memo:
-            memo[c] = _tier_waits(tables, c, configs[j], tier[:, j], lat, allgather)
+    low = np.stack([np.searchsorted(theta, tables.parts[c][0], side="right") for c in cols], axis=1)
+    high = np.stack([np.searchsorted(theta, tables.parts[c][1], side="right") for c in cols], axis=1)
+    started, todo = time.monotonic(), [j for j, c in enumerate(cols) if c not in memo]
+    for done, j in enumerate(todo):
+        now = time.monotonic()
+        if now > deadline or (done and (now - started) / done * (len(todo) - done) > deadline - now):
+            return None  # (what is left would not be priced in time: given up at once, not at the deadline)
+        memo[cols[j]] = _tier_waits(tables.of([cols[j]]), configs[j], low[:, j], lat, allgather)
     waits = np.stack([memo[c] for c in cols], axis=1)
-    return tier, np.maximum.accumulate(waits[::-1], axis=0)[::-1]  # a lower tier never waits less
+    return low, high, np.maximum.accumulate(waits[::-1], axis=0)[::-1]  # a lower tier never waits less
 
 
-def _tier_waits(tables, c: int, config: tuple, tier: np.ndarray, lat, allgather: float) -> np.ndarray:
-    """One configuration's least wait per tier (see wait_tiers): the caps of the tiers its lengths reach
-    (the others keep the same lengths as the tier below them, or none)."""
-    uniq, counts, parts, stride = tables
-    present = np.unique(tier)
-    keep = tier[None, :] <= present[:, None]
-    caps = net_forward_caps((uniq, counts, [parts[c]], stride), [config], lat, keep=[keep])[:, 0]
+def _tier_waits(tables: ForwardTables, config: tuple, low: np.ndarray, lat, allgather: float) -> np.ndarray:
+    """One configuration's least wait per tier (see wait_tiers): the caps of the tiers its items reach
+    (the others keep the same items as the tier below them, or none)."""
+    present = np.unique(low)
+    keep = low[None, :] <= present[:, None]
+    caps = net_forward_caps(tables, [config], lat, keep=[keep])[:, 0]
     empty = lat.overhead_parts(*config[:3])[0]
     row = np.searchsorted(present, np.arange(WAIT_TIERS + 1), side="right") - 1  # the largest present tier ≤ r
     return lat.least_gather_delays(allgather, np.where(row >= 0, caps[np.maximum(row, 0)], empty))
 
 
-def tiered_delay_bound(inst, tables, cols, lat, t_layout: int, lower: float, upper: float,
+def tiered_delay_bound(inst, tables: ForwardTables, cols, lat, t_layout: int, lower: float, upper: float,
                        memo: dict | None = None, deadline: float = math.inf) -> float:
     """delay_area_bound with groups ranked by their largest sequence (wait_tiers): a group of tier r holds
     only sequences of tier ≤ r, so it waits W_r; unless r = 0 it holds one of tier r at least (its anchor).
     In the area argument a group of configuration c and tier r needs gpus·Σ cost/(T − o − W_r) ≤ gpus
     GPUs, and 1 ≤ its anchors, so for any λ ≥ 0 adding λ·(Σ cost/(T − o − W_r) − anchors) ≤ 0 keeps it
     valid: each sequence pays the least over configurations and tiers at or above its own of
-    (gpus + λ)·cost/(T − o − W_r) − λ·[its tier is r], and the sum over the batch must fit N GPUs. λ =
-    s·gpus·(W_0 − W_r)/(T − o − W_0): at s = 1 an anchor buys its group what it saves against a group of
-    tier 0; T is infeasible when any s in LAMBDA_SCALES proves it. Bisection keeps only T proven
-    infeasible, so the result is a bound whatever λ does to monotonicity; at the deadline, the best proven
-    so far (`lower` when the tiers are not all priced)."""
-    uniq, counts = tables[:2]
+    (gpus + λ)·cost/(T − o − W_r) − λ·[its tier is r], and the sum over the batch must fit N GPUs. An
+    item (a bucket of lengths) pays with its least cost, from its least tier, and is refunded at every tier
+    between its least and largest: no more than any of its sequences. λ = s·gpus·(W_0 − W_r)/(T − o −
+    W_0): at s = 1 an anchor buys its group what it saves against a group of tier 0; T is infeasible when
+    any s in LAMBDA_SCALES proves it. Bisection keeps only T proven infeasible, so the result is a bound
+    whatever λ does to monotonicity; at the deadline, the best proven so far (`lower` when the tiers are not
+    all priced)."""
     _, _, allgather = lat.sync_parts([t_layout])
     tiers = wait_tiers(tables, cols, inst.configs, lat, allgather, memo, deadline)
     if tiers is None:
         return lower
-    tier, waits = tiers
-    cost = inst.cost[np.unique(inst.lengths, return_index=True)[1]]  # (U, C): one row per distinct length
+    low, high, waits = tiers
+    first = np.unique(inst.lengths, return_index=True)[1]
+    starts = np.flatnonzero(np.r_[True, np.diff(tables.item) > 0])
+    cost = np.minimum.reduceat(inst.distinct_lower_rows(first), starts, axis=0)  # (B, C): each item's least cost
+    counts = tables.counts
     gpus, over = inst.gpus.astype(float), inst.overhead
     ranks = np.arange(waits.shape[0])[:, None, None]
-    admissible = tier[None, :, :] <= ranks  # (R, U, C)
-    anchors = tier[None, :, :] == ranks
+    admissible = low[None, :, :] <= ranks  # (R, B, C)
+    anchors = admissible & (high[None, :, :] >= ranks)
     anchors[0] = False  # a group of tier 0 needs none
 
     def infeasible(T: float, scale: float) -> bool:
@@ -256,16 +293,15 @@ def tiered_delay_bound(inst, tables, cols, lat, t_layout: int, lower: float, upp
     return lo
 
 
-def _fractional_knapsacks(value: np.ndarray, weight: np.ndarray, counts: np.ndarray, rooms: np.ndarray,
-                          kept: np.ndarray) -> np.ndarray:
+def _fractional_knapsacks(value: np.ndarray, weight: np.ndarray, rooms: np.ndarray, kept: np.ndarray) -> np.ndarray:
     """Per row of kept (R) and of value (one knapsack each, room rooms[l]): the most value its room holds of
-    the items that row keeps (each counts[u] times, weight[u] tokens each), fractions allowed: best value
+    the items that row keeps (item u: weight[u] tokens, value[l, u] in all), fractions allowed: best value
     per token first. Returns (R, levels). Each level is sorted once; a row's left-out items weigh nothing."""
     value = np.maximum(value, 0.0)
-    order = np.argsort(-value / weight[None, :], axis=1, kind="stable")  # (levels, U)
-    w = (weight * counts)[order].astype(float)  # whole items' tokens, in each level's order
-    v = np.take_along_axis(value, order, axis=1) * counts[order]
-    k = kept[:, order]  # (R, levels, U)
+    order = np.argsort(-value / weight[None, :], axis=1, kind="stable")  # (levels, B)
+    w = weight[order]  # items' tokens, in each level's order
+    v = np.take_along_axis(value, order, axis=1)
+    k = kept[:, order]  # (R, levels, B)
     wk = np.where(k, w[None], 0.0)
     before = np.cumsum(wk, axis=2) - wk  # tokens taken before each item
     with np.errstate(divide="ignore", invalid="ignore"):

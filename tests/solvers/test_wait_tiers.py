@@ -94,10 +94,11 @@ def test_tiers_rank_by_forward_and_lower_tiers_wait_longer():
     tables = layouts.forward_tables(full.lengths, full.configs, lat)
     cols = np.arange(len(full.configs))
     _, _, allgather = lat.sync_parts([1])
-    tier, waits = layouts.wait_tiers(tables, cols, full.configs, lat, allgather)
+    tier, high, waits = layouts.wait_tiers(tables, cols, full.configs, lat, allgather)
+    assert (tier == high).all()  # (few lengths: one item each)
     assert waits.shape == (layouts.WAIT_TIERS + 1, cols.size)
     assert (np.diff(waits, axis=0) <= 1e-9).all()  # a higher tier never waits longer
-    fwd = np.stack([tables[2][c][0] for c in cols], axis=1)
+    fwd = np.stack([tables.parts[c][0] for c in cols], axis=1)
     for j in range(cols.size):
         order = np.argsort(fwd[:, j], kind="stable")
         assert (np.diff(tier[order, j]) >= 0).all()  # a longer forward is never of a lower tier
@@ -131,3 +132,28 @@ def test_tiered_bound_below_the_brute_force_optimum_of_the_tp1_family():
                 best = min(best, plan.step_ms)
         assert fam.step_after_waits(lat) <= best * (1 + 1e-9), lengths
         assert fam.step_after_waits(lat) >= 0.99 * best, (lengths, fam.step_after_waits(lat), best)  # (0.25 % below)
+
+
+def test_buckets_of_lengths_overestimate_every_cap(monkeypatch):
+    """Where the distinct lengths are too many, buckets of lengths within 2 % are priced at their ends:
+    each first-forward cap (of every tier) is at least the exact one, so every wait at most; the bound
+    stays below the family's plans."""
+    lat = _lat(16)
+    lengths = _long_tail(np.random.default_rng(9), 120)
+    full = build_instance(lengths, lat, prune=False)
+    exact = layouts.forward_tables(full.lengths, full.configs, lat)
+    monkeypatch.setattr(layouts, "BUCKET_CELLS", exact.lo.size * len(full.configs))
+    buckets = layouts.forward_tables(full.lengths, full.configs, lat)
+    assert buckets is not None and buckets.lo.size < exact.lo.size
+    assert buckets.counts.sum() == len(lengths) and buckets.tokens.sum() == sum(lengths)
+    assert (buckets.hi <= buckets.lo * layouts.BUCKET_RATIO).all()
+    assert buckets.stride == exact.stride
+    cols = np.arange(len(full.configs))
+    _, _, allgather = lat.sync_parts([1])
+    _, _, w_exact = layouts.wait_tiers(exact, cols, full.configs, lat, allgather)
+    _, _, w_buckets = layouts.wait_tiers(buckets, cols, full.configs, lat, allgather)
+    assert (w_buckets <= w_exact + 1e-9).all()
+    sub, _, fam = _family_bound(full, buckets, lat, 1, False)
+    sol = heuristic.heuristic_solution(sub, 0.0, 1e12, time.monotonic() + 0.5)
+    plan = _to_plan(sub, sol, _greedy_shares(sub, sol), lat)
+    assert fam.step_after_waits(lat) <= plan.step_ms * (1 + 1e-9)
