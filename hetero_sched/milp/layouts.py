@@ -283,7 +283,7 @@ def tiered_delay_bound(inst, tables: ForwardTables, cols, lat, t_layout: int, lo
     if proven(hi):
         return hi
     for _ in range(40):
-        if hi - lo <= 1e-5 * hi or time.monotonic() > deadline:
+        if hi - lo <= 1e-4 * hi or time.monotonic() > deadline:
             break
         mid = (lo + hi) / 2
         if proven(mid):

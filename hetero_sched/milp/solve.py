@@ -33,7 +33,9 @@ PATTERN_SHARE = 0.35        # of the time left, for the pattern LP before the co
 LNS_SHARE = 0.4             # of the time left then, for rebalancing (it stops earlier once stuck)
 MILP_VARS_PER_S = 150_000   # build_milp's own pace here (24 GPUs x 256 sequences: 47,672 variables in 0.32 s)
 WAITS_MIN_S = 2.0          # seconds left below which the step bound does without the all-gather's waits
-WAITS_SHARE = 0.25         # of the time left, at most, for the waits (the tiers: ~1 s at 64 GPUs x 256, ~3 s at 256 x 1,024)
+WAITS_MAX_SEQUENCES = 2048  # beyond, no waits in the step bound: 1.8 s for 4 ms at 1,024 GPUs x 4,096, 6 s for
+                            # nothing at 16,384 x 65,536 (the relaxation finds every group an anchor)
+WAITS_SHARE = 0.2          # of the time left, at most, for the waits (the tiers: ~1 s at 64 GPUs x 256 and 256 x 1,024)
 RESERVE_PLANS = 4           # plan pricings kept back per slice (heuristic's, MIP's, the final one, slack)
 QUICK_FACTOR = 10           # a limit leaving less than this many pricings' time after the warm start is short:
                             # cheap bounds, first covers aimed near the area bound, no pattern LP or LNS
@@ -101,10 +103,11 @@ def solve(lengths, cluster: Cluster, lat: LatencyModel, *, backend: str = "cpsat
     tps = sorted({full.layout(c) for c in range(len(full.configs))})  # smallest layouts a plan may have
     mins = LayoutBounds(full) if quick else None
     slices = [_slice(full, warm, t, mins) for t in (tps if objective == "step" else tps[:1])]
-    # the all-gather's waits in the step bound cost ~1 s at 64 GPUs x 256: not on limits under WAITS_MIN_S,
-    # and at most WAITS_SHARE of the time left (under a work limit, all of them: the same bound on every run)
-    if objective == "step" and not quick and not full.pipelined and (deterministic_limit is not None
-                                              or deadline - time.monotonic() > WAITS_MIN_S):
+    # the all-gather's waits in the step bound cost ~1 s at 64 GPUs x 256: not on limits under WAITS_MIN_S nor
+    # beyond WAITS_MAX_SEQUENCES, at most WAITS_SHARE of the time left (all under a work limit: the same bound
+    # on every run)
+    if objective == "step" and not quick and not full.pipelined and full.n <= WAITS_MAX_SEQUENCES and (
+            deterministic_limit is not None or deadline - time.monotonic() > WAITS_MIN_S):
         _cap_first_forwards(slices, full, lat, warm.step_ms, math.inf if deterministic_limit is not None
                             else time.monotonic() + WAITS_SHARE * (deadline - time.monotonic()))
     clock["bounds"] = time.monotonic() - start - clock["pricing"] - clock["warm start"]
@@ -403,15 +406,18 @@ def _slice(full: Instance, warm: Plan, min_tp: int, quick: LayoutBounds | None =
 def _cap_first_forwards(slices: list, full: Instance, lat: LatencyModel, upper: float,
                         deadline: float = math.inf) -> None:
     """Each family's bounds from the overlapped all-gather (layouts.net_forward_caps): the cap on what its
-    slowest group's first micro-batch hides, and the area bound with every group's least wait, groups
-    ranked by their largest sequence (layouts.tiered_delay_bound); over every configuration its plans may
-    use (dominated ones included: their waits differ). A family whose step bound already reaches `upper`
-    (the warm start's step) is left as it is; past the deadline, the tiers are left out (see
-    tiered_delay_bound)."""
+    slowest group's first micro-batch hides and the area bound with every group's least wait, over every
+    configuration its plans may use (dominated ones included: their waits differ); then groups ranked by
+    their largest sequence (layouts.tiered_delay_bound), for the lowest family first, while that lifts
+    the step bound (the least over families): once the lowest family has its tiers, no other's can move
+    the bound (at 1,024 GPUs the tiers of all families took 2.4 s for 4 ms). A family whose step bound
+    already reaches `upper` (the warm start's step) is left as it is; past the deadline, the tiers are
+    left out (see tiered_delay_bound)."""
     tables = forward_tables(full.lengths, full.configs, lat)
     if tables is None:
         return
     caps = net_forward_caps(tables, full.configs, lat)
+    columns, memos = {}, {}
     for sl in slices:
         memo = {}  # one layout's tier waits per configuration: its two families share them
         for fam in sl.families:
@@ -419,12 +425,18 @@ def _cap_first_forwards(slices: list, full: Instance, lat: LatencyModel, upper: 
                              if (cfg[0] >= fam.t if fam.mixed else cfg[0] == fam.t)], dtype=int)
             if not cols.size or fam.step(lat) >= upper:
                 continue
-            sub = full.subset(cols)
             fam.forward_cap = float(caps[cols].max())
-            fam.delayed = delay_area_bound(sub, caps[cols], lat, fam.t, 1e12)
-            if math.isfinite(fam.delayed) and fam.step(lat) < upper:
-                fam.delayed = max(fam.delayed, tiered_delay_bound(sub, tables, cols, lat, fam.t, fam.delayed,
-                                                                  upper, memo, deadline))
+            fam.delayed = delay_area_bound(full.subset(cols), caps[cols], lat, fam.t, 1e12)
+            if math.isfinite(fam.delayed):
+                columns[id(fam)], memos[id(fam)] = cols, memo
+    families = [f for sl in slices for f in sl.families]
+    while columns and time.monotonic() < deadline:
+        fam = min(families, key=lambda f: f.step(lat))
+        if id(fam) not in columns or fam.step(lat) >= upper:
+            return  # the lowest family has its tiers (or none to have): the bound cannot rise further here
+        cols = columns.pop(id(fam))
+        fam.delayed = max(fam.delayed, tiered_delay_bound(full.subset(cols), tables, cols, lat, fam.t, fam.delayed,
+                                                          upper, memos[id(fam)], deadline))
 
 
 def _unit(full: Instance) -> str:
