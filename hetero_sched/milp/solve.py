@@ -35,6 +35,7 @@ MILP_VARS_PER_S = 150_000   # build_milp's own pace here (24 GPUs x 256 sequence
 WAITS_MIN_S = 2.0          # seconds left below which the step bound does without the all-gather's waits
 WAITS_MAX_SEQUENCES = 2048  # beyond, no waits in the step bound: 1.8 s for 4 ms at 1,024 GPUs x 4,096, 6 s for
                             # nothing at 16,384 x 65,536 (the relaxation finds every group an anchor)
+TIERS_MARGIN = 0.005       # a family's tiers aim this far past the next family's step bound (fewer turns between them)
 WAITS_SHARE = 0.2          # of the time left, at most, for the waits (the tiers: ~1 s at 64 GPUs x 256 and 256 x 1,024)
 RESERVE_PLANS = 4           # plan pricings kept back per slice (heuristic's, MIP's, the final one, slack)
 QUICK_FACTOR = 10           # a limit leaving less than this many pricings' time after the warm start is short:
@@ -408,11 +409,11 @@ def _cap_first_forwards(slices: list, full: Instance, lat: LatencyModel, upper: 
     """Each family's bounds from the overlapped all-gather (layouts.net_forward_caps): the cap on what its
     slowest group's first micro-batch hides and the area bound with every group's least wait, over every
     configuration its plans may use (dominated ones included: their waits differ); then groups ranked by
-    their largest sequence (layouts.tiered_delay_bound), for the lowest family first, while that lifts
-    the step bound (the least over families): once the lowest family has its tiers, no other's can move
-    the bound (at 1,024 GPUs the tiers of all families took 2.4 s for 4 ms). A family whose step bound
-    already reaches `upper` (the warm start's step) is left as it is; past the deadline, the tiers are
-    left out (see tiered_delay_bound)."""
+    their largest sequence (layouts.tiered_delay_bound), for the lowest family, aimed TIERS_MARGIN past
+    the next family's step bound (no higher: the step bound is the least over families), until the
+    lowest family cannot rise (at 64 GPUs x 256: 1.8 s, where aiming at the warm start took 3.0 s). A
+    family whose step bound already reaches `upper` (the warm start's step) is left as it is; past the
+    deadline, the tiers are left out (see tiered_delay_bound)."""
     tables = forward_tables(full.lengths, full.configs, lat)
     if tables is None:
         return
@@ -430,13 +431,20 @@ def _cap_first_forwards(slices: list, full: Instance, lat: LatencyModel, upper: 
             if math.isfinite(fam.delayed):
                 columns[id(fam)], memos[id(fam)] = cols, memo
     families = [f for sl in slices for f in sl.families]
+    tried: dict = {}  # how high each family's tiers were asked to prove (delayed, ms)
     while columns and time.monotonic() < deadline:
         fam = min(families, key=lambda f: f.step(lat))
+        # no need to lift it past the next family's step bound (or the warm start), plus a margin
+        target = min([upper] + [f.step(lat) for f in families if f is not fam]) * (1 + TIERS_MARGIN)
         if id(fam) not in columns or fam.step(lat) >= upper:
-            return  # the lowest family has its tiers (or none to have): the bound cannot rise further here
-        cols = columns.pop(id(fam))
+            return  # no tiers for the lowest family: the bound cannot rise further here
+        goal = fam.delayed_for(lat, min(target, upper))
+        if goal <= tried.get(id(fam), -math.inf):
+            return  # it was asked this much before and could not: the bound cannot rise further here
+        tried[id(fam)] = goal
+        cols = columns[id(fam)]
         fam.delayed = max(fam.delayed, tiered_delay_bound(full.subset(cols), tables, cols, lat, fam.t, fam.delayed,
-                                                          upper, memos[id(fam)], deadline))
+                                                          goal, memos[id(fam)], deadline))
 
 
 def _unit(full: Instance) -> str:

@@ -78,13 +78,14 @@ def test_tiered_bound_holds_against_random_and_packed_plans_of_its_family(t, mix
 def test_ranking_groups_raises_the_bound_on_a_long_tail():
     """64 GPUs, 256 long-tail documents: in the TP1 layout a group of short documents starts with a
     micro-batch of ~100 ms against a 440 ms all-gather. Ranking groups by their largest sequence proves
-    more than one wait per configuration (measured: 1,546 -> 1,668 ms on this batch)."""
+    more than one wait per configuration (measured: 1,546 -> 1,683 ms on this batch, the Polyak steps
+    included; 1,668 with the fixed multipliers alone)."""
     lat = _lat(64)
     lengths = _long_tail(np.random.default_rng(11), 256, cap=131072)
     full = build_instance(lengths, lat, prune=False)
     tables = layouts.forward_tables(full.lengths, full.configs, lat)
     _, plain, fam = _family_bound(full, tables, lat, 1, False)
-    assert fam.delayed > plain * 1.05
+    assert fam.delayed > plain * 1.08
 
 
 def test_tiers_rank_by_forward_and_lower_tiers_wait_longer():
