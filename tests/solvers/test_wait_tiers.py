@@ -158,3 +158,40 @@ def test_buckets_of_lengths_overestimate_every_cap(monkeypatch):
     sol = heuristic.heuristic_solution(sub, 0.0, 1e12, time.monotonic() + 0.5)
     plan = _to_plan(sub, sol, _greedy_shares(sub, sol), lat)
     assert fam.step_after_waits(lat) <= plan.step_ms * (1 + 1e-9)
+
+
+@pytest.mark.parametrize("t", [1, 2])
+def test_no_multipliers_prove_a_makespan_a_plan_of_the_family_reaches(t):
+    """The Lagrangian argument, checked on a plan: each group of configuration c whose items reach tier r
+    waits at least W_r; at T = max over groups of (own time + W_r) the plan is a solution of the
+    relaxation, so no λ ≥ 0 (zero where no anchor is held) may prove T — neither random ones nor the
+    Polyak steps. (Multipliers on the anchor-free lowest band once proved such a T: 1,701 ms against a
+    plan at 1,669.)"""
+    lat = _lat(64)
+    lengths = _long_tail(np.random.default_rng(11), 256, cap=131072)
+    full = build_instance(lengths, lat, prune=False)
+    tables = layouts.forward_tables(full.lengths, full.configs, lat)
+    cols = np.array([c for c, cfg in enumerate(full.configs) if cfg[0] == t])
+    sub = full.subset(cols)
+    _, _, allgather = lat.sync_parts([t])
+    low, high, waits = layouts.wait_tiers(tables, cols, sub.configs, lat, allgather)
+    sol = heuristic.heuristic_solution(sub, 0.0, 1e12, time.monotonic() + 1.0)
+    plan = _to_plan(sub, sol, _greedy_shares(sub, sol), lat)
+    uniq = np.unique(full.lengths)
+    ends = []
+    for g in plan.groups:
+        j = sub.configs.index((g.tp, g.cp, plan._crosses(g), 1))
+        items = tables.item[np.searchsorted(uniq, np.asarray(lengths)[g.sequence_ids])]
+        ends.append(g.latency_ms + waits[int(high[items, j].max()), j])
+    T = max(ends)
+    area = layouts.TieredArea(sub, tables, low, high, waits)
+    assert not area.proves(T)
+    caps = T - area.over - area.wait
+    usable = area.admissible & (area.cost <= caps[None, :]) & (caps[None, :] > 0)
+    share = np.where(usable, area.cost / caps[None, :], np.inf)
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        lam = np.where(area.anchored, rng.exponential(2.0, size=area.wait.size), 0.0)
+        assert area._need(share, lam)[0] <= area.N * (1 + 1e-9)
+    bound = layouts.tiered_delay_bound(sub, tables, cols, lat, t, 0.0, T)
+    assert bound <= T and area.proves(bound * 0.99)  # (the test can tell: below the bound, it proves)
