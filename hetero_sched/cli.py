@@ -220,7 +220,7 @@ def print_summary(plan) -> None:
     """The lines under a plan's table: step, what the solver did and proved, the baseline."""
     s, b = plan.solver, plan.baseline
     out.print(f"makespan {plan.makespan_ms:,.1f} ms + sync {plan.sync_ms:,.1f} ms exposed "
-              f"(not overlapped: {plan.sync_ms_upper:,.1f} ms) = step {plan.step_ms:,.1f} ms "
+              f"({plan.sync_ms_upper:,.1f} ms if nothing overlapped) = step {plan.step_ms:,.1f} ms "
               f"on {plan.gpus_used}/{plan.cluster.gpus} GPUs")
     if s:
         out.print(f"solver {s.backend}, objective {s.objective}: {s.status}, lower bound {s.bound_ms:,.1f} ms "

@@ -52,6 +52,8 @@ READERS = (".txt", ".csv", ".json", ".jsonl", ".parquet")
 def read_values(path: str | Path, column: str | None = None) -> list:
     """The raw entries of a length file (one per row), by extension."""
     path = Path(path)
+    if path.is_dir():
+        raise ValueError(f"{str(path)!r} is a folder, not a file of lengths")
     if not path.is_file():
         raise ValueError(f"file {str(path)!r} does not exist")
     readers = dict(zip(READERS, (_read_txt, _read_csv, _read_json, _read_jsonl, _read_parquet)))

@@ -215,7 +215,8 @@ def wait_tiers(tables: ForwardTables, cols, configs, lat, allgather: float, memo
     sequences are all of tier ≤ r starts with a micro-batch whose net forward is at most the cap over
     those sequences alone (items whose least tier is ≤ r), so it waits at least its delay. The last row
     (every sequence) is the plain cap's wait. memo: columns already computed for this all-gather, by
-    configuration index (the pure family's are the mixed one's). None when the deadline passes
+    configuration index (the pure family's are the mixed one's). cols: indices into tables.parts (the full
+    list of configurations); configs[j]: the configuration of cols[j]. None when the deadline passes
     first, or would pass before the tiers are all priced."""
     memo = {} if memo is None else memo
     theta = np.arange(1, WAIT_TIERS + 1) / WAIT_TIERS * allgather

@@ -402,3 +402,8 @@ def test_solve_names_the_device_a_calibration_was_measured_on(tmp_path):
     same = _calibration(tmp_path, "gpu.json", kind="cuda", name="NVIDIA H100 80GB HBM3")
     r = run("solve", *SMALL, "--calibration", str(same))
     assert r.returncode == 0 and "note:" not in r.stderr and "NVIDIA H100 80GB HBM3" in r.stdout
+
+
+def test_a_folder_given_as_a_batch_file_says_so(tmp_path):
+    r = run("solve", "--batch", str(tmp_path), "--gpus", "8")
+    assert r.returncode == 2 and "is a folder, not a file" in r.stderr and r.stderr.count("\n") == 1, r.stderr
