@@ -361,8 +361,8 @@ def check_size(n: int, cells: int, lat: LatencyModel) -> None:
         raise ValueError(f"the batch has {n} sequences; at most {MAX_SOLVE_SEQUENCES} are supported")
     if lat.cluster.gpus > MAX_SOLVE_GPUS:
         raise ValueError(f"the cluster has {lat.cluster.gpus} GPUs; at most {MAX_SOLVE_GPUS} are supported (the "
-                         "largest cluster whose time and memory were measured: 65,536 sequences planned in 10 s "
-                         "within 4 GB; plan a larger job as several clusters)")
+                         "largest cluster whose time and memory were measured: 65,536 sequences planned on a 10 s "
+                         "limit in under 11 s and 0.7 GB; plan a larger job as several clusters)")
     if cells > MAX_COST_CELLS:
         raise ValueError(f"{cells} costs (distinct lengths x configurations worth pricing) > {MAX_COST_CELLS}: "
                          "round the lengths (--round-lengths 64) or use fewer GPUs")
