@@ -195,6 +195,8 @@ def solve(lengths, cluster: Cluster, lat: LatencyModel, *, backend: str = "cpsat
         else f" | time: {spent}"
     if deterministic_limit is not None:
         budget = ""  # under a work limit the message, like the plan, is the same on every run
+    if objective == "step" and not round_lengths and families and s.gap > OPTIMAL_GAP:
+        notes[max(tps) + 2] = _binding_family(families, lat, s.step_bound_ms)
     s.message = f"objective {objective}; {rounding}plan from {who}; " + " | ".join(notes[t] for t in sorted(notes)) \
         + budget
     return plan
@@ -445,6 +447,18 @@ def _cap_first_forwards(slices: list, full: Instance, lat: LatencyModel, upper: 
         cols = columns[id(fam)]
         fam.delayed = max(fam.delayed, tiered_delay_bound(full.subset(cols), tables, cols, lat, fam.t, fam.delayed,
                                                           goal, memos[id(fam)], deadline))
+
+
+def _binding_family(families: list, lat: LatencyModel, bound: float) -> str:
+    """Which family of plans sets the step bound `bound` (the least over families, see layouts), and from
+    what."""
+    f = min(families, key=lambda x: x.step(lat))
+    if f.step(lat) < bound * (1 - 1e-9):
+        return f"step bound {bound:.1f} ms set by the makespan bound (every family's is lower)"
+    source = ("its makespan bound plus the all-gather waits by tier" if f.step_after_waits(lat) > f.step_at(lat, f.bound)
+              else "its makespan bound plus its least exposed sync")
+    plans = f"smallest TP is {f.t}, beside larger ones" if f.mixed else f"groups all have TP {f.t}"
+    return f"step bound {bound:.1f} ms set by the {f.name} family (plans whose {plans}): {source}"
 
 
 def _unit(full: Instance) -> str:

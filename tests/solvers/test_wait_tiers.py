@@ -195,3 +195,11 @@ def test_no_multipliers_prove_a_makespan_a_plan_of_the_family_reaches(t):
         assert area._need(share, lam)[0] <= area.N * (1 + 1e-9)
     bound = layouts.tiered_delay_bound(sub, tables, cols, lat, t, 0.0, T)
     assert bound <= T and area.proves(bound * 0.99)  # (the test can tell: below the bound, it proves)
+
+
+def test_the_message_names_the_family_that_sets_the_step_bound():
+    lat = _lat(16)
+    plan = hs.solve(_long_tail(np.random.default_rng(3), 40), lat.cluster, lat, time_limit_s=3, threads=1)
+    s = plan.solver
+    if s.gap > 1e-6:
+        assert f"step bound {s.step_bound_ms:.1f} ms set by the " in s.message, s.message
