@@ -195,7 +195,7 @@ def solve(lengths, cluster: Cluster, lat: LatencyModel, *, backend: str = "cpsat
         else f" | time: {spent}"
     if deterministic_limit is not None:
         budget = ""  # under a work limit the message, like the plan, is the same on every run
-    if objective == "step" and not round_lengths and families and s.gap > OPTIMAL_GAP:
+    if objective == "step" and not round_lengths and not full.pipelined and families and s.gap > OPTIMAL_GAP:
         notes[max(tps) + 2] = _binding_family(families, lat, s.step_bound_ms)
     s.message = f"objective {objective}; {rounding}plan from {who}; " + " | ".join(notes[t] for t in sorted(notes)) \
         + budget
