@@ -74,7 +74,10 @@ class Family:
             return math.inf
         if self.delayed <= 0:
             return 0.0
-        return self.delayed + lat.sync_exposed_lower_ms(self.t, self.delayed, mixed=self.mixed, waits_included=True)
+        return self._after_waits(lat, self.delayed)
+
+    def _after_waits(self, lat, delayed: float) -> float:
+        return delayed + lat.sync_exposed_lower_ms(self.t, delayed, mixed=self.mixed, waits_included=True)
 
     def step_at(self, lat, makespan: float) -> float:
         """The step bound of this family's plans were its makespan bound `makespan`."""
@@ -85,29 +88,26 @@ class Family:
 
     def delayed_for(self, lat, step: float) -> float:
         """The `delayed` at which step_after_waits reaches `step` (it rises with delayed)."""
-        lo, hi = 0.0, step
-        for _ in range(50):
-            mid = (lo + hi) / 2
-            if mid + lat.sync_exposed_lower_ms(self.t, mid, mixed=self.mixed, waits_included=True) < step:
-                lo = mid
-            else:
-                hi = mid
-        return hi
+        return _reaching(lambda d: self._after_waits(lat, d), 0.0, step, step)
 
     def top(self, lat, best_step: float) -> float:
         """The makespan at which this family's step bound reaches best_step: no need to prove more."""
-        lo, hi = self.bound, best_step
-        for _ in range(50):
-            mid = (lo + hi) / 2
-            if self.step_at(lat, mid) < best_step:
-                lo = mid
-            else:
-                hi = mid
-        return hi
+        return _reaching(lambda m: self.step_at(lat, m), self.bound, best_step, best_step)
 
     @property
     def name(self) -> str:
         return f"TP{self.t} {'mixed' if self.mixed else 'only'}"
+
+
+def _reaching(rising, lo: float, hi: float, target: float) -> float:
+    """Bisection on a rising function: the least x in [lo, hi] (to 50 halvings) with rising(x) ≥ target."""
+    for _ in range(50):
+        mid = (lo + hi) / 2
+        if rising(mid) < target:
+            lo = mid
+        else:
+            hi = mid
+    return hi
 
 
 LEVELS_MAX = 33  # recompute levels priced in net_forward_caps, at most (stride 1 up to 32 layers: exact)
@@ -250,7 +250,7 @@ def tiered_delay_bound(inst, tables: ForwardTables, cols, lat, t_layout: int, lo
     In the area argument a group of configuration c and tier r needs gpus·Σ cost/(T − o − W_r) ≤ gpus
     GPUs, and 1 ≤ its anchors, so for any λ ≥ 0 adding λ·(Σ cost/(T − o − W_r) − anchors) ≤ 0 keeps it
     valid: each sequence pays the least over configurations and tiers at or above its own of
-    (gpus + λ)·cost/(T − o − W_r) − λ·[its tier is r], and the sum over the batch (TieredArea.need) must
+    (gpus + λ)·cost/(T − o − W_r) − λ·[its tier is r], and the sum over the batch (TieredArea._need) must
     fit N GPUs. An item (a bucket of lengths) pays with its least cost, from its least tier, and is
     refunded at every tier between its least and largest: no more than any of its sequences. T is
     infeasible when some λ ≥ 0 makes the sum exceed N (TieredArea.proves). Bisection keeps only T proven
@@ -309,7 +309,8 @@ class TieredArea:
         """Some λ ≥ 0 proves T infeasible. Tried: λ = s·gpus·(W_0 − W)/(T − o − W_0), s in LAMBDA_SCALES
         (at s = 1 an anchor buys its group what it saves against a group of the lowest band), then
         ASCENT_STEPS Polyak steps λ ← (λ + (1.01·N − need)/|g|²·g)⁺ from the last proof's λ (g: need's
-        subgradient); at 64 GPUs x 256 the steps took the TP1 mixed family from 1,623 to 1,680 ms."""
+        subgradient); at 64 GPUs x 256 (seed 11) the steps took the TP1 mixed family's bound from 1,623 to
+        1,674 ms."""
         caps = T - self.over - self.wait  # (O,)
         usable = self.admissible & (self.cost <= caps[None, :]) & (caps[None, :] > 0)
         with np.errstate(divide="ignore", invalid="ignore"):
