@@ -115,7 +115,7 @@ class _Polish:
             else plan._micro_batch_stats(lat)
         firsts = [float(f[0]) for f, _, _ in stats]  # (the recorded order: first and last as the plan runs them)
         lasts = [float(w[-1]) for _, w, _ in stats]
-        self.s = np.array([self.exposure(e, [f], [w])[0] for e, f, w in zip(self.end, firsts, lasts)])
+        self.s = self.exposure(self.end, firsts, lasts)
 
     def _packings(self, key: _Key, ids: list[int]):
         """Micro-batch options, each (micro-batches, their recompute levels): first-fit decreasing by class
