@@ -573,22 +573,24 @@ def _search(sl: Slice, full: Instance, lat, deadline: float, backend, threads, s
 
 def _polished(plans: list[tuple[str, Plan]], lat: LatencyModel, families: list[Family],
               deadline: float) -> list[tuple[str, Plan]]:
-    """The plans found, polished for the step (see polish), those whose step may fall lowest first: a plan
-    cannot end below its makespan, nor below its layout family's step bound (see layouts); each is given an
-    equal share of the time left, and those that cannot beat the best step are not polished."""
+    """The plans found, polished for the step (see polish), the fastest over the step first (at 4,096 GPUs a
+    polish may take all its time: then it is the plan returned that gains); each may use half the time left
+    (the last all of it; a polish stops when no move is left: 0.1-1.4 s at 64 GPUs x 256). A plan cannot end below its
+    makespan, nor below its layout family's step bound (see layouts): one whose floor is the best step
+    already is not polished."""
     def floor(plan: Plan) -> float:
         tps = {g.tp for g in plan.groups}
         family = [f for f in families if f.t == min(tps) and f.mixed == (len(tps) > 1)]
         return max([plan.makespan_ms] + [f.step(lat) for f in family])
 
-    todo = [p for _, _, p in sorted((floor(p), k, p) for k, (_, p) in enumerate(plans))]
+    todo = [p for _, _, p in sorted((p.step_ms, k, p) for k, (_, p) in enumerate(plans))]
     out = []
-    for k, plan in enumerate(todo):
+    for plan in todo:
         best = min(p.step_ms for _, p in plans + out)
         if floor(plan) >= best or time.monotonic() >= deadline:
             continue
-        now = time.monotonic()
-        better = polish_step(plan, lat, now + (deadline - now) / (len(todo) - k))
+        now = time.monotonic()  # half of what is left (all for the last): one that stops sooner hands it on
+        better = polish_step(plan, lat, now + (deadline - now) * (0.5 if plan is not todo[-1] else 1.0))
         if better is not None:
             out.append(("step polish", better))
     return out
