@@ -50,6 +50,9 @@ QUICK_MAX_S = 5.0           # ... but a limit leaving more than this is never sh
 UNSTAGED_SHARE = 0.4        # of the time left, for the search without stages when stages are optional
 PIPELINE_SHARE = 0.2        # of the time left, for a search on estimated pipeline costs when stages are searched
 QUICK_SLACK = 0.006         # the first cover's T above the area relaxation's threshold estimate
+GUESS_MIN_SEQUENCES = 2048  # beyond, every limit's first covers are aimed so (one cover of 65,536 sequences takes
+                            # ~0.4 s: galloping up from the bound, a slice given 2.3 s of a 10 s step solve at
+                            # 16,384 GPUs returned its cover at the warm start's makespan)
 QUICK_GPUS_PER_GROUP = 3.5  # a short limit's plan has about one group per this many GPUs (17-19 groups on 64 GPUs,
                             # 264-320 on 1,024, 711-1,057 on 4,096, 5,052 on 16,384) ...
 REPRICES_PER_GROUP = 4.5    # ... each costing about this many repricings of a group of the warm start (a cover
@@ -525,7 +528,7 @@ def _search(sl: Slice, full: Instance, lat, deadline: float, backend, threads, s
     guess = None
     if quick and inst.floor is not None:  # estimated costs: a target from them, the bound stays the floors'
         guess = area_bracket(inst, upper, first=True, estimate=True, simple=lower)[1] * (1 + QUICK_SLACK)
-    elif quick:
+    elif quick or inst.n > GUESS_MIN_SEQUENCES:
         lo, target = area_bracket(inst, upper, first=True, simple=lower)
         lower, guess = max(lower, lo), target * (1 + QUICK_SLACK)
     size = sl.size
