@@ -12,38 +12,29 @@ from hetero_sched.milp import layouts, polish
 from hetero_sched.milp.instance import build_instance
 from hetero_sched.milp.solve import _greedy_shares, _to_plan
 from hetero_sched.milp.heuristic import heuristic_solution
+from plan_draws import long_tail as _long_tail, random_plan
 
 
 def _lat(gpus, **options):
     return hs.latency_model(hs.ModelSpec.preset("llama3-8b"), hs.Cluster(gpus=gpus), **options)
 
 
-def _long_tail(rng, n, cap=32768):
-    return [int(min(max(x, 128), cap)) for x in rng.lognormal(np.log(2048), 1.25, size=n)]
-
-
-def _random_plan(rng, lengths, lat, tps=(1, 2, 4)):
-    ids = list(rng.permutation(len(lengths)))
-    groups, left = [], lat.cluster.gpus
-    while ids and left:
-        tp = int(rng.choice([t for t in tps if t <= left]))
-        cp = int(rng.integers(1, left // tp + 1))
-        take = [int(i) for i in ids[:int(rng.integers(1, len(ids) + 1))]]
-        groups.append((tp, cp, take))
-        ids, left = ids[len(take):], left - tp * cp
-    if ids or any(max(lengths[i] for i in take) > lat.max_tokens(tp, cp) for tp, cp, take in groups):
-        return None
-    return hs.Plan.build(lengths, groups, lat)
-
-
 def _plans(rng, lat, count, n=(8, 30)):
     out = []
     while len(out) < count:
         lengths = _long_tail(rng, int(rng.integers(*n)))
-        plan = _random_plan(rng, lengths, lat)
+        plan = random_plan(rng, lengths, lat, (1, 2, 4))
         if plan is not None:
             out.append(plan)
     return out
+
+
+def _polished(rng, lat, count, n):
+    """(plan, its polish) for random plans the polish improved."""
+    for plan in _plans(rng, lat, count, n):
+        out = polish.polish_step(plan, lat, math.inf)
+        if out is not None:
+            yield plan, out
 
 
 @pytest.mark.parametrize("overlap", [True, False])
@@ -117,10 +108,7 @@ def test_grown_micro_batches_fit_and_recompute_more():
     rng = np.random.default_rng(2)
     lat = _lat(16)
     grown = 0
-    for plan in _plans(rng, lat, 30, n=(20, 60)):
-        out = polish.polish_step(plan, lat, math.inf)
-        if out is None:
-            continue
+    for _, out in _polished(rng, lat, 30, n=(20, 60)):
         assert out.validate(lat) == []
         for g in out.groups:
             for mb, k in zip(g.micro_batches, g.recompute_layers):
@@ -137,10 +125,7 @@ def test_polished_plans_stay_above_their_family_s_step_bound():
     rng = np.random.default_rng(17)
     lat = _lat(16)
     checked = 0
-    for plan in _plans(rng, lat, 12, n=(12, 40)):
-        out = polish.polish_step(plan, lat, math.inf)
-        if out is None:
-            continue
+    for plan, out in _polished(rng, lat, 12, n=(12, 40)):
         full = build_instance(plan.lengths, lat, prune=False)
         tables = layouts.forward_tables(full.lengths, full.configs, lat)
         tps = {g.tp for g in out.groups}

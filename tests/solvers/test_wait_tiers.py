@@ -9,14 +9,11 @@ import hetero_sched as hs
 from hetero_sched.milp import heuristic, layouts
 from hetero_sched.milp.instance import build_instance
 from hetero_sched.milp.solve import _greedy_shares, _to_plan
+from plan_draws import long_tail as _long_tail, random_plan as _random_plan
 
 
 def _lat(gpus):
     return hs.latency_model(hs.ModelSpec.preset("llama3-8b"), hs.Cluster(gpus=gpus))
-
-
-def _long_tail(rng, n, cap=32768):
-    return [int(min(max(x, 128), cap)) for x in rng.lognormal(np.log(2048), 1.25, size=n)]
 
 
 def _family_bound(full, tables, lat, t, mixed):
@@ -27,24 +24,6 @@ def _family_bound(full, tables, lat, t, mixed):
     fam = layouts.Family(t, mixed, 0.0)
     fam.delayed = layouts.tiered_delay_bound(sub, tables, cols, lat, t, plain, 1e6)
     return sub, plain, fam
-
-
-def _random_plan(rng, lengths, lat, tps):
-    """A random plan whose groups have TP degrees in tps (None when the draw does not fit or place)."""
-    ids = list(rng.permutation(len(lengths)))
-    groups, left = [], lat.cluster.gpus
-    while ids and left:
-        tp = int(rng.choice([t for t in tps if t <= left]))
-        cp = int(rng.integers(1, left // tp + 1))
-        take = [int(i) for i in ids[:int(rng.integers(1, len(ids) + 1))]]
-        groups.append((tp, cp, take))
-        ids, left = ids[len(take):], left - tp * cp
-    if ids or any(max(lengths[i] for i in take) > lat.max_tokens(tp, cp) for tp, cp, take in groups):
-        return None
-    try:
-        return hs.Plan.build(lengths, groups, lat)
-    except ValueError:
-        return None
 
 
 @pytest.mark.parametrize("t, mixed", [(1, False), (2, False), (1, True)])
