@@ -296,7 +296,7 @@ def suite_anytime(progress) -> None:
         axes[k, 0].legend(fontsize=8)
         axes[k, 1].legend(fontsize=8)
     body = [f"# Anytime behaviour ({dt.date.today():%Y-%m}), objective makespan", "",
-            environment("cpsat, highs, cbc", "0.1-30 s", "0"),
+            environment("cpsat, highs, cbc", "0.02-30 s", "0"),
             "", md_table(f, ["instance", "backend", "time_limit_s", "makespan_ms", "bound_ms", "gap", "status",
                               "wall_s"]), "",
             ("`wall_s` includes model building; the limit is honoured end to end (a model whose estimated "

@@ -30,7 +30,8 @@ def _add_batch(p: argparse.ArgumentParser, required: bool = True) -> None:
     g.add_argument("--lengths", help="comma-separated token lengths, e.g. 32768,1024")
     g.add_argument("--batch", help="file of token lengths: .txt .csv .json .jsonl .parquet")
     g.add_argument("--column", help="column (csv/parquet) or field (jsonl) holding the lengths")
-    g.add_argument("--synthetic", help="prolong:tokens=N,context=N,seed=N or lognormal:n=N,context=N,seed=N")
+    g.add_argument("--synthetic", help="prolong:tokens=N,context=N,seed=N or lognormal:n=N,context=N,seed=N[,median=2048,sigma_x100=150] "
+                        "(log-normal lengths around the median, sigma = sigma_x100/100, capped at the context)")
 
 
 def _add_cluster(p: argparse.ArgumentParser) -> None:
@@ -96,6 +97,9 @@ def _model(args) -> ModelSpec:
 
 def _setup(args):
     model = _model(args)
+    for flag in ("gpus", "gpus_per_node"):
+        if getattr(args, flag, 1) is not None and getattr(args, flag, 1) < 1:
+            raise ValueError(f"--{flag.replace('_', '-')} must be a positive integer, got {getattr(args, flag)}")
     cluster = Cluster(gpus=args.gpus, gpus_per_node=args.gpus_per_node, gpu=args.gpu)
     lat = latency_model(model, cluster, table=args.table, calibration=args.calibration, recompute=args.recompute,
                         overlap_param_gather=args.overlap_param_gather)
@@ -115,8 +119,8 @@ def _calibration_note(lat) -> str | None:
 def _check_solver_args(args) -> None:
     if args.backend not in BACKENDS + ("none",):
         raise ValueError(f"unknown backend {args.backend!r}; choose one of {', '.join(BACKENDS + ('none',))}")
-    if args.time_limit < 0:
-        raise ValueError(f"--time-limit must be >= 0, got {args.time_limit}")
+    if not args.time_limit >= 0:  # (nan too)
+        raise ValueError(f"--time-limit must be a number >= 0, got {args.time_limit}")
     if getattr(args, "work_limit", None) is not None and args.work_limit <= 0:
         raise ValueError(f"--work-limit must be > 0, got {args.work_limit}")
     if args.threads < 1:

@@ -4,9 +4,10 @@ The searches minimise the makespan. The step also pays what the overlapped param
 gradient reduce-scatter leave exposed, and that depends on each group's first micro-batch (its forward
 hides the all-gather) and last one (its backward window hides the reduce-scatter): see
 LatencyModel.sync_exposed_ms. A plan near the least makespan can lose over the step to a homogeneous one:
-at 64 GPUs x 256 long-tail sequences (seed 31) a TP2 plan of makespan 1,585 ms had a TP2xCP2 group holding
-a 40K document and a 3.9K one, two micro-batches, so either its first forward or its last window was
-short; it held the reduce-scatter back and the plan took 1,759 ms over the step, against WLB-LLM's 1,671.
+at 64 GPUs x 256 long-tail sequences (seed 31) the heuristic's TP2 plan of makespan 1,586 ms had a TP2xCP2
+group holding a 40K document and a 3.9K one, two micro-batches, so either its first forward or its last
+window was short; it held the reduce-scatter back and the plan took 1,739 ms over the step, against
+WLB-LLM's 1,671 (polished: 1,630).
 
 Each group g gets a step end s_g: when it ends (its all-gather wait included) or when the reduce-scatter
 it alone holds back would finish,
@@ -18,13 +19,16 @@ group) and, groups being alike, about it. The polish lowers max_g s_g by local s
 the group with the largest s_g gives a sequence to another group, or swaps one with it, when both then end
 below it; each group's micro-batches of one recompute class are packed first-fit decreasing (as Plan.build
 does) or evened out in cost (as many micro-batches: the same cost, a longer first forward and last window
-when first-fit leaves a short remainder), whichever gives the lower s_g, in its best order. Configurations
-and ranks never change, so the plan stays placed. The result is priced by the step model like any plan
+when first-fit leaves a short remainder), whichever gives the lower s_g, in its best order. No group
+changes its configuration or ranks, so the plan stays placed; a group that gives away its last sequence
+is dropped (its GPUs idle; s_g is then computed for the plan's original groups and TP degrees, so only
+the final pricing sees what dropping it changed). The result is priced by the step model like any plan
 and kept only when its step is lower.
 """
 from __future__ import annotations
 
 import bisect
+import copy
 import time
 
 import numpy as np
@@ -219,6 +223,8 @@ class _Polish:
         cost_top = self.keys[top].cost
         mine = sorted(self.ids[top], key=lambda i: -cost_top[i])
         for i in mine:  # give i away
+            if time.monotonic() >= deadline:
+                return False
             partners = self._partners(i, top, level, rank, most)
             if not partners:
                 continue
@@ -263,7 +269,8 @@ class _Polish:
         lat, groups = self.lat, self.plan.groups
         kept = [k for k, ids in enumerate(self.ids) if ids]
         plan = Plan.build(self.lengths_list, [(groups[k].tp, groups[k].cp, 1, self.ids[k]) for k in kept], lat,
-                          ranks=[groups[k].ranks for k in kept], solver=self.plan.solver, baseline=self.plan.baseline)
+                          ranks=[groups[k].ranks for k in kept], solver=copy.deepcopy(self.plan.solver),
+                          baseline=copy.deepcopy(self.plan.baseline))  # (the input plan's figures stay its own)
         for g, k in zip(plan.groups, kept):
             batches, ks, first, last = self.chosen.get(k, (groups[k].micro_batches, groups[k].recompute_layers,
                                                            0, len(groups[k].micro_batches) - 1))
