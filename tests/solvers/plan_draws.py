@@ -1,7 +1,9 @@
-"""Random plans for the bound and polish tests: groups of random shapes and sizes over a long-tail batch."""
+"""Random plans for the bound and polish tests (groups of random shapes and sizes over a long-tail batch),
+and a layout family's tiered step bound."""
 import numpy as np
 
 import hetero_sched as hs
+from hetero_sched.milp import layouts
 
 
 def long_tail(rng, n, cap=32768):
@@ -25,3 +27,15 @@ def random_plan(rng, lengths, lat, tps):
         return hs.Plan.build(lengths, groups, lat)
     except ValueError:
         return None
+
+
+def family_bound(full, tables, lat, t, mixed):
+    """(the family's instance, its plain waits bound, the Family with its tiered waits bound) for plans whose
+    smallest TP is t (with larger ones when mixed)."""
+    cols = np.array([c for c, cfg in enumerate(full.configs) if (cfg[0] >= t if mixed else cfg[0] == t)])
+    sub = full.subset(cols)
+    caps = layouts.net_forward_caps(tables, full.configs, lat)[cols]
+    plain = layouts.delay_area_bound(sub, caps, lat, t, 1e12)
+    fam = layouts.Family(t, mixed, 0.0)
+    fam.delayed = layouts.tiered_delay_bound(sub, tables, cols, lat, t, plain, 1e6)
+    return sub, plain, fam

@@ -12,7 +12,7 @@ from hetero_sched.milp import layouts, polish
 from hetero_sched.milp.instance import build_instance
 from hetero_sched.milp.solve import _greedy_shares, _to_plan
 from hetero_sched.milp.heuristic import heuristic_solution
-from plan_draws import long_tail as _long_tail, random_plan
+from plan_draws import family_bound, long_tail as _long_tail, random_plan
 
 
 def _lat(gpus, **options):
@@ -130,12 +130,7 @@ def test_polished_plans_stay_above_their_family_s_step_bound():
         tables = layouts.forward_tables(full.lengths, full.configs, lat)
         tps = {g.tp for g in out.groups}
         t, mixed = min(tps), len(tps) > 1
-        cols = np.array([c for c, cfg in enumerate(full.configs) if (cfg[0] >= t if mixed else cfg[0] == t)])
-        sub = full.subset(cols)
-        caps = layouts.net_forward_caps(tables, full.configs, lat)[cols]
-        plain = layouts.delay_area_bound(sub, caps, lat, t, 1e12)
-        fam = layouts.Family(t, mixed, 0.0)
-        fam.delayed = layouts.tiered_delay_bound(sub, tables, cols, lat, t, plain, 1e6)
+        _, _, fam = family_bound(full, tables, lat, t, mixed)
         assert fam.step_after_waits(lat) <= out.step_ms * (1 + 1e-9)
         checked += 1
     assert checked >= 3
@@ -159,7 +154,7 @@ def test_the_deadline_is_kept():
     plan = _to_plan(full, sol, _greedy_shares(full, sol), lat)
     started = time.monotonic()
     polish.polish_step(plan, lat, started + 0.05)
-    assert time.monotonic() - started < 0.05 + 1.0  # one move's pricing and the final plan past it at most
+    assert time.monotonic() - started < 0.05 + 0.5  # one move's pricing and the final plan (~10 ms) past it at most
 
 
 def test_the_input_plan_keeps_its_own_figures():

@@ -9,21 +9,11 @@ import hetero_sched as hs
 from hetero_sched.milp import heuristic, layouts
 from hetero_sched.milp.instance import build_instance
 from hetero_sched.milp.solve import _greedy_shares, _to_plan
-from plan_draws import long_tail as _long_tail, random_plan as _random_plan
+from plan_draws import family_bound as _family_bound, long_tail as _long_tail, random_plan as _random_plan
 
 
 def _lat(gpus):
     return hs.latency_model(hs.ModelSpec.preset("llama3-8b"), hs.Cluster(gpus=gpus))
-
-
-def _family_bound(full, tables, lat, t, mixed):
-    cols = np.array([c for c, cfg in enumerate(full.configs) if (cfg[0] >= t if mixed else cfg[0] == t)])
-    sub = full.subset(cols)
-    caps = layouts.net_forward_caps(tables, full.configs, lat)[cols]
-    plain = layouts.delay_area_bound(sub, caps, lat, t, 1e12)
-    fam = layouts.Family(t, mixed, 0.0)
-    fam.delayed = layouts.tiered_delay_bound(sub, tables, cols, lat, t, plain, 1e6)
-    return sub, plain, fam
 
 
 @pytest.mark.parametrize("t, mixed", [(1, False), (2, False), (1, True)])
