@@ -18,8 +18,9 @@ gradient bytes from bucket b on. The plan's step is at least max_g s_g (every bu
 group) and, groups being alike, about it. The polish lowers max_g s_g by local search on its bottleneck:
 the group with the largest s_g gives a sequence to another group, or swaps one with it, when both then end
 below it; each group's micro-batches of one recompute class are packed first-fit decreasing (as Plan.build
-does) or evened out in cost (as many micro-batches: the same cost, a longer first forward and last window
-when first-fit leaves a short remainder), whichever gives the lower s_g, in its best order. No group
+does), evened out in cost (as many micro-batches: the same cost, a longer first forward and last window
+when first-fit leaves a short remainder), or with one or two micro-batches grown past their class's cap at
+a higher recompute level (see _packings), whichever gives the lower s_g, in its best order. No group
 changes its configuration or ranks, so the plan stays placed; a group that gives away its last sequence
 is dropped (its GPUs idle; s_g is then computed for the plan's original groups and TP degrees, so only
 the final pricing sees what dropping it changed). The result is priced by the step model like any plan
