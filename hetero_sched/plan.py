@@ -492,17 +492,18 @@ def _as_assignment(a, layers: int) -> tuple[int, int, int, list]:
     raise ValueError(f"a group is (tp, cp, ids) or (tp, cp, pp, ids), got {len(a)} fields")
 
 
-def _order_options(forwards: np.ndarray, windows: np.ndarray) -> list[tuple[int, int]]:
+def _order_options(forwards, windows) -> list[tuple[int, int]]:
     """(first, last) micro-batch pairs no other pair beats on both the first forward and the last window
-    (the largest window last first: with one option, the only one)."""
+    (the largest window last first: with one option, the only one). Plain Python: the step polish asks it
+    for thousands of small groups, where numpy's per-call cost dominated."""
     if len(forwards) == 1:
         return [(0, 0)]
-    a, b = int(np.argmax(forwards)), int(np.argmax(windows))
+    a = max(range(len(forwards)), key=forwards.__getitem__)
+    b = max(range(len(windows)), key=windows.__getitem__)
     if a != b:
         return [(a, b)]
-    others_w = np.where(np.arange(len(windows)) == b, -np.inf, windows)
-    others_f = np.where(np.arange(len(forwards)) == a, -np.inf, forwards)
-    return [(int(np.argmax(others_f)), b), (a, int(np.argmax(others_w)))]
+    rest = [j for j in range(len(forwards)) if j != a]
+    return [(max(rest, key=forwards.__getitem__), b), (a, max(rest, key=windows.__getitem__))]
 
 
 def _check_group(k: int, g: Group, n: int, cl: Cluster, model: ModelSpec, used: set, seen: list) -> list[str]:

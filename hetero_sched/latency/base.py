@@ -862,7 +862,7 @@ def _pack_up_to(lengths, ids, lat: LatencyModel, tp: int, cp: int, pp: int, reco
             packed = pack_micro_batches(lengths, members, size)
             if pp > 1:
                 costs = lat.seq_latency_array(np.array([lengths[i] for i in members]), tp, cp, None, k, pp)
-                packed = _balanced(lengths, packed, size, costs, members)
+                packed = _balanced(lengths, packed, size, dict(zip(members, costs.tolist())))
         batches += packed
         out_ks += [k] * len(packed)
     return batches, out_ks
@@ -883,21 +883,21 @@ def pipeline_order(fwd: np.ndarray, bwd: np.ndarray) -> np.ndarray:
     return np.argsort((fwd + bwd).max(axis=1), kind="stable")
 
 
-def _balanced(lengths, packed: list[list[int]], cap: int, costs: np.ndarray, members: list[int]) -> list[list[int]]:
+def _balanced(lengths, packed: list[list[int]], cap: int, cost_of) -> list[list[int]]:
     """As many micro-batches as first-fit packed, their costs evened out (WLB-LLM's variable-length packing,
-    which shrinks pipeline stalls): sequences by decreasing cost, each to the cheapest micro-batch with
-    room; where none has room, first-fit's micro-batches stand."""
+    which shrinks pipeline stalls): sequences by decreasing cost (cost_of[i]), each to the cheapest
+    micro-batch with room; where none has room, first-fit's micro-batches stand. Plain Python: the step
+    polish calls it for every group it prices."""
     m = len(packed)
     if m <= 1:
         return packed
-    load, room = np.zeros(m), np.full(m, cap, dtype=np.int64)
+    load, room = [0.0] * m, [cap] * m
     out: list[list[int]] = [[] for _ in range(m)]
-    cost_of = dict(zip(members, costs.tolist()))
-    for i in sorted(members, key=lambda i: (-cost_of[i], i)):
-        fits = np.flatnonzero(room >= lengths[i])
-        if fits.size == 0:
+    for i in sorted((i for mb in packed for i in mb), key=lambda i: (-cost_of[i], i)):
+        fits = [b for b in range(m) if room[b] >= lengths[i]]
+        if not fits:
             return packed
-        b = int(fits[np.argmin(load[fits])])
+        b = min(fits, key=load.__getitem__)
         out[b].append(i)
         load[b] += cost_of[i]
         room[b] -= lengths[i]

@@ -34,10 +34,10 @@ import time
 
 import numpy as np
 
-from ..latency.base import window_share
+from ..latency.base import _balanced, window_share
 from ..packing import pack_micro_batches
 from ..placement import nodes_spanned
-from ..plan import Plan
+from ..plan import Plan, _order_options
 
 PARTNERS = 12       # groups (lowest step end first) the bottleneck may give a sequence to or swap with ...
 WIDE = 200          # ... and when no move is left with them, how many before the polish stops
@@ -53,12 +53,11 @@ class _Key:
     """Per configuration (tp, cp, crosses nodes): each sequence's recompute class, forward and cost."""
 
     def __init__(self, lat, lengths: np.ndarray, tp: int, cp: int, cross: bool):
-        self.tp, self.cp = tp, cp
         layers = lat.model.layers
         self.fits = lengths <= lat.tokens_cap(tp, cp, layers)
         ks = lat.recompute_layers_array(np.minimum(lengths, lat.tokens_cap(tp, cp, layers)), tp, cp)
         f, r, b = lat.seq_parts_array(lengths, tp, cp, cross, recompute_layers=ks)
-        self.k, self.fwd, self.cost = ks, f, f + r + b
+        self.cost = f + r + b
         self.k_list, self.fwd_list, self.cost_list = ks.tolist(), f.tolist(), self.cost.tolist()  # (fast scalars)
         _, r_all, _ = lat.seq_parts_array(lengths, tp, cp, cross, recompute_layers=np.full(lengths.shape, layers))
         self.fixed_list, self.per_layer_list = (f + b).tolist(), (r_all / layers).tolist()  # cost at k: fixed + k·per_layer
@@ -131,7 +130,7 @@ class _Polish:
         class's cap at a higher level (the largest sequences first, up to BIG_LEVELS' caps): a longer
         first forward hides more of the all-gather and a longer last window more of the reduce-scatter,
         for k/layers of a forward more in that micro-batch."""
-        ffd, even = self._by_class(key, ids), self._by_class(key, ids, _even)
+        ffd, even = self._by_class(key, ids), self._by_class(key, ids, _balanced)
         options = [ffd] if even[0] == ffd[0] else [ffd, even]
         if not key.big or len(ids) < 2:
             return options
@@ -295,33 +294,3 @@ def polish_step(plan: Plan, lat, deadline: float) -> Plan | None:
     better = search.plan_out()
     return better if better.step_ms < plan.step_ms - EPS_MS else None
 
-
-def _order_options(fwd: list[float], win: list[float]) -> list[tuple[int, int]]:
-    """plan._order_options on lists: (first, last) pairs not beaten on both the first forward and the last
-    window."""
-    if len(fwd) == 1:
-        return [(0, 0)]
-    a = max(range(len(fwd)), key=fwd.__getitem__)
-    b = max(range(len(win)), key=win.__getitem__)
-    if a != b:
-        return [(a, b)]
-    rest = [j for j in range(len(fwd)) if j != a]
-    return [(max(rest, key=fwd.__getitem__), b), (a, max(rest, key=win.__getitem__))]
-
-
-def _even(lengths: list[int], packed: list[list[int]], cap: int, cost: list[float]) -> list[list[int]]:
-    """As many micro-batches as first-fit packed, their costs evened out: sequences by decreasing cost, each
-    to the cheapest micro-batch with room (latency.base._balanced on lists); `packed` itself when some
-    sequence finds no room."""
-    m = len(packed)
-    load, room = [0.0] * m, [cap] * m
-    out: list[list[int]] = [[] for _ in range(m)]
-    for i in sorted((i for mb in packed for i in mb), key=lambda i: (-cost[i], i)):
-        fits = [b for b in range(m) if room[b] >= lengths[i]]
-        if not fits:
-            return packed
-        b = min(fits, key=load.__getitem__)
-        out[b].append(i)
-        load[b] += cost[i]
-        room[b] -= lengths[i]
-    return out
