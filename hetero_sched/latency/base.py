@@ -65,6 +65,7 @@ class LatencyModel(ABC):
         self._rank_caps: dict = {}
         self._buckets: dict = {}
         self._sync_lower: dict = {}
+        self._bucketings = None  # (caps, forward arrays, backward arrays): see bucketings()
         self.pp_degrees = [d for d in pipeline_divisors(model.layers) if d <= cluster.gpus]
         """Pipeline degrees a group may take: the divisors of the layer count (even stages) up to the
         cluster's GPUs (hs.solve's pp_degrees narrows them)."""
@@ -413,8 +414,11 @@ class LatencyModel(ABC):
         backward sweep done when the bucket is complete). Bucket size: Megatron-LM's DDP default,
         max(40M, 1M·dp) parameters (megatron/core/distributed/distributed_data_parallel_config.py,
         `bucket_size`); order: LM head, blocks L−1 … 0, embedding (reverse of the forward)."""
+        return self.gradient_buckets_at(float(self.bucket_cap(groups)))
+
+    def gradient_buckets_at(self, cap: float) -> list[tuple[float, float]]:
+        """gradient_buckets with buckets of `cap` parameters."""
         m = self.model
-        cap = max(K.BUCKET_PARAMS_MIN, K.BUCKET_PARAMS_PER_DP * max(1, groups))
         buckets, size, done = [], 0, 0.0
         for params, done in self._gradient_pieces():
             size += params
@@ -443,8 +447,11 @@ class LatencyModel(ABC):
     def param_buckets(self, groups: int) -> list[tuple[float, float]]:
         """The gradient buckets in forward order, as the parameter all-gather runs them: (share of the
         parameter bytes, share of a forward done when the first of its layers is reached)."""
+        return self.param_buckets_at(float(self.bucket_cap(groups)))
+
+    def param_buckets_at(self, cap: float) -> list[tuple[float, float]]:
+        """param_buckets with buckets of `cap` parameters."""
         m = self.model
-        cap = max(K.BUCKET_PARAMS_MIN, K.BUCKET_PARAMS_PER_DP * max(1, groups))
         buckets, size, need = [], 0, 1.0
         for params, pos in reversed(self._forward_pieces()):  # bucketed in backward order, as the gradients
             size += params
@@ -539,6 +546,66 @@ class LatencyModel(ABC):
             clock = max(clock, x - K.BACKWARD_SHARE * x * (1.0 - done)) + (gather + reduce) * params / self.model.params
         exposed = max(clock, x) - T
         return exposed if self.overlap_param_gather else exposed + allgather
+
+    def bucket_cap(self, groups) -> np.ndarray:
+        """Megatron-LM's bucket size for a plan of `groups` groups (parameters): max(40M, 1M·groups)."""
+        return np.maximum(K.BUCKET_PARAMS_MIN, K.BUCKET_PARAMS_PER_DP * np.maximum(1, np.asarray(groups)))
+
+    def bucketings(self):
+        """Every bucketing a plan on this cluster can have, as arrays for sync_exposed_lower_grouped:
+        (caps (K,), cumulative parameter shares and forward positions of the parameter buckets (K, B),
+        gradient shares and backward shares done of the gradient buckets (K, B)). Buckets are filled
+        greedily in backward order until they reach the cap (gradient_buckets, param_buckets), so the
+        bucketing changes only where the cap passes the size of a run of consecutive pieces: the caps
+        equal to those sizes (plus 40M and the cap at one group per GPU) give every bucketing of every
+        group count, each standing for the caps from the previous one (excluded) up to itself."""
+        if self._bucketings is None:
+            sizes = np.array([p for p, _ in self._gradient_pieces()], dtype=float)
+            runs = np.cumsum(np.r_[0.0, sizes])
+            sums = (runs[None, :] - runs[:, None])[np.triu_indices(runs.size, 1)]
+            low, high = float(self.bucket_cap(1)), float(self.bucket_cap(self.cluster.gpus))
+            caps = np.unique(np.r_[low, high, sums[(sums > low) & (sums < high)]])
+            rows = [(self.param_buckets_at(c), self.gradient_buckets_at(c)) for c in caps]
+            width = max(max(len(f), len(b)) for f, b in rows)
+            forward = np.zeros((2, caps.size, width))   # cumulative share (pads: 0), position (pads: 0)
+            backward = np.zeros((2, caps.size, width))  # share (pads: 0), done (pads: 0)
+            for k, (f, b) in enumerate(rows):
+                shares, positions = np.array(f).T
+                forward[0, k, :len(f)], forward[1, k, :len(f)] = np.cumsum(shares), positions
+                backward[:, k, :len(b)] = np.array(b).T
+            self._bucketings = (caps, forward, backward)
+        return self._bucketings
+
+    def sync_exposed_lower_grouped(self, t_layout: int, makespans, least_groups, mixed: bool = False,
+                                   first_forward_max_ms: float = math.inf) -> np.ndarray:
+        """sync_exposed_lower_ms of plans of makespan ≥ makespans[j] and at least least_groups[j] groups, with
+        their real buckets instead of one piece per layer: the same argument (the slowest group alone),
+        the least over every bucketing a group count ≥ least_groups[j] can have (bucketings). A plan of
+        many groups has few, large buckets (1M parameters a group: 4,295 groups put llama3-8b in two), so
+        the slowest group waits for a whole first bucket before its forward starts and the last bucket's
+        reduce-scatter starts only when the backward ends. Without stages only (with stages see
+        sync_exposed_lower_ms). Returns (J,)."""
+        caps, (cum, pos), (shares, done) = self.bucketings()
+        M = np.asarray(makespans, dtype=float)[:, None, None]
+        _, reduce, allgather = self.sync_parts([t_layout])
+        gather = self._least_mixed_gather(t_layout) if mixed else 0.0
+        if gather is None:
+            return np.full(M.shape[0], math.inf)
+        x = M
+        if self.overlap_param_gather:
+            first = np.minimum(K.FORWARD_SHARE_MAX * M, first_forward_max_ms)
+            x = M + np.maximum(0.0, (allgather * cum[None] - first * pos[None]).max(axis=2, keepdims=True))
+        q = (gather + reduce) * shares[None]                                  # (1, K, B)
+        tail = np.cumsum(q[..., ::-1], axis=2)[..., ::-1]                    # sent from bucket b on
+        ready = x - K.BACKWARD_SHARE * x * (1.0 - done[None])                 # (J, K, B)
+        start = allgather if self.overlap_param_gather else -math.inf
+        clock = np.maximum(start + q.sum(axis=2), (ready + tail).max(axis=2))  # (J, K): the chain, closed form
+        exposed = np.maximum(clock, x[..., 0]) - M[..., 0]
+        if not self.overlap_param_gather:
+            exposed = exposed + allgather
+        # bucketing k stands for caps in (caps[k-1], caps[k]]: it is possible when caps[k] ≥ the least cap
+        possible = caps[None, :] >= self.bucket_cap(np.asarray(least_groups, dtype=float))[:, None]
+        return np.where(possible, exposed, np.inf).min(axis=1)
 
     def _least_mixed_gather(self, unit: int) -> float | None:
         """Least layout gather of a plan whose smallest layout has `unit` GPUs per copy and that holds a

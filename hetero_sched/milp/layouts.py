@@ -46,6 +46,7 @@ class Family:
     remote: RemoteBound | None = None  # or its pattern LP searched in a worker
     forward_cap: float = math.inf  # no first micro-batch of this family's plans hides more (ms, net_forward_caps)
     delayed: float = 0.0  # a bound on max over groups of (own-class time + all-gather wait) (delay_area_bound)
+    grouped: float = 0.0  # a step bound from the group count's buckets (groups.grouped_step_bound)
 
     def poll(self) -> None:
         """Read the worker's bound; one that failed hands the family back to a search here."""
@@ -66,7 +67,7 @@ class Family:
                                         or (self.search is None and self.start is not None))
 
     def step(self, lat) -> float:
-        return max(self.step_at(lat, self.bound), self.step_after_waits(lat))
+        return max(self.step_at(lat, self.bound), self.step_after_waits(lat), self.grouped)
 
     def step_after_waits(self, lat) -> float:
         """The step bound from `delayed` (the all-gather waits already in it): the reduce-scatter after."""

@@ -219,6 +219,8 @@ class _Polish:
         """One move (a sequence given, or two swapped) that brings group top and its partner below its step
         end. A move that leaves a group's end plus the least wait at the level is not priced."""
         level = self.s[top] - EPS_MS
+        if top not in self.chosen and self._take(top, self.ids[top], level):
+            return True  # its own sequences repacked (a plan's groups come packed first-fit, none grown)
         rank = np.argsort(self.s, kind="stable")
         cost_top = self.keys[top].cost
         mine = sorted(self.ids[top], key=lambda i: -cost_top[i])
