@@ -5,7 +5,7 @@ import math
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from functools import cached_property
 
 import numpy as np
@@ -16,12 +16,11 @@ from ..plan import Plan, SolveResult, check_objective, objective_key
 from ..specs import Cluster
 from .backends import BACKENDS, BUILD_SHARE, BuildTimeout, build_seconds, run_backend
 from .bounds import LayoutBounds, area_bracket, distinct_lengths, overhead_area_bound, simple_bound
-from .groups import grouped_step_bound
 from .formulation import build_milp, decode, decode_nodes, estimate_size, hint_values
+from .groups import grouped_step_bound
 from .heuristic import heuristic_solution, makespan
 from .instance import Instance, _undominated, build_instance, check_lengths, grid_points
-from .layouts import (Family, delay_area_bound, forward_tables, net_forward_caps, step_bound, tiered_delay_bound,
-                      tighten)
+from .layouts import Family, delay_area_bound, forward_tables, net_forward_caps, step_bound, tiered_delay_bound, tighten
 from .lns import rebalance, swap_towards
 from .patterns import PatternBound, worth_trying
 from .polish import polish_step
@@ -31,7 +30,6 @@ OPTIMAL_GAP = 1e-6
 MAX_MIP_VARIABLES = 60_000  # beyond this the slot MIP is not built: heuristic + bounds answer
 HEURISTIC_SHARE = 0.3       # of the time limit, when the MIP runs after it
 PATTERNS_HEURISTIC_SHARE = 0.1  # ... and when the pattern LP and LNS do
-WAIT_AWARE_SHARE = 0.05     # of the time left, for the heuristic on overheads raised by the all-gather waits
 PATTERN_SHARE = 0.35        # of the time left, for the pattern LP before the configuration swaps
 LNS_SHARE = 0.4             # of the time left then, for rebalancing (it stops earlier once stuck)
 MILP_VARS_PER_S = 150_000   # build_milp's own pace here (24 GPUs x 256 sequences: 47,672 variables in 0.32 s)
@@ -119,9 +117,6 @@ def solve(lengths, cluster: Cluster, lat: LatencyModel, *, backend: str = "cpsat
             deterministic_limit is not None or deadline - time.monotonic() > WAITS_MIN_S):
         _cap_first_forwards(slices, full, lat, warm.step_ms, math.inf if deterministic_limit is not None
                             else time.monotonic() + WAITS_SHARE * (deadline - time.monotonic()))
-    if objective == "step" and not quick and not full.pipelined and deterministic_limit is None \
-            and lat.overlap_param_gather and full.n <= WAITS_MAX_SEQUENCES:  # (at 4,096 GPUs it found nothing better)
-        _aim_at_waits(slices, full, lat, len(warm.groups))
     clock["bounds"] = time.monotonic() - start - clock["pricing"] - clock["warm start"]
     plans, notes, bounds = [("warm start", warm)] + _per_micro_batch(warm, lat), {}, {}
     if full.pipelined and not quick:
@@ -358,7 +353,6 @@ class Slice:
     found: Callable | None = None  # told of the heuristic's plan (the worker's search steers by it)
     configs: int = 0  # configurations the slice may use
     make: Callable | None = None  # builds inst, warm_sol and upper when the slice is searched (short limits)
-    waits: np.ndarray | None = None  # per configuration of inst: a group's all-gather wait (see _aim_at_waits)
 
     def build(self, full: Instance, warm: Plan) -> None:
         """The slice's instance, when only its bounds were computed (see _slice)."""
@@ -471,30 +465,6 @@ def _cap_first_forwards(slices: list, full: Instance, lat: LatencyModel, upper: 
                                                           goal, memos[id(fam)], deadline))
 
 
-def _aim_at_waits(slices: list, full: Instance, lat: LatencyModel, groups: int) -> None:
-    """Each slice's per-configuration all-gather wait for the wait-aware heuristic (see _search): a group's
-    first micro-batch taken as the median sequence repeated up to the configuration's token cap without
-    recompute (what first-fit packs most groups' first micro-batches with), waiting with the buckets of
-    `groups` groups. A 1-GPU group cannot hold a first micro-batch that hides the all-gather (llama3-8b at
-    64 GPUs: ~175 ms of forward fits beside its activations, against 440 ms of all-gather), so it pays
-    ~265 ms past its load, which the makespan searches do not see."""
-    median = int(np.median(full.lengths))
-    for sl in slices:
-        if sl.inst is None:
-            continue
-        _, _, allgather = lat.sync_parts([sl.min_tp])
-        firsts = [_typical_first_forward(lat, cfg, median) for cfg in sl.inst.configs]
-        sl.waits = lat.gather_delays(allgather, firsts, groups)
-
-
-def _typical_first_forward(lat: LatencyModel, cfg: tuple, length: int) -> float:
-    tp, cp, cross, _ = cfg
-    cap = lat.tokens_cap(tp, cp, 0)
-    n = max(1, cap // length) if length <= cap else 1
-    fwd, _, _ = lat.seq_parts_array(np.array([min(length, max(cap, 1))]), tp, cp, cross, recompute_layers=0)
-    return lat.overhead_parts(tp, cp, cross)[0] + n * float(fwd[0])
-
-
 def _group_count_bounds(slices: list, lat: LatencyModel, best: float, deadline: float) -> None:
     """Each family's step bound from its group count (see groups), lowest family first, while time is left:
     where the bucket size grows with the groups (Megatron's max(40M, 1M·groups)) a plan of many groups
@@ -588,8 +558,6 @@ def _search(sl: Slice, full: Instance, lat, deadline: float, backend, threads, s
                               per_group_s=per_group_s if det_limit is None else 0.0)
     heur = (heur, _greedy_shares(inst, heur)) if heur else None
     found = [("heuristic", heur)] if heur and heur[1] is not None else []
-    if found and sl.waits is not None and det_limit is None:
-        found += _wait_aware(inst, sl.waits, heur[0], lower, _share(WAIT_AWARE_SHARE, deadline), seed, per_group_s)
     heur_plan = _to_plan(inst, *heur, lat) if found and sl.found is not None else None  # priced once:
     if heur_plan is not None:  # told to the worker now, returned below
         sl.found(heur_plan)
@@ -620,17 +588,6 @@ def _search(sl: Slice, full: Instance, lat, deadline: float, backend, threads, s
     plans = [(who, heur_plan if entry is heur and heur_plan is not None else _to_plan(inst, *entry, lat))
              for who, entry in found]
     return [(who, p) for who, p in plans if p is not None], bound, note, search
-
-
-def _wait_aware(inst: Instance, waits: np.ndarray, sol, lower: float, deadline: float, seed: int,
-                per_group_s: float) -> list:
-    """The heuristic on the slice's configurations with each overhead raised by its all-gather wait (see
-    _aim_at_waits): a plan whose small groups end early enough to wait. Started from the plain
-    heuristic's solution (its makespan on the raised costs is the first upper end)."""
-    raised = replace(inst, overhead=inst.overhead + waits)
-    alt = heuristic_solution(raised, lower, makespan(raised, sol), deadline, seed=seed, per_group_s=per_group_s)
-    shares = _greedy_shares(inst, alt) if alt else None
-    return [("wait-aware heuristic", (alt, shares))] if shares is not None else []
 
 
 def _polished(plans: list[tuple[str, Plan]], lat: LatencyModel, families: list[Family],

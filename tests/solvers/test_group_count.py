@@ -3,14 +3,16 @@ listed are every bucketing a group count gives, no plan holds fewer groups than 
 makespan, no plan exposes less sync than its group count's buckets allow, and no plan of a family takes
 less over the step than the family's grouped bound. Plans of hundreds of small groups on 512 GPUs, where
 the bucket size (1M parameters a group) passes 40M."""
+from itertools import pairwise
+
 import numpy as np
 import pytest
+from plan_draws import long_tail
 
 import hetero_sched as hs
 from hetero_sched.milp.bounds import simple_bound
 from hetero_sched.milp.groups import GroupCount, grouped_step_bound
 from hetero_sched.milp.instance import build_instance
-from plan_draws import long_tail
 
 GPUS = 512
 SHAPES = [(1, 1), (1, 2), (2, 1), (2, 2), (4, 1)]
@@ -84,7 +86,7 @@ def test_least_groups_falls_with_the_makespan(lat, draws):
     lengths, _ = draws
     count = GroupCount(build_instance(lengths, lat))
     values = [count.least_groups(T) for T in (1500.0, 2000.0, 3000.0, 6000.0)]
-    assert all(a >= b - 1e-6 for a, b in zip(values, values[1:]))
+    assert all(a >= b - 1e-6 for a, b in pairwise(values))
     assert values[-1] < GPUS
 
 
