@@ -175,7 +175,7 @@ def solve(lengths, cluster: Cluster, lat: LatencyModel, *, backend: str = "cpsat
             reserve -= polish_s
             now = time.monotonic()
             plans += _polished(plans, lat, families, now + max(polish_s, (deadline - reserve - now) / 2))
-        if objective == "step" and not quick and not full.pipelined:
+        if objective == "step" and not quick and not full.pipelined and not round_lengths:
             _group_count_bounds(slices, lat, min(p.step_ms for _, p in plans),
                                 math.inf if deterministic_limit is not None else deadline - reserve)
         if objective == "step" and deterministic_limit is None and not round_lengths and full.floor is None:
