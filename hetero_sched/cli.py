@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import signal
 import sys
@@ -119,8 +120,8 @@ def _calibration_note(lat) -> str | None:
 def _check_solver_args(args) -> None:
     if args.backend not in BACKENDS + ("none",):
         raise ValueError(f"unknown backend {args.backend!r}; choose one of {', '.join(BACKENDS + ('none',))}")
-    if not args.time_limit >= 0:  # (nan too)
-        raise ValueError(f"--time-limit must be a number >= 0, got {args.time_limit}")
+    if not 0 <= args.time_limit < math.inf:  # (nan too)
+        raise ValueError(f"--time-limit must be a finite number >= 0, got {args.time_limit}")
     if getattr(args, "work_limit", None) is not None and args.work_limit <= 0:
         raise ValueError(f"--work-limit must be > 0, got {args.work_limit}")
     if args.threads < 1:
@@ -387,9 +388,8 @@ def _print_problems(path, problems, tail: str = "") -> None:
 
 def _read_plan(args):
     """The plan file and the step model its --table / --calibration name (None: the plan's own)."""
-    from .planfile import read_plan, step_model_for
-
     from .plan import latency_for
+    from .planfile import read_plan, step_model_for
 
     plan = read_plan(args.plan)
     lat = step_model_for(plan, args.table, args.calibration)
@@ -438,6 +438,8 @@ def cmd_sweep(args) -> int:
             raise ValueError(f"time limit {x} must be >= 0")
     if args.repeat < 1:
         raise ValueError(f"--repeat must be >= 1, got {args.repeat}")
+    if args.threads < 1:
+        raise ValueError(f"--threads must be >= 1, got {args.threads}")
     check_writable(args.out)
     if args.png:
         check_writable(args.png)
@@ -633,9 +635,17 @@ def _print_check(result) -> None:
 
 
 # ---- parser and entry point -----------------------------------------------------------------------------
+class _Parser(argparse.ArgumentParser):
+    """Bad arguments: one line on stderr and exit status 2, as every other bad input (argparse also
+    prints the usage; `--help` shows it)."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="hetero-sched", description="Plan heterogeneous TP/CP/PP groups for a "
-                                "long-context training step and compare with WLB-LLM.")
+    p = _Parser(prog="hetero-sched", description="Plan heterogeneous TP/CP/PP groups for a "
+                "long-context training step and compare with WLB-LLM.")
     p.add_argument("--version", action="version", version=f"hetero-sched {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
     s = sub.add_parser("solve", help="plan one batch and print the groups")
@@ -657,8 +667,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"comma-separated backends, each run at every time limit (default cpsat,highs,cbc; "
                         f"known: {', '.join(BACKENDS)})")
     w.add_argument("--repeat", type=int, default=1, help="runs per (backend, limit), seeds 0..repeat-1")
-    w.add_argument("--threads", type=int, default=2)
-    w.add_argument("--out", default="sweep.csv", help="CSV (resumed when it exists)")
+    w.add_argument("--threads", type=int, default=2, help="the backends' threads (default 2)")
+    w.add_argument("--out", default="sweep.csv", help="CSV, resumed when it exists (default sweep.csv)")
     w.add_argument("--png", help="anytime plot (needs the plot extra: pip install 'hetero-sched[plot]')")
     w.add_argument("--objective", default="step", choices=["step", "makespan"], help="what each run minimises")
     _add_pp_degrees(w)

@@ -1,10 +1,11 @@
 """Step bounds from the group count: many groups mean few, large gradient buckets.
 
 The bucket size is max(40M, 1M·groups) parameters (Megatron-LM's default; LatencyModel.gradient_buckets),
-so a plan of thousands of groups has a handful of buckets: its groups wait for a whole first bucket of the
-parameter all-gather before their forward starts, and the last bucket's reduce-scatter starts only when
-the backward ends (4,295 groups put llama3-8b in two buckets: 269 ms of exposed sync at 16,384 GPUs where
-one piece per layer would allow 41 ms). A plan of makespan M in [T_j, T_{j+1}) holds at least
+so a plan of thousands of groups has a handful of buckets: its groups wait for every bucket the forward
+needs at its start (the embedding's and the first block's) before the forward starts, and those
+buckets' reduce-scatter starts only when the backward ends (a TP2 plan of 4,295 groups at 16,384 GPUs
+has llama3-8b in two buckets: at least 199 ms exposed, where one piece per layer allows 41 ms; the
+heuristic's plan exposed 269 ms). A plan of makespan M in [T_j, T_{j+1}) holds at least
 G_min(T_{j+1}) groups (least_groups), so
 
     step ≥ min( upper, min_j [ T_j + E(T_j, G ≥ G_min(T_{j+1})) ] ),

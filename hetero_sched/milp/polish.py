@@ -117,6 +117,7 @@ class _Polish:
         self.exposure = _Exposure(lat, [g.tp for g in plan.groups], len(plan.groups))
         self.ids = [list(g.sequence_ids) for g in plan.groups]
         self.chosen: dict[int, tuple] = {}  # group -> (micro-batches, classes, first, last) where the polish moved
+        self.repacked: set[int] = set()  # groups whose own sequences were tried repacked
         self.end = np.array([g.latency_ms for g in plan.groups])
         stats = plan.priced_with[1] if plan.priced_with is not None and plan.priced_with[0] is lat \
             else plan._micro_batch_stats(lat)
@@ -219,8 +220,10 @@ class _Polish:
         """One move (a sequence given, or two swapped) that brings group top and its partner below its step
         end. A move that leaves a group's end plus the least wait at the level is not priced."""
         level = self.s[top] - EPS_MS
-        if top not in self.chosen and self._take(top, self.ids[top], level):
-            return True  # its own sequences repacked (a plan's groups come packed first-fit, none grown)
+        if top not in self.chosen and top not in self.repacked:
+            self.repacked.add(top)  # (tried once: the same sequences give the same packings)
+            if self._take(top, self.ids[top], level):
+                return True  # its own sequences repacked (a plan's groups come packed first-fit, none grown)
         rank = np.argsort(self.s, kind="stable")
         cost_top = self.keys[top].cost
         mine = sorted(self.ids[top], key=lambda i: -cost_top[i])

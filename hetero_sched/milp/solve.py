@@ -193,14 +193,19 @@ def solve(lengths, cluster: Cluster, lat: LatencyModel, *, backend: str = "cpsat
         plans = [(who, _on_true_lengths(p, true_lengths, lat)) for who, p in plans]
     who, plan = min(plans, key=lambda wp: (*objective_key(wp[1], objective), wp[0] != "warm start"))
     plan.baseline = dict(warm.baseline)
+    if round_lengths:  # the searches' bounds hold for the rounded-up costs only
+        low = _bound_on_lengths_rounded_down(true_lengths, round_lengths, lat, pp_degrees, plan.makespan_ms)
+        makespan_bound, step_bound = low, min(low + lat.sync_exposed_lower_ms(t, low) for t in tps)
+    else:
+        makespan_bound = bounds[tps[0]]
+        step_bound = max(_step_bound(lat, bounds, tps, families, objective), bounds[tps[0]])
     plan.solver = SolveResult(backend=backend, status="feasible", time_limit_s=time_limit_s, threads=threads,
-                              seed=seed, objective=objective, makespan_bound_ms=bounds[tps[0]],
-                              step_bound_ms=max(_step_bound(lat, bounds, tps, families, objective, round_lengths),
-                                                0.0 if round_lengths else bounds[tps[0]]))
+                              seed=seed, objective=objective, makespan_bound_ms=makespan_bound,
+                              step_bound_ms=step_bound)
     plan.refresh(lat)  # every candidate was built (or the warm start repriced) by lat; only solver and baseline set
     s = plan.solver
     s.status = "optimal" if s.gap <= OPTIMAL_GAP else ("baseline" if who == "warm start" else "feasible")
-    rounding = f"lengths priced rounded up to {round_lengths}; " if round_lengths else ""
+    rounding = f"lengths priced rounded up to {round_lengths}, bounds on them rounded down; " if round_lengths else ""
     s.wall_s = time.monotonic() - start
     clock["placing and pricing the plans"] = s.wall_s - sum(clock.values())
     spent = ", ".join(f"{k} {1e3 * v:.0f} ms" for k, v in clock.items())
@@ -313,12 +318,9 @@ def _pricing_seconds(plan: Plan, lat: LatencyModel) -> float:
     return time.monotonic() - started
 
 
-def _step_bound(lat: LatencyModel, bounds: dict, tps: list[int], families: list, objective: str,
-                round_lengths) -> float:
+def _step_bound(lat: LatencyModel, bounds: dict, tps: list[int], families: list, objective: str) -> float:
     """Step objective: the lowest family's bound (see layouts). Makespan objective (one slice searched):
     min over layouts t of (the whole space's makespan bound) + least exposed sync of t."""
-    if round_lengths:
-        return 0.0  # bounds were proven on rounded-up costs: they do not bound the true ones
     if objective == "step":
         return step_bound(families, lat)
     return min(bounds[tps[0]] + lat.sync_exposed_lower_ms(t, bounds[tps[0]]) for t in tps)
@@ -326,6 +328,15 @@ def _step_bound(lat: LatencyModel, bounds: dict, tps: list[int], families: list,
 
 def _rounded(lengths: np.ndarray, r: int | None) -> np.ndarray:
     return lengths if not r else (-(-lengths // r)) * r
+
+
+def _bound_on_lengths_rounded_down(lengths: np.ndarray, r: int, lat: LatencyModel, pp_degrees,
+                                   upper: float) -> float:
+    """A makespan bound that holds for the true lengths when the search priced them rounded up to a multiple
+    of r (whose bounds only hold for those costs): the simple and overhead area bounds on the lengths rounded
+    down (costs rise with the length, so each is at most the true one). upper: a true plan's makespan."""
+    low = build_instance(np.maximum(lengths // r * r, 1), lat, pp_degrees=pp_degrees)
+    return overhead_area_bound(low, max(upper, simple_bound(low)))
 
 
 def _on_true_lengths(plan: Plan, lengths: np.ndarray, lat: LatencyModel) -> Plan:

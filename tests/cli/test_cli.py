@@ -145,6 +145,11 @@ BAD = [
     (["latency", "--at", "1K,abc"], "abc"),
     (["solve", "--lengths", "1024", "--model", "llama3-8b", "--hf-config", "c.json"], "not both"),
     (["solve", "--lengths", "1024", "--round-lengths", "0"], "--round-lengths"),
+    (["solve", "--lengths", "1024", "--time-limit", "inf"], "--time-limit"),
+    (["solve", "--lengths", "1024", "--gpus", "abc"], "--gpus"),
+    (["solve", "--lengths", "1024", "--objective", "fast"], "--objective"),
+    (["sweep", "--lengths", "1024", "--threads", "0"], "--threads"),
+    (["bogus"], "bogus"),
 ]
 
 

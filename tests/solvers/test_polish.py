@@ -6,13 +6,14 @@ import time
 
 import numpy as np
 import pytest
+from plan_draws import family_bound, random_plan
+from plan_draws import long_tail as _long_tail
 
 import hetero_sched as hs
 from hetero_sched.milp import layouts, polish
+from hetero_sched.milp.heuristic import heuristic_solution
 from hetero_sched.milp.instance import build_instance
 from hetero_sched.milp.solve import _greedy_shares, _to_plan
-from hetero_sched.milp.heuristic import heuristic_solution
-from plan_draws import family_bound, long_tail as _long_tail, random_plan
 
 
 def _lat(gpus, **options):
@@ -86,6 +87,7 @@ def test_a_group_whose_short_micro_batch_holds_back_the_reduce_scatter_is_mended
     loses over the step to WLB-LLM's homogeneous TP2xCP4 (its groups of two micro-batches start or end on a
     short one); polished, it wins, within 1 % of the TP2 family's step bound (1,625 ms)."""
     from hetero_sched.baselines.wlb_llm import best_homogeneous_plan
+
     from hetero_sched.milp.solve import _priced, _slice
     from hetero_sched.workload import synthetic
     lat = _lat(64)
