@@ -428,10 +428,15 @@ def suite_scale(progress) -> None:
              "objective never loses to it). Where the slot MIP and the pattern LP cannot run (beyond 60,000 "
              "variables and 400 distinct lengths: every point from 256 GPUs), the makespan bound rests on the "
              "overhead area bound (GPU-time with each group's overhead charged, over distinct lengths) and the "
-             "longest sequence's least time; the step bound adds each layout family's least exposed sync, "
-             "which assumes the slowest group's whole makespan could hide the sync and cannot see each group's "
-             "first forward under the overlapped parameter all-gather: it is weak, so step gaps are larger "
-             "than makespan gaps. Both objectives' plans are recomputed by the step model."),
+             "longest sequence's least time; the step bound adds each layout family's least exposed sync "
+             "(the slowest group may hide the sync behind up to its whole makespan; each group's first "
+             "forward under the overlapped parameter all-gather is not seen) and, under the step objective, "
+             "the group-count bound (a plan of makespan T holds at least the groups an LP over the GPUs "
+             "allows, and Megatron's bucket size, max(40M, 1M·groups) parameters, makes their buckets large). "
+             "It is weak where plans whose smallest TP is 1 bind (a TP1 group whose first micro-batch holds no "
+             "long document waits ~270 ms for the all-gather, which the bound does not see beside the group "
+             "count), so step gaps are larger than makespan gaps. Both objectives' plans are recomputed by "
+             "the step model."),
             ]
     write("scale", f, body, fig)
 
