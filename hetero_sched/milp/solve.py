@@ -94,6 +94,10 @@ def solve(lengths, cluster: Cluster, lat: LatencyModel, *, backend: str = "cpsat
     clock = {"pricing": time.monotonic() - start}
     warm = best_homogeneous_plan(full, lat, objective)
     clock["warm start"] = time.monotonic() - start - clock["pricing"]
+    # the searches' bounds hold for the rounded-up costs only: the reported ones are proven before the search
+    # (within the limit) on the lengths rounded down
+    low = _bound_on_lengths_rounded_down(true_lengths, round_lengths, lat, pp_degrees, warm.makespan_ms) \
+        if round_lengths else None
     repricing = _pricing_seconds(warm, lat)
     reserve = repricing * RESERVE_PLANS  # placing and pricing the plans found, after the search
     per_group_s = repricing * BUILD_REPRICES / len(warm.groups)  # building a plan found, per group
@@ -193,8 +197,7 @@ def solve(lengths, cluster: Cluster, lat: LatencyModel, *, backend: str = "cpsat
         plans = [(who, _on_true_lengths(p, true_lengths, lat)) for who, p in plans]
     who, plan = min(plans, key=lambda wp: (*objective_key(wp[1], objective), wp[0] != "warm start"))
     plan.baseline = dict(warm.baseline)
-    if round_lengths:  # the searches' bounds hold for the rounded-up costs only
-        low = _bound_on_lengths_rounded_down(true_lengths, round_lengths, lat, pp_degrees, plan.makespan_ms)
+    if round_lengths:
         makespan_bound, step_bound = low, min(low + lat.sync_exposed_lower_ms(t, low) for t in tps)
     else:
         makespan_bound = bounds[tps[0]]
@@ -334,7 +337,8 @@ def _bound_on_lengths_rounded_down(lengths: np.ndarray, r: int, lat: LatencyMode
                                    upper: float) -> float:
     """A makespan bound that holds for the true lengths when the search priced them rounded up to a multiple
     of r (whose bounds only hold for those costs): the simple and overhead area bounds on the lengths rounded
-    down (costs rise with the length, so each is at most the true one). upper: a true plan's makespan."""
+    down (costs rise with the length, so each is at most the true one). upper: the makespan of a plan priced
+    on the lengths rounded up (at least its true makespan)."""
     low = build_instance(np.maximum(lengths // r * r, 1), lat, pp_degrees=pp_degrees)
     return overhead_area_bound(low, max(upper, simple_bound(low)))
 
