@@ -45,7 +45,7 @@ class Family:
     start: Callable | None = None  # start(upper) -> PatternBound | None, built when first needed
     remote: RemoteBound | None = None  # or its pattern LP searched in a worker
     forward_cap: float = math.inf  # no first micro-batch of this family's plans hides more (ms, net_forward_caps)
-    delayed: float = 0.0  # a bound on max over groups of (own-class time + all-gather wait) (delay_area_bound)
+    delayed: float = 0.0  # a bound on max over groups of (own-class time + first micro-batch's extra + wait) (delay_area_bound)
     grouped: float = 0.0  # a step bound from the group count's buckets (groups.grouped_step_bound)
 
     def poll(self) -> None:
@@ -204,6 +204,88 @@ def net_forward_caps(tables: ForwardTables, configs, lat, keep=None) -> np.ndarr
     return caps[0] if keep is None else caps
 
 
+HIDE_SHARES = (0.4, 0.7, 1.0)  # the shares P at which first_penalties weighs a forward against its extra (1: the cap)
+PENALTY_STRIDE = 2  # recompute levels per stride for P < 1, at least (256 GPUs x 1,024: 1.5x faster than 1, the same bound)
+
+
+def first_penalties(tables: ForwardTables, configs, lat, allgather: float, keep=None) -> np.ndarray:
+    """For each configuration (tables.parts[j] for configs[j]), a lower bound on what any group of it pays for
+    its first micro-batch beyond its sequences' own-class time: that micro-batch's extra recompute X plus the
+    all-gather's wait delay(F) = max_p (c_p − F·pos_p)⁺ (F its forward; one piece per layer: see
+    LatencyModel.least_gather_delays). For weights w_p ≥ 0 with Σ w_p ≤ 1 (a max is at least any such mean),
+
+        X + delay(F) ≥ Σ w_p·c_p − (P·F − X),   P = Σ w_p·pos_p,
+
+    and the most Σ w_p·c_p can be for a given P is ĉ(P), the upper concave envelope of the points (pos_p, c_p)
+    and (0, 0). Over a micro-batch recomputing k layers, P·F − X is at most a fractional knapsack (room
+    tokens_cap(k), value per token P·forward − extra, taken at most as in net_forward_caps), so such a group
+    pays at least max_P [ĉ(P) − knapsack_k(P)] (P in 0 and HIDE_SHARES), and every group at least the least of
+    that over k. P = 1 is net_forward_caps' cap (ĉ(1) is the whole all-gather); a smaller P charges the extra
+    recompute of a micro-batch grown to hide the all-gather, which the cap nets against the forward at full
+    weight although each layer's wait falls only with the forward before it: a 1-GPU group of 9K documents
+    recomputing every layer holds 43K tokens whose forward, 1.25 s, hides the 447-ms all-gather, for 0.86 s
+    of extra recompute. The result is never below the wait of the cap (least_gather_delays of it), which the
+    envelope at every piece's position would give. Returns (C,) without keep, (R, C) with it (see
+    net_forward_caps)."""
+    t = tables
+    layers = lat.model.layers
+    fine = _levels(layers, t.stride)
+    coarse = _levels(layers, t.stride * -(-PENALTY_STRIDE // t.stride))  # (each fine stride within one coarse)
+    block = np.searchsorted(coarse[0], fine[0], side="right") - 1  # the coarse level of each fine one
+    hull = _gather_envelope(lat, allgather, np.r_[0.0, HIDE_SHARES])
+    rows = 1 if keep is None else keep[0].shape[0]
+    out = np.empty((rows, len(configs)))
+    for j, ((tp, cp, cross, _), part) in enumerate(zip(configs, t.parts)):
+        kept = np.ones((1, t.lo.size), dtype=bool) if keep is None else keep[j]
+        forward_part = lat.overhead_parts(tp, cp, cross)[0]
+        whole = forward_part + _net_knapsacks(t, part, lat, tp, cp, fine, 1.0, kept)  # (R, fine levels)
+        cap = whole.max(axis=1)  # net_forward_caps' cap
+        # P = 1 at the fine levels, least over each coarse block; P = 0: the pieces needed at the start
+        paid = np.maximum(hull[0], np.minimum.reduceat(hull[-1] - whole, np.flatnonzero(np.r_[True, np.diff(block) > 0]),
+                                                       axis=1))
+        for P, c in zip(HIDE_SHARES[:-1], hull[1:-1]):
+            paid = np.maximum(paid, c - P * forward_part - _net_knapsacks(t, part, lat, tp, cp, coarse, P, kept))
+        out[:, j] = np.maximum(paid.min(axis=1), lat.least_gather_delays(allgather, cap))
+    return out[0] if keep is None else out
+
+
+def _levels(layers: int, stride: int) -> tuple[np.ndarray, np.ndarray]:
+    """Recompute levels in strides: each stride's lowest k (for the extra) and highest (for the room)."""
+    lows = np.arange(0, layers + 1, stride)
+    return lows, np.minimum(np.r_[lows[1:] - 1, layers], layers)
+
+
+def _net_knapsacks(t: ForwardTables, part: tuple, lat, tp: int, cp: int, levels: tuple, P: float,
+                   kept: np.ndarray) -> np.ndarray:
+    """Per row of kept and level: the most a micro-batch of that level's stride holds of P·forward − extra
+    recompute (a fractional knapsack; see first_penalties), without the overhead. (R, levels)."""
+    _, fwd_hi, rec_lo, own_lo, own_hi = part
+    lows, highs = levels
+    layers = lat.model.layers
+    rooms = np.array([lat.tokens_cap(tp, cp, int(hi)) for hi in highs], dtype=float)
+    held = own_lo[None, :] <= highs[:, None]  # an item of a higher class than the stride's top cannot sit in it
+    extra = np.maximum(lows[:, None] - own_hi[None, :], 0) / layers * (rec_lo / t.hi)  # (levels, B) per token
+    value = np.where(held, (P * fwd_hi / t.lo - extra) * t.tokens, 0.0)
+    return _fractional_knapsacks(value, t.tokens.astype(float), rooms, kept)
+
+
+def _gather_envelope(lat, allgather: float, shares: np.ndarray) -> np.ndarray:
+    """ĉ(P) at each P of shares: the upper concave envelope of (0, 0) and the pieces' (pos_p, c_p), c_p the
+    all-gather's completion of piece p (see first_penalties)."""
+    params, pos = (np.array(col, dtype=float) for col in zip(*lat._forward_pieces()))
+    x = np.r_[0.0, pos]
+    y = np.r_[0.0, allgather * np.cumsum(params / lat.model.params)]
+    a, b = np.meshgrid(np.arange(x.size), np.arange(x.size), indexing="ij")
+    out = np.empty(len(shares))
+    for k, P in enumerate(shares):
+        ok = (x[a] <= P) & (x[b] >= P)
+        span = x[b] - x[a]
+        with np.errstate(divide="ignore", invalid="ignore"):
+            mid = np.where(span > 0, y[a] + (y[b] - y[a]) * (P - x[a]) / span, np.maximum(y[a], y[b]))
+        out[k] = mid[ok].max()
+    return out
+
+
 WAIT_TIERS = 20  # forward thresholds (multiples of 1/WAIT_TIERS of the all-gather) that rank a group's largest sequence
 LAMBDA_SCALES = (1.0, 0.75, 0.5, 0.25)  # Lagrangian multipliers tried (shares of what an anchor saves)
 
@@ -213,9 +295,9 @@ def wait_tiers(tables: ForwardTables, cols, configs, lat, allgather: float, memo
     """(least and largest tier of each item on each configuration (B, C) — a length's tier: how many of
     the thresholds θ_r = r/WAIT_TIERS·allgather, r = 1…WAIT_TIERS, its forward reaches —, and the least
     wait of a group of each tier on each configuration (R, C), R = WAIT_TIERS + 1): a group whose
-    sequences are all of tier ≤ r starts with a micro-batch whose net forward is at most the cap over
-    those sequences alone (items whose least tier is ≤ r), so it waits at least its delay. The last row
-    (every sequence) is the plain cap's wait. memo: columns already computed for this all-gather, by
+    sequences are all of tier ≤ r starts with a micro-batch of those sequences alone (items whose least
+    tier is ≤ r), so it pays at least their first_penalties (its wait and that micro-batch's extra
+    recompute). The last row (every sequence) is first_penalties over the whole batch. memo: columns already computed for this all-gather, by
     configuration index (the pure family's are the mixed one's). cols: indices into tables.parts (the full
     list of configurations); configs[j]: the configuration of cols[j]. None when the deadline passes
     first, or would pass before the tiers are all priced."""
@@ -234,14 +316,13 @@ def wait_tiers(tables: ForwardTables, cols, configs, lat, allgather: float, memo
 
 
 def _tier_waits(tables: ForwardTables, config: tuple, low: np.ndarray, lat, allgather: float) -> np.ndarray:
-    """One configuration's least wait per tier (see wait_tiers): the caps of the tiers its items reach
+    """One configuration's least wait per tier (see wait_tiers): the penalties of the tiers its items reach
     (the others keep the same items as the tier below them, or none)."""
     present = np.unique(low)
-    keep = low[None, :] <= present[:, None]
-    caps = net_forward_caps(tables, [config], lat, keep=[keep])[:, 0]
-    empty = lat.overhead_parts(*config[:3])[0]
+    keep = np.vstack([low[None, :] <= present[:, None], np.zeros((1, low.size), dtype=bool)])  # last: no item
+    waits = first_penalties(tables, [config], lat, allgather, keep=[keep])[:, 0]
     row = np.searchsorted(present, np.arange(WAIT_TIERS + 1), side="right") - 1  # the largest present tier ≤ r
-    return lat.least_gather_delays(allgather, np.where(row >= 0, caps[np.maximum(row, 0)], empty))
+    return waits[row]  # (row −1: the last, empty one)
 
 
 def tiered_delay_bound(inst, tables: ForwardTables, cols, lat, t_layout: int, lower: float, upper: float,
@@ -364,12 +445,11 @@ def _fractional_knapsacks(value: np.ndarray, weight: np.ndarray, rooms: np.ndarr
     return (share * v[None]).sum(axis=2)
 
 
-def delay_area_bound(inst, caps: np.ndarray, lat, t_layout: int, upper: float) -> float:
-    """A bound on max over groups of (own-class time + all-gather wait) for plans of layout t_layout: every
-    group of configuration c waits at least delay(caps[c]) (the layout's all-gather, one piece per layer:
-    a lower bound under any bucketing), so the overhead area bound holds with each overhead raised by that."""
-    _, _, allgather = lat.sync_parts([t_layout])
-    waits = lat.least_gather_delays(allgather, caps)
+def delay_area_bound(inst, waits: np.ndarray, upper: float) -> float:
+    """A bound on max over groups of (own-class time + all-gather wait) for plans of one layout: every group
+    of configuration c pays at least waits[c] beyond its own-class time (first_penalties: the layout's
+    all-gather, one piece per layer, a lower bound under any bucketing), so the overhead area bound holds
+    with each overhead raised by that."""
     raised = replace(inst, overhead=inst.overhead + waits)
     return overhead_area_bound(raised, upper)
 

@@ -20,7 +20,16 @@ from .formulation import build_milp, decode, decode_nodes, estimate_size, hint_v
 from .groups import grouped_step_bound
 from .heuristic import heuristic_solution, makespan
 from .instance import Instance, _undominated, build_instance, check_lengths, grid_points
-from .layouts import Family, delay_area_bound, forward_tables, net_forward_caps, step_bound, tiered_delay_bound, tighten
+from .layouts import (
+    Family,
+    delay_area_bound,
+    first_penalties,
+    forward_tables,
+    net_forward_caps,
+    step_bound,
+    tiered_delay_bound,
+    tighten,
+)
 from .lns import rebalance, swap_towards
 from .patterns import PatternBound, worth_trying
 from .polish import polish_step
@@ -117,10 +126,11 @@ def solve(lengths, cluster: Cluster, lat: LatencyModel, *, backend: str = "cpsat
     # the all-gather's waits in the step bound cost ~1 s at 64 GPUs x 256: not on limits under WAITS_MIN_S nor
     # beyond WAITS_MAX_SEQUENCES, at most WAITS_SHARE of the time left (all under a work limit: the same bound
     # on every run)
+    waits = None
     if objective == "step" and not quick and not full.pipelined and full.n <= WAITS_MAX_SEQUENCES and (
             deterministic_limit is not None or deadline - time.monotonic() > WAITS_MIN_S):
-        _cap_first_forwards(slices, full, lat, warm.step_ms, math.inf if deterministic_limit is not None
-                            else time.monotonic() + WAITS_SHARE * (deadline - time.monotonic()))
+        waits = _waits_bounds(slices, full, lat, warm.step_ms, math.inf if deterministic_limit is not None
+                              else time.monotonic() + WAITS_SHARE * (deadline - time.monotonic()))
     clock["bounds"] = time.monotonic() - start - clock["pricing"] - clock["warm start"]
     plans, notes, bounds = [("warm start", warm)] + _per_micro_batch(warm, lat), {}, {}
     if full.pipelined and not quick:
@@ -182,6 +192,8 @@ def solve(lengths, cluster: Cluster, lat: LatencyModel, *, backend: str = "cpsat
         if objective == "step" and not quick and not full.pipelined and not round_lengths:
             _group_count_bounds(slices, lat, min(p.step_ms for _, p in plans),
                                 math.inf if deterministic_limit is not None else deadline - reserve)
+        if waits is not None and deterministic_limit is None:  # the tiers, aimed at the best plan now
+            waits.raise_lowest(min(p.step_ms for _, p in plans), deadline - reserve)
         if objective == "step" and deterministic_limit is None and not round_lengths and full.floor is None:
             best = min(p.step_ms for _, p in plans)
             moved = tighten(families, lat, best, deadline - reserve)
@@ -437,47 +449,65 @@ def _slice(full: Instance, warm: Plan, min_tp: int, quick: LayoutBounds | None =
                  (Family(min_tp, False, pure_lower), Family(min_tp, True, lower)), configs=len(inst.configs))
 
 
-def _cap_first_forwards(slices: list, full: Instance, lat: LatencyModel, upper: float,
-                        deadline: float = math.inf) -> None:
-    """Each family's bounds from the overlapped all-gather (layouts.net_forward_caps): the cap on what its
-    slowest group's first micro-batch hides and the area bound with every group's least wait, over every
-    configuration its plans may use (dominated ones included: their waits differ); then groups ranked by
-    their largest sequence (layouts.tiered_delay_bound), for the lowest family, aimed TIERS_MARGIN past
-    the next family's step bound (no higher: the step bound is the least over families), until the
-    lowest family cannot rise (at 64 GPUs x 256: 0.6 s; aiming at the warm start took 3.0 s). A
-    family whose step bound already reaches `upper` (the warm start's step) is left as it is; past the
-    deadline, the tiers are left out (see tiered_delay_bound)."""
+class _Waits:
+    """Each family's bounds from the overlapped all-gather (layouts.net_forward_caps, first_penalties): the cap
+    on what its slowest group's first micro-batch hides and the area bound with what every group pays at
+    least for its first micro-batch, over every configuration its plans may use (dominated ones included:
+    their waits differ); then groups ranked by their largest sequence (layouts.tiered_delay_bound), for the
+    lowest family (raise_lowest)."""
+
+    def __init__(self, slices: list, full: Instance, lat: LatencyModel, upper: float, tables) -> None:
+        self.slices, self.full, self.lat, self.tables = slices, full, lat, tables
+        caps = net_forward_caps(tables, full.configs, lat)
+        self.columns, self.memos = {}, {}
+        self.tried: dict = {}  # per family: the most its tiers were asked to prove in full time (delayed, ms)
+        for sl in slices:
+            memo, waits = {}, None  # one layout's waits per configuration: its two families share them
+            for fam in sl.families:
+                cols = np.array([c for c, cfg in enumerate(full.configs)
+                                 if (cfg[0] >= fam.t if fam.mixed else cfg[0] == fam.t)], dtype=int)
+                if not cols.size or fam.step(lat) >= upper:
+                    continue
+                fam.forward_cap = float(caps[cols].max())
+                if waits is None:
+                    waits = first_penalties(tables, full.configs, lat, lat.sync_parts([fam.t])[2])
+                fam.delayed = delay_area_bound(full.subset(cols), waits[cols], 1e12)
+                if math.isfinite(fam.delayed):
+                    self.columns[id(fam)], self.memos[id(fam)] = cols, memo
+
+    def raise_lowest(self, upper: float, deadline: float = math.inf) -> None:
+        """The tiers of the lowest family, aimed TIERS_MARGIN past the next family's step bound (no higher: the
+        step bound is the least over families) and no higher than upper (a step some plan reaches), until the
+        lowest family cannot rise (at 64 GPUs x 256: 0.6 s; aiming at the warm start took 3.0 s) or the
+        deadline passes (then the best they proved: see tiered_delay_bound). A family whose tiers were asked as
+        much before, with the time to answer, is not asked again."""
+        families = [f for sl in self.slices for f in sl.families]
+        while self.columns and time.monotonic() < deadline:
+            fam = min(families, key=lambda f: f.step(self.lat))
+            target = min([upper] + [f.step(self.lat) for f in families if f is not fam]) * (1 + TIERS_MARGIN)
+            if id(fam) not in self.columns or fam.step(self.lat) >= upper:
+                return  # no tiers for the lowest family: the bound cannot rise further here
+            goal = fam.delayed_for(self.lat, min(target, upper))
+            if goal <= self.tried.get(id(fam), -math.inf):
+                return  # its tiers were asked this much before and could not: the bound cannot rise further here
+            cols = self.columns[id(fam)]
+            fam.delayed = max(fam.delayed, tiered_delay_bound(self.full.subset(cols), self.tables, cols, self.lat,
+                                                              fam.t, fam.delayed, goal, self.memos[id(fam)],
+                                                              deadline))
+            if time.monotonic() < deadline:  # (a proof cut short by the deadline may be asked again)
+                self.tried[id(fam)] = goal
+
+
+def _waits_bounds(slices: list, full: Instance, lat: LatencyModel, upper: float,
+                  deadline: float = math.inf) -> _Waits | None:
+    """The families' all-gather waits bounds (_Waits), their tiers raised until the deadline; None without
+    the overlap or where the batch is too large to price them (layouts.forward_tables)."""
     tables = forward_tables(full.lengths, full.configs, lat)
     if tables is None:
-        return
-    caps = net_forward_caps(tables, full.configs, lat)
-    columns, memos = {}, {}
-    for sl in slices:
-        memo = {}  # one layout's tier waits per configuration: its two families share them
-        for fam in sl.families:
-            cols = np.array([c for c, cfg in enumerate(full.configs)
-                             if (cfg[0] >= fam.t if fam.mixed else cfg[0] == fam.t)], dtype=int)
-            if not cols.size or fam.step(lat) >= upper:
-                continue
-            fam.forward_cap = float(caps[cols].max())
-            fam.delayed = delay_area_bound(full.subset(cols), caps[cols], lat, fam.t, 1e12)
-            if math.isfinite(fam.delayed):
-                columns[id(fam)], memos[id(fam)] = cols, memo
-    families = [f for sl in slices for f in sl.families]
-    tried: dict = {}  # how high each family's tiers were asked to prove (delayed, ms)
-    while columns and time.monotonic() < deadline:
-        fam = min(families, key=lambda f: f.step(lat))
-        # no need to lift it past the next family's step bound (or the warm start), plus a margin
-        target = min([upper] + [f.step(lat) for f in families if f is not fam]) * (1 + TIERS_MARGIN)
-        if id(fam) not in columns or fam.step(lat) >= upper:
-            return  # no tiers for the lowest family: the bound cannot rise further here
-        goal = fam.delayed_for(lat, min(target, upper))
-        if goal <= tried.get(id(fam), -math.inf):
-            return  # it was asked this much before and could not: the bound cannot rise further here
-        tried[id(fam)] = goal
-        cols = columns[id(fam)]
-        fam.delayed = max(fam.delayed, tiered_delay_bound(full.subset(cols), tables, cols, lat, fam.t, fam.delayed,
-                                                          goal, memos[id(fam)], deadline))
+        return None
+    waits = _Waits(slices, full, lat, upper, tables)
+    waits.raise_lowest(upper, deadline)
+    return waits
 
 
 def _group_count_bounds(slices: list, lat: LatencyModel, best: float, deadline: float) -> None:

@@ -34,8 +34,8 @@ def family_bound(full, tables, lat, t, mixed):
     smallest TP is t (with larger ones when mixed)."""
     cols = np.array([c for c, cfg in enumerate(full.configs) if (cfg[0] >= t if mixed else cfg[0] == t)])
     sub = full.subset(cols)
-    caps = layouts.net_forward_caps(tables, full.configs, lat)[cols]
-    plain = layouts.delay_area_bound(sub, caps, lat, t, 1e12)
+    waits = layouts.first_penalties(tables, full.configs, lat, lat.sync_parts([t])[2])[cols]
+    plain = layouts.delay_area_bound(sub, waits, 1e12)
     fam = layouts.Family(t, mixed, 0.0)
     fam.delayed = layouts.tiered_delay_bound(sub, tables, cols, lat, t, plain, 1e6)
     return sub, plain, fam
