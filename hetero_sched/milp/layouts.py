@@ -23,6 +23,7 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
+from ..latency.base import piece_waits
 from .bounds import overhead_area_bound
 from .patterns import PatternBound
 from .remote import RemoteBound
@@ -208,7 +209,7 @@ HIDE_SHARES = (0.4, 0.7, 1.0)  # the shares P at which first_penalties weighs a 
 PENALTY_STRIDE = 2  # recompute levels per stride for P < 1, at least (256 GPUs x 1,024: 1.5x faster than 1, the same bound)
 
 
-def first_penalties(tables: ForwardTables, configs, lat, allgather: float, keep=None) -> np.ndarray:
+def first_penalties(tables: ForwardTables, configs, lat, allgather: float, keep=None, pieces=None) -> np.ndarray:
     """For each configuration (tables.parts[j] for configs[j]), a lower bound on what any group of it pays for
     its first micro-batch beyond its sequences' own-class time: that micro-batch's extra recompute X plus the
     all-gather's wait delay(F) = max_p (c_p − F·pos_p)⁺ (F its forward; one piece per layer: see
@@ -225,14 +226,17 @@ def first_penalties(tables: ForwardTables, configs, lat, allgather: float, keep=
     weight although each layer's wait falls only with the forward before it: a 1-GPU group of 9K documents
     recomputing every layer holds 43K tokens whose forward, 1.25 s, hides the 447-ms all-gather, for 0.86 s
     of extra recompute. The result is never below the wait of the cap (least_gather_delays of it), which the
-    envelope at every piece's position would give. Returns (C,) without keep, (R, C) with it (see
+    envelope at every piece's position would give. pieces: (shares, positions) of the parameters in forward
+    order, as the all-gather completes them (default: one piece per layer, a bound under any bucketing;
+    LatencyModel.param_buckets_at for a given one). Returns (C,) without keep, (R, C) with it (see
     net_forward_caps)."""
     t = tables
     layers = lat.model.layers
     fine = _levels(layers, t.stride)
     coarse = _levels(layers, t.stride * -(-PENALTY_STRIDE // t.stride))  # (each fine stride within one coarse)
     block = np.searchsorted(coarse[0], fine[0], side="right") - 1  # the coarse level of each fine one
-    hull = _gather_envelope(lat, allgather, np.r_[0.0, HIDE_SHARES])
+    shares, positions = _one_piece_per_layer(lat) if pieces is None else (np.asarray(x, dtype=float) for x in pieces)
+    hull = _gather_envelope(shares, positions, allgather, np.r_[0.0, HIDE_SHARES])
     rows = 1 if keep is None else keep[0].shape[0]
     out = np.empty((rows, len(configs)))
     for j, ((tp, cp, cross, _), part) in enumerate(zip(configs, t.parts)):
@@ -245,7 +249,7 @@ def first_penalties(tables: ForwardTables, configs, lat, allgather: float, keep=
                                                        axis=1))
         for P, c in zip(HIDE_SHARES[:-1], hull[1:-1]):
             paid = np.maximum(paid, c - P * forward_part - _net_knapsacks(t, part, lat, tp, cp, coarse, P, kept))
-        out[:, j] = np.maximum(paid.min(axis=1), lat.least_gather_delays(allgather, cap))
+        out[:, j] = np.maximum(paid.min(axis=1), piece_waits(shares, positions, allgather, cap))
     return out[0] if keep is None else out
 
 
@@ -269,20 +273,24 @@ def _net_knapsacks(t: ForwardTables, part: tuple, lat, tp: int, cp: int, levels:
     return _fractional_knapsacks(value, t.tokens.astype(float), rooms, kept)
 
 
-def _gather_envelope(lat, allgather: float, shares: np.ndarray) -> np.ndarray:
-    """ĉ(P) at each P of shares: the upper concave envelope of (0, 0) and the pieces' (pos_p, c_p), c_p the
+def _one_piece_per_layer(lat) -> tuple[np.ndarray, np.ndarray]:
+    params, positions = (np.array(col, dtype=float) for col in zip(*lat._forward_pieces()))
+    return params / lat.model.params, positions
+
+
+def _gather_envelope(shares: np.ndarray, positions: np.ndarray, allgather: float, at: np.ndarray) -> np.ndarray:
+    """ĉ(P) at each P of `at`: the upper concave envelope of (0, 0) and the pieces' (pos_p, c_p), c_p the
     all-gather's completion of piece p (see first_penalties)."""
-    params, pos = (np.array(col, dtype=float) for col in zip(*lat._forward_pieces()))
-    x = np.r_[0.0, pos]
-    y = np.r_[0.0, allgather * np.cumsum(params / lat.model.params)]
+    x = np.r_[0.0, positions]
+    y = np.r_[0.0, allgather * np.cumsum(shares)]
     a, b = np.meshgrid(np.arange(x.size), np.arange(x.size), indexing="ij")
-    out = np.empty(len(shares))
-    for k, P in enumerate(shares):
+    out = np.empty(len(at))
+    for k, P in enumerate(at):
         ok = (x[a] <= P) & (x[b] >= P)
         span = x[b] - x[a]
         with np.errstate(divide="ignore", invalid="ignore"):
             mid = np.where(span > 0, y[a] + (y[b] - y[a]) * (P - x[a]) / span, np.maximum(y[a], y[b]))
-        out[k] = mid[ok].max()
+        out[k] = mid[ok].max() if ok.any() else -math.inf  # (no weights reach a P beyond the last piece)
     return out
 
 
