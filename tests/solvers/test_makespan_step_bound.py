@@ -4,9 +4,9 @@ import itertools
 
 import numpy as np
 import pytest
+from plan_draws import long_tail
 
 import hetero_sched as hs
-from plan_draws import long_tail
 
 
 def _lat(gpus):
