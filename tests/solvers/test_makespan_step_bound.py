@@ -16,12 +16,12 @@ def _lat(gpus):
 @pytest.mark.parametrize("gpus, n, seed", [(16, 40, 1), (16, 40, 2), (64, 120, 3)])
 def test_it_holds_and_the_smallest_layout_no_longer_sets_it_for_free(gpus, n, seed):
     """Never above a plan either objective finds; above what the whole space's makespan bound plus the
-    least sync of any layout gave (measured: 934.0 -> 1,006.5, 873.1 -> 945.6, 975.5 -> 1,023.6 ms: the
+    least sync of any layout gave (measured at 2 s: 934.0 -> 1,006.5, 873.1 -> 945.6, 975.5 -> 1,023.6 ms: the
     TP8 layout syncs least, but its configurations need far longer)."""
     lat = _lat(gpus)
     lengths = long_tail(np.random.default_rng(seed), n, cap=65536)
-    plan = hs.solve(lengths, lat.cluster, lat, time_limit_s=2, threads=1, objective="makespan")
-    other = hs.solve(lengths, lat.cluster, lat, time_limit_s=2, threads=1, objective="step")
+    plan = hs.solve(lengths, lat.cluster, lat, time_limit_s=1, threads=1, objective="makespan")
+    other = hs.solve(lengths, lat.cluster, lat, time_limit_s=1, threads=1, objective="step")
     s = plan.solver
     assert s.step_bound_ms <= min(plan.step_ms, other.step_ms) * (1 + 1e-9)
     whole = s.makespan_bound_ms
@@ -45,5 +45,5 @@ def test_it_stays_below_the_brute_force_best_step():
                 except ValueError:
                     continue
                 best = min(best, plan.step_ms)
-        found = hs.solve(lengths, lat.cluster, lat, time_limit_s=2, threads=1, objective="makespan")
+        found = hs.solve(lengths, lat.cluster, lat, time_limit_s=1, threads=1, objective="makespan")
         assert found.solver.step_bound_ms <= best * (1 + 1e-9), lengths
