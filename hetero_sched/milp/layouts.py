@@ -46,7 +46,8 @@ class Family:
     start: Callable | None = None  # start(upper) -> PatternBound | None, built when first needed
     remote: RemoteBound | None = None  # or its pattern LP searched in a worker
     forward_cap: float = math.inf  # no first micro-batch of this family's plans hides more (ms, net_forward_caps)
-    delayed: float = 0.0  # a bound on max over groups of (own-class time + first micro-batch's extra + wait) (delay_area_bound)
+    delayed: float = 0.0  # a bound on max over groups of (own-class time + what the first micro-batch costs it):
+    # the all-gather wait and its extra recompute (delay_area_bound, first_penalties)
     grouped: float = 0.0  # a step bound from the group count's buckets (groups.grouped_step_bound)
 
     def poll(self) -> None:
@@ -206,7 +207,8 @@ def net_forward_caps(tables: ForwardTables, configs, lat, keep=None) -> np.ndarr
 
 
 HIDE_SHARES = (0.4, 0.7, 1.0)  # the shares P at which first_penalties weighs a forward against its extra (1: the cap)
-PENALTY_STRIDE = 2  # recompute levels per stride for P < 1, at least (256 GPUs x 1,024: 1.5x faster than 1, the same bound)
+PENALTY_STRIDE = 2  # recompute levels per stride for P < 1, at least (256 GPUs x 1,024: 1.5x faster than 1,
+                    # the same bound)
 
 
 def first_penalties(tables: ForwardTables, configs, lat, allgather: float, keep=None, pieces=None) -> np.ndarray:
@@ -245,8 +247,8 @@ def first_penalties(tables: ForwardTables, configs, lat, allgather: float, keep=
         whole = forward_part + _net_knapsacks(t, part, lat, tp, cp, fine, 1.0, kept)  # (R, fine levels)
         cap = whole.max(axis=1)  # net_forward_caps' cap
         # P = 1 at the fine levels, least over each coarse block; P = 0: the pieces needed at the start
-        paid = np.maximum(hull[0], np.minimum.reduceat(hull[-1] - whole, np.flatnonzero(np.r_[True, np.diff(block) > 0]),
-                                                       axis=1))
+        starts = np.flatnonzero(np.r_[True, np.diff(block) > 0])
+        paid = np.maximum(hull[0], np.minimum.reduceat(hull[-1] - whole, starts, axis=1))
         for P, c in zip(HIDE_SHARES[:-1], hull[1:-1]):
             paid = np.maximum(paid, c - P * forward_part - _net_knapsacks(t, part, lat, tp, cp, coarse, P, kept))
         out[:, j] = np.maximum(paid.min(axis=1), piece_waits(shares, positions, allgather, cap))
@@ -305,10 +307,10 @@ def wait_tiers(tables: ForwardTables, cols, configs, lat, allgather: float, memo
     wait of a group of each tier on each configuration (R, C), R = WAIT_TIERS + 1): a group whose
     sequences are all of tier ≤ r starts with a micro-batch of those sequences alone (items whose least
     tier is ≤ r), so it pays at least their first_penalties (its wait and that micro-batch's extra
-    recompute). The last row (every sequence) is first_penalties over the whole batch. memo: columns already computed for this all-gather, by
-    configuration index (the pure family's are the mixed one's). cols: indices into tables.parts (the full
-    list of configurations); configs[j]: the configuration of cols[j]. None when the deadline passes
-    first, or would pass before the tiers are all priced."""
+    recompute). The last row (every sequence) is first_penalties over the whole batch. memo: columns
+    already computed for this all-gather, by configuration index (the pure family's are the mixed one's).
+    cols: indices into tables.parts (the full list of configurations); configs[j]: the configuration of
+    cols[j]. None when the deadline passes first, or would pass before the tiers are all priced."""
     memo = {} if memo is None else memo
     theta = np.arange(1, WAIT_TIERS + 1) / WAIT_TIERS * allgather
     low = np.stack([np.searchsorted(theta, tables.parts[c][0], side="right") for c in cols], axis=1)

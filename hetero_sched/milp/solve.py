@@ -196,7 +196,7 @@ def solve(lengths, cluster: Cluster, lat: LatencyModel, *, backend: str = "cpsat
         if objective == "step" and not quick and not full.pipelined and not round_lengths:
             _group_count_bounds(slices, lat, min(p.step_ms for _, p in plans),
                                 math.inf if deterministic_limit is not None else deadline - reserve)
-        if waits is not None and deterministic_limit is None:  # the tiers, aimed at the best plan now
+        if waits is not None and deterministic_limit is None and not round_lengths:  # aimed at the best plan now
             waits.raise_lowest(min(p.step_ms for _, p in plans), deadline - reserve)
         if objective == "step" and deterministic_limit is None and not round_lengths and full.floor is None:
             best = min(p.step_ms for _, p in plans)
@@ -488,7 +488,7 @@ class _Waits:
     def raise_lowest(self, upper: float, deadline: float = math.inf) -> None:
         """The tiers of the lowest family, aimed TIERS_MARGIN past the next family's step bound (no higher: the
         step bound is the least over families) and no higher than upper (a step some plan reaches), until the
-        lowest family cannot rise (at 64 GPUs x 256: 0.6 s; aiming at the warm start took 3.0 s) or the
+        lowest family cannot rise (at 64 GPUs x 256: 0.4-1.5 s; aiming at the warm start took 3.0 s) or the
         deadline passes (then the best they proved: see tiered_delay_bound). A family whose tiers were asked as
         much before, with the time to answer, is not asked again."""
         families = [f for sl in self.slices for f in sl.families]
