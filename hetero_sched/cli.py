@@ -122,8 +122,8 @@ def _check_solver_args(args) -> None:
         raise ValueError(f"unknown backend {args.backend!r}; choose one of {', '.join(BACKENDS + ('none',))}")
     if not 0 <= args.time_limit < math.inf:  # (nan too)
         raise ValueError(f"--time-limit must be a finite number >= 0, got {args.time_limit}")
-    if getattr(args, "work_limit", None) is not None and args.work_limit <= 0:
-        raise ValueError(f"--work-limit must be > 0, got {args.work_limit}")
+    if getattr(args, "work_limit", None) is not None and not 0 < args.work_limit < math.inf:  # (nan too)
+        raise ValueError(f"--work-limit must be a finite number > 0, got {args.work_limit}")
     if args.threads < 1:
         raise ValueError(f"--threads must be >= 1, got {args.threads}")
     if getattr(args, "round_lengths", None) is not None and args.round_lengths < 1:
@@ -242,7 +242,9 @@ def print_summary(plan) -> None:
         out.print(f"best WLB-LLM on the {obj}: {baseline_name(b)} makespan {b['makespan_ms']:,.1f} ms, "
                   f"step {b['step_ms']:,.1f} ms -> speed-up {ratio[obj]:.2f}x {obj}, {ratio[other]:.2f}x {other}")
         if ratio[other] < 1 - 1e-9:
-            out.print(f"note: this plan is {1 / ratio[other]:.2f}x slower than that WLB-LLM plan on the {other} "
+            slower = 1 / ratio[other]
+            how = f"{slower:.2f}x" if slower >= 1.005 else f"{100 * (slower - 1):.2f} %"  # (1.001x is not "1.00x")
+            out.print(f"note: this plan is {how} slower than that WLB-LLM plan on the {other} "
                       f"(the {obj} is what was minimised)")
 
 
@@ -434,8 +436,8 @@ def cmd_sweep(args) -> int:
             limits.append(float(x))
         except ValueError:
             raise ValueError(f"time limit {x!r} is not a number") from None
-        if limits[-1] < 0:
-            raise ValueError(f"time limit {x} must be >= 0")
+        if not 0 <= limits[-1] < math.inf:  # (nan too)
+            raise ValueError(f"--time-limits: each must be a finite number >= 0, got {x.strip()}")
     if args.repeat < 1:
         raise ValueError(f"--repeat must be >= 1, got {args.repeat}")
     if args.threads < 1:

@@ -96,6 +96,9 @@ def solve(lengths, cluster: Cluster, lat: LatencyModel, *, backend: str = "cpsat
     per smallest layout (GPUs per parameter copy, tp·pp) under the step objective."""
     start = time.monotonic()
     _check_args(cluster, lat, backend, time_limit_s, threads, seed, rel_gap, objective, round_lengths)
+    if deterministic_limit is not None and (isinstance(deterministic_limit, bool) or not isinstance(
+            deterministic_limit, (int, float)) or not 0 < deterministic_limit < math.inf):
+        raise ValueError(f"deterministic_limit must be a finite number > 0, got {deterministic_limit!r}")
     deadline = start + time_limit_s
     from ..baselines.wlb_llm import best_homogeneous_plan
 
@@ -238,6 +241,10 @@ def solve(lengths, cluster: Cluster, lat: LatencyModel, *, backend: str = "cpsat
         budget = ""  # under a work limit the message, like the plan, is the same on every run
     if objective == "step" and not round_lengths and not full.pipelined and families and s.gap > OPTIMAL_GAP:
         notes[max(tps) + 2] = _binding_family(families, lat, s.step_bound_ms)
+    elif objective != "step" and not round_lengths:
+        t, (low, step) = min(_layout_step_bounds(lat, bounds, tps, layouts).items(), key=lambda kv: kv[1][1])
+        notes[max(tps) + 2] = f"step bound {s.step_bound_ms:.1f} ms: plans whose smallest {_unit(full)} is {t} " \
+                              f"take {low:.1f} ms at least (makespan) plus {step - low:.1f} ms of sync"
     s.message = f"objective {objective}; {rounding}plan from {who}; " + " | ".join(notes[t] for t in sorted(notes)) \
         + budget
     return plan
@@ -346,9 +353,15 @@ def _step_bound(lat: LatencyModel, bounds: dict, tps: list[int], families: list,
     those): at 16,384 GPUs x 65,536 the TP8 layout's 10 ms of sync no longer sets it (3,279 -> 3,354 ms)."""
     if objective == "step":
         return step_bound(families, lat)
+    return min(step for _, step in _layout_step_bounds(lat, bounds, tps, layouts).values())
+
+
+def _layout_step_bounds(lat: LatencyModel, bounds: dict, tps: list[int],
+                        layouts: LayoutBounds | None) -> dict[int, tuple[float, float]]:
+    """The makespan objective's (M_t, step bound) per smallest layout t (see _step_bound)."""
     lows = {t: bounds[tps[0]] if layouts is None else max(bounds[tps[0]], layouts.of(lambda u, t=t: u >= t))
             for t in tps}
-    return min(lows[t] + lat.sync_exposed_lower_ms(t, lows[t]) for t in tps)
+    return {t: (lows[t], lows[t] + lat.sync_exposed_lower_ms(t, lows[t])) for t in tps}
 
 
 def _rounded(lengths: np.ndarray, r: int | None) -> np.ndarray:

@@ -149,6 +149,9 @@ BAD = [
     (["solve", "--lengths", "1024", "--gpus", "abc"], "--gpus"),
     (["solve", "--lengths", "1024", "--objective", "fast"], "--objective"),
     (["sweep", "--lengths", "1024", "--threads", "0"], "--threads"),
+    (["solve", "--lengths", "1024", "--work-limit", "nan"], "--work-limit"),
+    (["solve", "--lengths", "1024", "--work-limit", "inf"], "--work-limit"),
+    (["sweep", "--lengths", "1024", "--time-limits", "1,nan"], "--time-limits"),
     (["bogus"], "bogus"),
 ]
 

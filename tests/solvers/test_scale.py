@@ -139,3 +139,15 @@ def test_megatron_first_fit_by_tree_is_the_scan():
         capacity = int(rng.choice([1, 7, 64, 1000]))
         lengths = rng.integers(1, int(capacity * 1.3) + 2, size=int(rng.integers(0, 50))).tolist()
         assert first_fit_arrival(lengths, capacity) == scan(lengths, capacity)
+
+
+@pytest.mark.parametrize("kwargs, needle", [({"time_limit_s": float("nan")}, "nan"), ({"time_limit_s": -1}, "-1"),
+                                            ({"deterministic_limit": float("nan")}, "nan"),
+                                            ({"deterministic_limit": float("inf")}, "inf"),
+                                            ({"deterministic_limit": 0}, "0")])
+def test_limits_that_are_not_finite_positive_numbers_are_refused(llama3, kwargs, needle):
+    """A NaN work limit reached CP-SAT as MODEL_INVALID and returned the warm start; inf switched every
+    limit off."""
+    lat = hs.latency_model(llama3, hs.Cluster(gpus=16))
+    with pytest.raises(ValueError, match=needle):
+        hs.solve([32768, 1024], lat.cluster, lat, **kwargs)
