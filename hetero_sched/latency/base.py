@@ -468,7 +468,7 @@ class LatencyModel(ABC):
         completes at c_b = allgather·Σ_{b'≤b} share (buckets back to back from the step's start, forward
         order) and is needed at F·pos_b by a group whose first micro-batch's forward takes F ms, so
         delay = max_b (c_b − F·pos_b)⁺ (a layer waits, and every later one shifts with it)."""
-        return piece_waits(*self._bucket_arrays("param", groups), allgather_ms, first_forwards)
+        return _waits(*self._bucket_arrays("param", groups), allgather_ms, first_forwards)
 
     def sync_exposed_ms(self, tps: Sequence[int], timings: Sequence[tuple]) -> float:
         """Sync time the step pays once overlap is counted.
@@ -620,8 +620,13 @@ class LatencyModel(ABC):
     def least_gather_delays(self, allgather_ms: float, first_forwards) -> np.ndarray:
         """gather_delays with one piece per layer: a lower bound under any bucketing (a bucket completes
         with its last piece and is needed with its first)."""
+        return _waits(*self.layer_pieces(), allgather_ms, first_forwards)
+
+    def layer_pieces(self) -> tuple[np.ndarray, np.ndarray]:
+        """(share of the parameters, share of a forward done when first needed) of each piece in forward
+        order, one piece per layer (_forward_pieces)."""
         params, positions = (np.array(col, dtype=float) for col in zip(*self._forward_pieces()))
-        return piece_waits(params / self.model.params, positions, allgather_ms, first_forwards)
+        return params / self.model.params, positions
 
     def _forward_pieces(self) -> list[tuple[int, float]]:
         """(parameters, share of a forward done when they are first needed): embedding, blocks 0 … L−1, head."""
@@ -971,7 +976,7 @@ def _balanced(lengths, packed: list[list[int]], cap: int, cost_of) -> list[list[
     return out
 
 
-def piece_waits(shares: np.ndarray, positions: np.ndarray, allgather_ms: float, first_forwards) -> np.ndarray:
+def _waits(shares: np.ndarray, positions: np.ndarray, allgather_ms: float, first_forwards) -> np.ndarray:
     """max over pieces (c_p − F·pos_p)⁺ for each first forward F: c_p the all-gather's completion of piece p
     (pieces back to back from the step's start, forward order), pos_p where the forward first needs it."""
     complete = allgather_ms * np.cumsum(shares)

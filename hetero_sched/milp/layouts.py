@@ -23,7 +23,6 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from ..latency.base import piece_waits
 from .bounds import overhead_area_bound
 from .patterns import PatternBound
 from .remote import RemoteBound
@@ -175,7 +174,7 @@ def forward_tables(lengths, configs, lat) -> ForwardTables | None:
                          parts, stride)
 
 
-def net_forward_caps(tables: ForwardTables, configs, lat, keep=None) -> np.ndarray:
+def net_forward_caps(tables: ForwardTables, configs, lat) -> np.ndarray:
     """For each configuration (tables.parts[j] for configs[j]), a cap on what a group's first micro-batch
     can hide of the overlapped parameter all-gather: its forward minus the extra recompute it pays for
     being large. A micro-batch recomputing k layers holds ≤ tokens_cap(k) tokens, and each of its
@@ -184,26 +183,12 @@ def net_forward_caps(tables: ForwardTables, configs, lat, keep=None) -> np.ndarr
     the stride's lowest k for the extra, its highest for the room), plus the overhead's forward part. An
     item's value per token is taken at most: its largest length's forward over its least length, less its
     least extra (least recompute per token, largest own class). The delay the all-gather imposes falls
-    with this net forward, and the extra recompute is added to a group's time (see delay_area_bound), so
-    a group waits at least delay(net cap) beyond its own-class time. keep[j]: (R, items) — R caps of
-    configuration j, each over the items its row keeps (see tiered_delay_bound); returns (C,) without
-    keep, (R, C) with it."""
-    t = tables
-    layers = lat.model.layers
-    lows = np.arange(0, layers + 1, t.stride)
-    highs = np.minimum(np.r_[lows[1:] - 1, layers], layers)
-    rows = 1 if keep is None else keep[0].shape[0]
-    caps = np.empty((rows, len(configs)))
-    for j, ((tp, cp, cross, _), (fwd_lo, fwd_hi, rec_lo, own_lo, own_hi)) in enumerate(zip(configs, t.parts)):
-        rooms = np.array([lat.tokens_cap(tp, cp, int(hi)) for hi in highs], dtype=float)
-        # an item whose least length is of a higher class than the level's top cannot sit in such a micro-batch
-        held = (own_lo[None, :] <= highs[:, None])
-        per_token = fwd_hi / t.lo - np.maximum(lows[:, None] - own_hi[None, :], 0) / layers * (rec_lo / t.hi)
-        value = np.where(held, per_token * t.tokens, 0.0)
-        kept = np.ones((1, t.lo.size), dtype=bool) if keep is None else keep[j]
-        best = _fractional_knapsacks(value, t.tokens.astype(float), rooms, kept).max(axis=1)
-        caps[:, j] = lat.overhead_parts(tp, cp, cross)[0] + best
-    return caps[0] if keep is None else caps
+    with this net forward (see first_penalties, which also charges the extra). Returns (C,)."""
+    levels = _levels(lat.model.layers, tables.stride)
+    kept = np.ones((1, tables.lo.size), dtype=bool)
+    return np.array([lat.overhead_parts(tp, cp, cross)[0] + _net_knapsacks(tables, part, lat, tp, cp, levels, 1.0,
+                                                                            kept)[0].max()
+                     for (tp, cp, cross, _), part in zip(configs, tables.parts)])
 
 
 HIDE_SHARES = (0.4, 0.7, 1.0)  # the shares P at which first_penalties weighs a forward against its extra (1: the cap)
@@ -211,7 +196,7 @@ PENALTY_STRIDE = 2  # recompute levels per stride for P < 1, at least (256 GPUs 
                     # the same bound)
 
 
-def first_penalties(tables: ForwardTables, configs, lat, allgather: float, keep=None, pieces=None) -> np.ndarray:
+def first_penalties(tables: ForwardTables, configs, lat, allgather: float, keep=None) -> np.ndarray:
     """For each configuration (tables.parts[j] for configs[j]), a lower bound on what any group of it pays for
     its first micro-batch beyond its sequences' own-class time: that micro-batch's extra recompute X plus the
     all-gather's wait delay(F) = max_p (c_p − F·pos_p)⁺ (F its forward; one piece per layer: see
@@ -228,17 +213,15 @@ def first_penalties(tables: ForwardTables, configs, lat, allgather: float, keep=
     weight although each layer's wait falls only with the forward before it: a 1-GPU group of 9K documents
     recomputing every layer holds 43K tokens whose forward, 1.25 s, hides the 447-ms all-gather, for 0.86 s
     of extra recompute. The result is never below the wait of the cap (least_gather_delays of it), which the
-    envelope at every piece's position would give. pieces: (shares, positions) of the parameters in forward
-    order, as the all-gather completes them (default: one piece per layer, a bound under any bucketing;
-    LatencyModel.param_buckets_at for a given one). Returns (C,) without keep, (R, C) with it (see
-    net_forward_caps)."""
+    envelope at every piece's position would give. keep[j]: (R, items) — R penalties of configuration j,
+    each over the items its row keeps (see wait_tiers). Returns (C,) without keep, (R, C) with it."""
     t = tables
     layers = lat.model.layers
     fine = _levels(layers, t.stride)
     coarse = _levels(layers, t.stride * -(-PENALTY_STRIDE // t.stride))  # (each fine stride within one coarse)
     block = np.searchsorted(coarse[0], fine[0], side="right") - 1  # the coarse level of each fine one
-    shares, positions = _one_piece_per_layer(lat) if pieces is None else (np.asarray(x, dtype=float) for x in pieces)
-    hull = _gather_envelope(shares, positions, allgather, np.r_[0.0, HIDE_SHARES])
+    starts = np.flatnonzero(np.r_[True, np.diff(block) > 0])  # each coarse level's first fine one
+    hull = _gather_envelope(*lat.layer_pieces(), allgather, np.r_[0.0, HIDE_SHARES])
     rows = 1 if keep is None else keep[0].shape[0]
     out = np.empty((rows, len(configs)))
     for j, ((tp, cp, cross, _), part) in enumerate(zip(configs, t.parts)):
@@ -247,11 +230,10 @@ def first_penalties(tables: ForwardTables, configs, lat, allgather: float, keep=
         whole = forward_part + _net_knapsacks(t, part, lat, tp, cp, fine, 1.0, kept)  # (R, fine levels)
         cap = whole.max(axis=1)  # net_forward_caps' cap
         # P = 1 at the fine levels, least over each coarse block; P = 0: the pieces needed at the start
-        starts = np.flatnonzero(np.r_[True, np.diff(block) > 0])
         paid = np.maximum(hull[0], np.minimum.reduceat(hull[-1] - whole, starts, axis=1))
         for P, c in zip(HIDE_SHARES[:-1], hull[1:-1]):
             paid = np.maximum(paid, c - P * forward_part - _net_knapsacks(t, part, lat, tp, cp, coarse, P, kept))
-        out[:, j] = np.maximum(paid.min(axis=1), piece_waits(shares, positions, allgather, cap))
+        out[:, j] = np.maximum(paid.min(axis=1), lat.least_gather_delays(allgather, cap))
     return out[0] if keep is None else out
 
 
@@ -275,11 +257,6 @@ def _net_knapsacks(t: ForwardTables, part: tuple, lat, tp: int, cp: int, levels:
     return _fractional_knapsacks(value, t.tokens.astype(float), rooms, kept)
 
 
-def _one_piece_per_layer(lat) -> tuple[np.ndarray, np.ndarray]:
-    params, positions = (np.array(col, dtype=float) for col in zip(*lat._forward_pieces()))
-    return params / lat.model.params, positions
-
-
 def _gather_envelope(shares: np.ndarray, positions: np.ndarray, allgather: float, at: np.ndarray) -> np.ndarray:
     """ĉ(P) at each P of `at`: the upper concave envelope of (0, 0) and the pieces' (pos_p, c_p), c_p the
     all-gather's completion of piece p (see first_penalties)."""
@@ -292,7 +269,7 @@ def _gather_envelope(shares: np.ndarray, positions: np.ndarray, allgather: float
         span = x[b] - x[a]
         with np.errstate(divide="ignore", invalid="ignore"):
             mid = np.where(span > 0, y[a] + (y[b] - y[a]) * (P - x[a]) / span, np.maximum(y[a], y[b]))
-        out[k] = mid[ok].max() if ok.any() else -math.inf  # (no weights reach a P beyond the last piece)
+        out[k] = mid[ok].max()  # (the pieces span positions 0 to 1: some pair brackets every P)
     return out
 
 

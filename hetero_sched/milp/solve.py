@@ -95,10 +95,8 @@ def solve(lengths, cluster: Cluster, lat: LatencyModel, *, backend: str = "cpsat
     divisor with which it fits: instance.check_pp_degrees); groups of different degrees mix like groups of different TP. The search runs once
     per smallest layout (GPUs per parameter copy, tp·pp) under the step objective."""
     start = time.monotonic()
-    _check_args(cluster, lat, backend, time_limit_s, threads, seed, rel_gap, objective, round_lengths)
-    if deterministic_limit is not None and (isinstance(deterministic_limit, bool) or not isinstance(
-            deterministic_limit, (int, float)) or not 0 < deterministic_limit < math.inf):
-        raise ValueError(f"deterministic_limit must be a finite number > 0, got {deterministic_limit!r}")
+    _check_args(cluster, lat, backend, time_limit_s, threads, seed, rel_gap, objective, round_lengths,
+                deterministic_limit)
     deadline = start + time_limit_s
     from ..baselines.wlb_llm import best_homogeneous_plan
 
@@ -220,8 +218,9 @@ def solve(lengths, cluster: Cluster, lat: LatencyModel, *, backend: str = "cpsat
         makespan_bound, step_bound = low, min(low + lat.sync_exposed_lower_ms(t, low) for t in tps)
     else:
         makespan_bound = bounds[tps[0]]
-        layouts = (mins or LayoutBounds(full)) if objective != "step" else None
-        step_bound = max(_step_bound(lat, bounds, tps, families, objective, layouts), bounds[tps[0]])
+        per_layout = _layout_step_bounds(lat, bounds, tps, mins or LayoutBounds(full)) if objective != "step" \
+            else None
+        step_bound = max(_step_bound(lat, families, per_layout), bounds[tps[0]])
     plan.solver = SolveResult(backend=backend, status="feasible", time_limit_s=time_limit_s, threads=threads,
                               seed=seed, objective=objective, makespan_bound_ms=makespan_bound,
                               step_bound_ms=step_bound)
@@ -242,7 +241,7 @@ def solve(lengths, cluster: Cluster, lat: LatencyModel, *, backend: str = "cpsat
     if objective == "step" and not round_lengths and not full.pipelined and families and s.gap > OPTIMAL_GAP:
         notes[max(tps) + 2] = _binding_family(families, lat, s.step_bound_ms)
     elif objective != "step" and not round_lengths:
-        t, (low, step) = min(_layout_step_bounds(lat, bounds, tps, layouts).items(), key=lambda kv: kv[1][1])
+        t, (low, step) = min(per_layout.items(), key=lambda kv: kv[1][1])
         notes[max(tps) + 2] = f"step bound {s.step_bound_ms:.1f} ms: plans whose smallest {_unit(full)} is {t} " \
                               f"take {low:.1f} ms at least (makespan) plus {step - low:.1f} ms of sync"
     s.message = f"objective {objective}; {rounding}plan from {who}; " + " | ".join(notes[t] for t in sorted(notes)) \
@@ -345,22 +344,21 @@ def _pricing_seconds(plan: Plan, lat: LatencyModel) -> float:
     return time.monotonic() - started
 
 
-def _step_bound(lat: LatencyModel, bounds: dict, tps: list[int], families: list, objective: str,
-                layouts: LayoutBounds | None = None) -> float:
-    """Step objective: the lowest family's bound (see layouts). Makespan objective (one slice searched):
-    min over layouts t of M_t + least exposed sync of t, M_t the most of the whole space's makespan bound
-    and the simple bound of the configurations of layout ≥ t (a plan whose smallest layout is t uses only
-    those): at 16,384 GPUs x 65,536 the TP8 layout's 10 ms of sync no longer sets it (3,279 -> 3,354 ms)."""
-    if objective == "step":
+def _step_bound(lat: LatencyModel, families: list, per_layout: dict | None) -> float:
+    """Step objective (per_layout None): the lowest family's bound (see layouts). Makespan objective (one
+    slice searched): the least of per_layout's (_layout_step_bounds)."""
+    if per_layout is None:
         return step_bound(families, lat)
-    return min(step for _, step in _layout_step_bounds(lat, bounds, tps, layouts).values())
+    return min(step for _, step in per_layout.values())
 
 
 def _layout_step_bounds(lat: LatencyModel, bounds: dict, tps: list[int],
-                        layouts: LayoutBounds | None) -> dict[int, tuple[float, float]]:
-    """The makespan objective's (M_t, step bound) per smallest layout t (see _step_bound)."""
-    lows = {t: bounds[tps[0]] if layouts is None else max(bounds[tps[0]], layouts.of(lambda u, t=t: u >= t))
-            for t in tps}
+                        layouts: LayoutBounds) -> dict[int, tuple[float, float]]:
+    """The makespan objective's (M_t, step bound M_t + least exposed sync of t) per smallest layout t, M_t the
+    most of the whole space's makespan bound and the simple bound of the configurations of layout ≥ t (a
+    plan whose smallest layout is t uses only those): at 16,384 GPUs x 65,536 the TP8 layout's 10 ms of
+    sync no longer sets the step bound (3,279 -> 3,354 ms)."""
+    lows = {t: max(bounds[tps[0]], layouts.of(lambda u, t=t: u >= t)) for t in tps}
     return {t: (lows[t], lows[t] + lat.sync_exposed_lower_ms(t, lows[t])) for t in tps}
 
 
@@ -756,7 +754,8 @@ def _share(share: float, deadline: float) -> float:
     return now + share * max(deadline - now, 0.0)
 
 
-def _check_args(cluster, lat, backend, time_limit_s, threads, seed, rel_gap, objective, round_lengths) -> None:
+def _check_args(cluster, lat, backend, time_limit_s, threads, seed, rel_gap, objective, round_lengths,
+                deterministic_limit) -> None:
     check_objective(objective)
     if cluster != lat.cluster:
         raise ValueError(f"cluster {cluster} does not match the latency model's cluster {lat.cluster}")
@@ -765,6 +764,9 @@ def _check_args(cluster, lat, backend, time_limit_s, threads, seed, rel_gap, obj
     if isinstance(time_limit_s, bool) or not isinstance(time_limit_s, (int, float)) \
             or not math.isfinite(time_limit_s) or time_limit_s < 0:
         raise ValueError(f"time_limit_s must be a non-negative number, got {time_limit_s!r}")
+    if deterministic_limit is not None and (isinstance(deterministic_limit, bool) or not isinstance(
+            deterministic_limit, (int, float)) or not 0 < deterministic_limit < math.inf):
+        raise ValueError(f"deterministic_limit must be a finite number > 0, got {deterministic_limit!r}")
     if not isinstance(threads, int) or threads < 1:
         raise ValueError(f"threads must be a positive integer, got {threads!r}")
     if not isinstance(seed, int) or seed < 0:
