@@ -102,3 +102,18 @@ def test_solve_uses_it_when_the_mip_is_not_built(lat16, monkeypatch):
     assert "pattern LP" in plan.solver.message
     assert plan.solver.bound_ms <= exact.makespan_ms * (1 + 1e-9)
     assert plan.validate() == []
+
+
+def test_a_mid_size_slice_gets_the_pattern_lp_under_a_time_limit(lat16):
+    """Past MIP_BEFORE_PATTERNS_VARIABLES the slot MIP gives way to the pattern LP and LNS under a time limit
+    (CP-SAT returned no plan on such slices in 10 s); under a work limit, where the clock-driven LP cannot
+    run, the MIP still searches them, as it does every slice below MAX_MIP_VARIABLES."""
+    lengths = synthetic("lognormal:n=64,context=131072,seed=2")  # its TP>=1 slice: ~7,500 variables
+    timed = hs.solve(lengths, lat16.cluster, lat16, time_limit_s=3, objective="makespan")
+    message = timed.solver.message
+    assert f"> {solve_module.MIP_BEFORE_PATTERNS_VARIABLES:,}): heuristic with bounds (pattern LP" in message
+    assert timed.validate() == []
+    assert timed.solver.makespan_bound_ms <= timed.makespan_ms
+    worked = hs.solve(lengths, lat16.cluster, lat16, objective="makespan", threads=1, deterministic_limit=1.0)
+    assert "cpsat" in worked.solver.message and "pattern LP" not in worked.solver.message
+    assert worked.validate() == []
