@@ -37,12 +37,14 @@ GUESS_STEPS = (0.0, 0.01, 0.03)  # a guessed T, then 1 % and 3 % above it
 MAX_STALE_RESTARTS = 200  # restarts in a row without improvement before the heuristic stops early
 
 
-def cover(inst: Instance, T: float, order: np.ndarray, rule: str = "smallest") -> Solution | None:
+def cover(inst: Instance, T: float, order: np.ndarray, rule: str = "smallest",
+          prefer: np.ndarray | None = None) -> Solution | None:
     """First-fit-decreasing cover with groups that finish by T; None when it needs more than N GPUs.
 
     rule: which configuration a sequence that opens a group gets, among those running it by T —
     'smallest' (fewest GPUs, then least overhead) or 'efficient' (least GPU-time per unit of room,
-    gpus·cost/(T − overhead))."""
+    gpus·cost/(T − overhead)). prefer (n, C), with 'efficient': configurations of larger prefer[i] first
+    (the pattern LP's mix: lp_preferences), efficiency breaking ties."""
     unplaced = np.ones(inst.n, dtype=bool)
     sol: Solution = []
     packer = NodePacker(inst.node_caps)
@@ -55,6 +57,8 @@ def cover(inst: Instance, T: float, order: np.ndarray, rule: str = "smallest") -
         ok = by_size[inst.overhead[by_size] + inst.cost[i, by_size] <= T]
         if rule != "smallest":
             ok = ok[np.argsort(inst.gpus[ok] * inst.cost[i, ok] / room_c[ok], kind="stable")]
+            if prefer is not None:
+                ok = ok[np.argsort(-prefer[i, ok], kind="stable")]
         c = next((int(c) for c in ok if packer.take(*inst.shape(c)) is not None), None)
         if c is None:
             return None
@@ -158,7 +162,7 @@ def _until(deadline: float, sol: Solution, per_group_s: float) -> float:
 
 def binary_search_cover(inst: Instance, lo: float, hi: float, deadline: float, rel_tol: float = 1e-4,
                         order: np.ndarray | None = None, rule: str = "smallest", guess: float | None = None,
-                        per_group_s: float = 0.0):
+                        per_group_s: float = 0.0, prefer: np.ndarray | None = None):
     """Smallest T in [lo, hi] (to rel_tol) whose cover fits the cluster; None if even hi fails.
     Trials gallop up from the lower bound (GALLOP_START above it, doubling) before bisecting: with a
     good bound the answer lies just above it, and each cover of a large batch costs a fraction of a
@@ -170,11 +174,11 @@ def binary_search_cover(inst: Instance, lo: float, hi: float, deadline: float, r
         for T in (guess * (1 + up) for up in GUESS_STEPS):  # the guess itself even past the deadline
             if not lo < T < hi or (T > guess and time.monotonic() >= deadline):
                 break
-            best = cover(inst, T, order, rule)
+            best = cover(inst, T, order, rule, prefer)
             if best is not None:
                 break
             lo = T
-    best = best or cover(inst, hi, order, rule)
+    best = best or cover(inst, hi, order, rule, prefer)
     if best is None:
         return None
     deadline = _until(deadline, best, per_group_s)
@@ -182,7 +186,7 @@ def binary_search_cover(inst: Instance, lo: float, hi: float, deadline: float, r
     step = GALLOP_START
     while hi - lo > rel_tol * hi and time.monotonic() < deadline:
         mid = min(lo * (1 + step), (lo + hi) / 2)
-        sol = cover(inst, mid, order, rule)
+        sol = cover(inst, mid, order, rule, prefer)
         if sol is None:
             lo, step = mid, 2 * step
         else:

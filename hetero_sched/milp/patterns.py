@@ -74,10 +74,12 @@ class PatternLP:
         replaced by j still fits; the duals are kept ordered, which cuts column generation's
         oscillation. Lengths are sorted, so neighbours suffice (the relation is transitive)."""
         cost = np.where(np.isfinite(self.cost), self.cost, np.inf)
+        self.exchanged = []  # the length j of each exchange column (j from j + 1)
         for j in range(self.J - 1):
             if (cost[j] <= cost[j + 1]).all():
                 self.h.addCol(0.0, 0.0, self.h.getInfinity(), 2, np.array([j, j + 1], dtype=np.int32),
                               np.array([1.0, -1.0]))
+                self.exchanged.append(j)
                 self.exchanges += 1
 
     def add_column(self, c: int, a: np.ndarray, T: float) -> bool:
@@ -193,6 +195,26 @@ class PatternLP:
         x = self.last_x[self.exchanges:]
         np.add.at(mix, [c for c, _, _, _ in self.columns[:x.size]], x)
         return mix
+
+    def preferences(self) -> np.ndarray:
+        """(n, C): the share of each sequence's length that the last optimal LP solution runs on each
+        configuration (Σ over its patterns of λ·count, over the length's multiplicity); zeros before any.
+        A length j run in the place of j + 1 (an exchange column, value y) takes y of j + 1's places, in
+        proportion to their configurations (longest first, so places passed down twice are followed)."""
+        share = np.zeros((self.J, self.C))
+        if self.last_x.size == 0:
+            return share[self.item_of]
+        x = self.last_x[self.exchanges:]
+        for k in np.flatnonzero(x > 1e-9):
+            c, _, nz, a = self.columns[k]
+            share[nz, c] += x[k] * a
+        for j, y in sorted(zip(self.exchanged, self.last_x[:self.exchanges]), reverse=True):
+            total = share[j + 1].sum()
+            if y > 1e-9 and total > 0:
+                moved = share[j + 1] * min(y / total, 1.0)
+                share[j] += moved
+                share[j + 1] -= moved
+        return (share / self.m[:, None])[self.item_of]
 
     def farley(self, pi: np.ndarray, T: float) -> float:
         """Farley's bound π·m/θ at makespan T (GPUs needed), without touching the LP or the pricing state."""

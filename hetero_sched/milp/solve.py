@@ -18,7 +18,7 @@ from .backends import BACKENDS, BUILD_SHARE, BuildTimeout, build_seconds, run_ba
 from .bounds import LayoutBounds, area_bracket, distinct_lengths, overhead_area_bound, simple_bound
 from .formulation import build_milp, decode, decode_nodes, estimate_size, hint_values
 from .groups import grouped_step_bound
-from .heuristic import heuristic_solution, makespan
+from .heuristic import binary_search_cover, heuristic_solution, makespan, polish
 from .instance import Instance, _undominated, build_instance, check_lengths, grid_points
 from .layouts import (
     Family,
@@ -46,6 +46,7 @@ HEURISTIC_SHARE = 0.3       # of the time limit, when the MIP runs after it
 PATTERNS_HEURISTIC_SHARE = 0.1  # ... and when the pattern LP and LNS do
 PATTERN_SHARE = 0.35        # of the time left, for the pattern LP before the configuration swaps
 LNS_SHARE = 0.4             # of the time left then, for rebalancing (it stops earlier once stuck)
+LP_COVER_SHARE = 0.1        # of the time left after the first pattern LP, for covers that open groups on its mix
 MILP_VARS_PER_S = 150_000   # build_milp's own pace here (24 GPUs x 256 sequences: 47,672 variables in 0.32 s)
 WAITS_MIN_S = 2.0          # seconds left below which the step bound does without the all-gather's waits
 WAITS_MAX_SEQUENCES = 2048  # beyond, no waits in the step bound: 1.8 s for 4 ms at 1,024 GPUs x 4,096, 6 s for
@@ -754,6 +755,10 @@ def _patterns_and_lns(inst: Instance, best: tuple, known: list, lower: float, de
         return found, lower, None, ""
     search = PatternBound(inst, lower, upper, [s[0] for s in known], threads)
     search.improve(_share(PATTERN_SHARE, deadline))
+    guided = binary_search_cover(inst, search.lo, makespan(inst, best[0]), _share(LP_COVER_SHARE, deadline),
+                                 rule="efficient", prefer=search.lp.preferences())
+    if guided is not None:
+        keep("LP cover", polish(inst, guided, _share(LP_COVER_SHARE, deadline)))
     swapped = swap_towards(inst, best[0], search.lp.config_mix())
     if swapped is not None and _greedy_shares(inst, swapped) is not None:
         keep("LP mix + LNS", rebalance(inst, swapped, _share(LNS_SHARE, deadline), seed))

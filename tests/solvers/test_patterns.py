@@ -7,7 +7,7 @@ import pytest
 from conftest import random_batch
 
 import hetero_sched as hs
-from hetero_sched.milp import patterns
+from hetero_sched.milp import heuristic, patterns
 from hetero_sched.milp import solve as solve_module
 from hetero_sched.milp.bounds import overhead_area_bound
 from hetero_sched.milp.exhaustive import brute_force_makespan
@@ -117,3 +117,29 @@ def test_a_mid_size_slice_gets_the_pattern_lp_under_a_time_limit(lat16):
     worked = hs.solve(lengths, lat16.cluster, lat16, objective="makespan", threads=1, deterministic_limit=1.0)
     assert "cpsat" in worked.solver.message and "pattern LP" not in worked.solver.message
     assert worked.validate() == []
+
+
+def test_preferences_cover_every_sequence_with_the_lp_mix():
+    """The last optimal LP solution covers each length at least its multiplicity, so each sequence's shares over
+    the configurations sum to at least 1, and only configurations that can run it get a share."""
+    rng = np.random.default_rng(5)
+    lat = hs.latency_model(SMALL, hs.Cluster(gpus=16))
+    lengths = random_batch(rng, 40, 256, 16000)
+    inst = build_instance(lengths, lat)
+    upper = makespan(inst, heuristic_solution(inst, overhead_area_bound(inst, 1e12), 1e12, time.monotonic() + 2))
+    lp = patterns.PatternLP(inst)
+    assert lp.infeasible(upper, time.monotonic() + 30) is False
+    share = lp.preferences()
+    assert share.shape == (inst.n, len(inst.configs))
+    assert (share.sum(axis=1) >= 1 - 1e-6).all()
+    assert (share[~np.isfinite(inst.cost)] == 0).all()
+
+
+def test_a_preferred_configuration_opens_the_group():
+    """cover's 'efficient' rule opens a group on the least GPU-time per room; prefer overrides it: a sequence
+    whose preferred configuration is the 2-GPU one opens a 2-GPU group though the 1-GPU one is cheaper."""
+    inst = _toy([[1.0, 0.8]], gpus=(1, 2), overhead=(0.0, 0.0), total=4)
+    order = np.array([0])
+    assert [c for c, _ in heuristic.cover(inst, 2.0, order, "efficient")] == [0]
+    prefer = np.array([[0.0, 1.0]])
+    assert [c for c, _ in heuristic.cover(inst, 2.0, order, "efficient", prefer)] == [1]
