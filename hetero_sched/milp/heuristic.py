@@ -44,7 +44,7 @@ def cover(inst: Instance, T: float, order: np.ndarray, rule: str = "smallest",
     rule: which configuration a sequence that opens a group gets, among those running it by T —
     'smallest' (fewest GPUs, then least overhead) or 'efficient' (least GPU-time per unit of room,
     gpus·cost/(T − overhead)). prefer (n, C), with 'efficient': configurations of larger prefer[i] first
-    (the pattern LP's mix: lp_preferences), efficiency breaking ties."""
+    (the pattern LP's mix: PatternLP.preferences), efficiency breaking ties."""
     unplaced = np.ones(inst.n, dtype=bool)
     sol: Solution = []
     packer = NodePacker(inst.node_caps)

@@ -737,10 +737,11 @@ def _mip_most(patterns_can_run: bool) -> int:
 
 def _patterns_and_lns(inst: Instance, best: tuple, known: list, lower: float, deadline: float, threads: int,
                       seed: int):
-    """Where the MIP is not built: the pattern LP bound for a while; then the best plan with its
-    configurations swapped towards the LP's mix (when that changes any and still places), or as it is,
-    rebalanced by LNS; then the pattern LP again, below the better plan. Returns (named solutions, bound,
-    the pattern LP search, note)."""
+    """Where the MIP is not built: the pattern LP bound for a while; then covers that open each group on
+    the configuration the LP runs most of its opening sequence's length on (PatternLP.preferences); then
+    the best plan with its configurations swapped towards the LP's mix (when that changes any and still
+    places), or as it is, rebalanced by LNS; then the pattern LP again, below the better plan. Returns
+    (named solutions, bound, the pattern LP search, note)."""
     found = []
 
     def keep(who: str, sol) -> None:
