@@ -73,6 +73,23 @@ def test_the_quick_path_improves_on_the_warm_start_and_says_how_it_spent_the_tim
     assert "short limit" in plan.solver.message and "pricing" in plan.solver.message
 
 
+def test_a_cover_whose_plan_cannot_be_built_in_the_allowance_is_dropped(llama3, monkeypatch):
+    """On a short limit a cover is built into a plan only when building it (per group, as estimated from the
+    warm start's pricing) ends within the limit's allowance; here building is made to look 10^6 times
+    dearer, so every cover is dropped, said so, and the warm start comes back."""
+    from hetero_sched.milp import solve as solve_module
+    monkeypatch.setattr(solve_module, "QUICK_FACTOR", 1e9)  # the short-limit path, whatever the machine's load
+    lat = hs.latency_model(llama3, hs.Cluster(gpus=256))
+    lengths = synthetic("lognormal:n=1024,context=131072,seed=7,sigma_x100=125")
+    built = hs.solve(lengths, lat.cluster, lat, time_limit_s=1.0)
+    assert "plan from heuristic" in built.solver.message or "plan from cpsat" in built.solver.message
+    monkeypatch.setattr(solve_module, "BUILD_REPRICES", 5e6)
+    plan = hs.solve(lengths, lat.cluster, lat, time_limit_s=1.0)
+    assert "plan from warm start" in plan.solver.message
+    assert "could not be built within the limit's allowance: dropped" in plan.solver.message
+    assert plan.validate() == [] and plan.step_ms == pytest.approx(plan.baseline["step_ms"])
+
+
 def test_a_short_limit_is_kept(llama3):
     """0.1 s at 256 GPUs x 1,024: the promise is 0.15 s; other processes may share the cores here, so the
     check only catches a path that ignores the limit (0.4 s before this fast path at 1,024 GPUs)."""
