@@ -58,7 +58,7 @@ class PatternLP:
         self.last_value = math.nan  # its value (GPUs): an upper bound on the LP optimum at its T
         self.paused = (None, None, 0.0)  # (T, stability centre, best bound) of a proof cut short
         self.carried = None  # the best-bound duals of the latest trial: the next trial's first centre
-        self.exchanges = 0  # free columns before the patterns
+        self.exchanged: list[int] = []  # free columns before the patterns: the length j of each (j from j + 1)
         self.h = new_highs(threads)
         self.h.setOptionValue("presolve", "off")  # re-solves start from the last basis ...
         self.h.setOptionValue("simplex_strategy", 4)  # ... which new columns leave primal feasible: primal simplex
@@ -74,13 +74,16 @@ class PatternLP:
         replaced by j still fits; the duals are kept ordered, which cuts column generation's
         oscillation. Lengths are sorted, so neighbours suffice (the relation is transitive)."""
         cost = np.where(np.isfinite(self.cost), self.cost, np.inf)
-        self.exchanged = []  # the length j of each exchange column (j from j + 1)
         for j in range(self.J - 1):
             if (cost[j] <= cost[j + 1]).all():
                 self.h.addCol(0.0, 0.0, self.h.getInfinity(), 2, np.array([j, j + 1], dtype=np.int32),
                               np.array([1.0, -1.0]))
                 self.exchanged.append(j)
-                self.exchanges += 1
+
+    @property
+    def exchanges(self) -> int:
+        """How many exchange columns precede the patterns in the LP."""
+        return len(self.exchanged)
 
     def add_column(self, c: int, a: np.ndarray, T: float) -> bool:
         """Add pattern (c, a), enabled when it fits T (pricing passes T = inf: a relaxed pattern may run
@@ -197,8 +200,8 @@ class PatternLP:
         return mix
 
     def preferences(self) -> np.ndarray:
-        """(n, C): the share of each sequence's length that the last optimal LP solution runs on each
-        configuration (Σ over its patterns of λ·count, over the length's multiplicity); zeros before any.
+        """(n, C): the share of each sequence's length that the last restricted master solved to optimality
+        (at the last makespan tried, which may be one the LP ruled out) runs on each configuration (Σ over its patterns of λ·count, over the length's multiplicity); zeros before any.
         A length j run in the place of j + 1 (an exchange column, value y) takes y of j + 1's places, in
         proportion to their configurations (longest first, so places passed down twice are followed)."""
         share = np.zeros((self.J, self.C))

@@ -46,7 +46,8 @@ HEURISTIC_SHARE = 0.3       # of the time limit, when the MIP runs after it
 PATTERNS_HEURISTIC_SHARE = 0.1  # ... and when the pattern LP and LNS do
 PATTERN_SHARE = 0.35        # of the time left, for the pattern LP before the configuration swaps
 LNS_SHARE = 0.4             # of the time left then, for rebalancing (it stops earlier once stuck)
-LP_COVER_SHARE = 0.1        # of the time left after the first pattern LP, for covers that open groups on its mix
+LP_COVER_SHARE = 0.1        # of the time left after the first pattern LP, for covers that open groups on its mix,
+                            # then as much of what is left for polishing the best of them
 MILP_VARS_PER_S = 150_000   # build_milp's own pace here (24 GPUs x 256 sequences: 47,672 variables in 0.32 s)
 WAITS_MIN_S = 2.0          # seconds left below which the step bound does without the all-gather's waits
 WAITS_MAX_SEQUENCES = 2048  # beyond, no waits in the step bound: 1.8 s for 4 ms at 1,024 GPUs x 4,096, 6 s for
@@ -127,10 +128,10 @@ def solve(lengths, cluster: Cluster, lat: LatencyModel, *, backend: str = "cpsat
         reserve = repricing * QUICK_RESERVE_PLANS
     # a short limit's searches may run into half the limit's allowance: without it no plan but the warm start
     # comes back at 0.1 s on 1,024 GPUs (pricing, the warm start and one plan's building take about that)
-    first_end = max(deadline, start + time_limit_s + QUICK_GRACE * max(0.25 * time_limit_s, 0.05)) if quick \
-        else deadline
+    allowance = max(0.25 * time_limit_s, 0.05)  # past the limit, what a run may take
+    first_end = max(deadline, start + time_limit_s + QUICK_GRACE * allowance) if quick else deadline
     # ... and none may build a plan past the allowance itself (its final pricing kept back)
-    allowance_end = start + time_limit_s + max(0.25 * time_limit_s, 0.05) - reserve if quick else math.inf
+    allowance_end = start + time_limit_s + allowance - reserve if quick else math.inf
     tps = sorted({full.layout(c) for c in range(len(full.configs))})  # smallest layouts a plan may have
     mins = LayoutBounds(full) if quick else None
     slices = [_slice(full, warm, t, mins) for t in (tps if objective == "step" else tps[:1])]
@@ -431,7 +432,7 @@ class Slice:
         (see remote). Not where the slice's MIP runs (it proves both families) or time is short."""
         pure = self.families[0]
         if (self.pure is None or self.inst is None or seconds < 2 * STARTUP_S or not worth_trying(self.pure)
-                or _mip_runs("any", self.size, worth_trying(self.inst))):
+                or self.size <= _mip_most(worth_trying(self.inst))):
             return
         upper = pure.top(lat, best_step)
         if upper > pure.bound and sys.executable:
@@ -742,6 +743,8 @@ def _mip_runs(backend: str, size: int, patterns_can_run: bool) -> bool:
 
 
 def _mip_most(patterns_can_run: bool) -> int:
+    """The most variables a slice searched by the MIP may have (MAX_MIP_VARIABLES caps both: 0 turns the MIP
+    off)."""
     return min(MIP_BEFORE_PATTERNS_VARIABLES, MAX_MIP_VARIABLES) if patterns_can_run else MAX_MIP_VARIABLES
 
 
