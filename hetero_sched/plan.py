@@ -10,7 +10,15 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 
 from .latency import LatencyModel, latency_model
-from .latency.base import check_pp, config_name, pack_by_class, pipeline_ms, pipeline_order, window_share
+from .latency.base import (
+    GroupStepEnds,
+    check_pp,
+    config_name,
+    pack_by_class,
+    pipeline_ms,
+    pipeline_order,
+    window_share,
+)
 from .placement import nodes_spanned, place_groups, tp_group_inside_node
 from .specs import Cluster, ModelSpec
 
@@ -214,6 +222,7 @@ class Plan:
             for k, c in zip(open_, best_combo):
                 choice[k] = c
             return choice
+        choice = self._own_best_orders(lat, tps, timings, stats, options, open_, step_with, step)
         best = step()
         for _ in range(GREEDY_ORDER_ROUNDS):
             improved = False
@@ -227,6 +236,30 @@ class Plan:
             if not improved:
                 break
         return choice
+
+    def _own_best_orders(self, lat, tps, timings, stats, options, open_: list[int], step_with, step) -> list[int]:
+        """The greedy's start: each group at the order of its own least step end (GroupStepEnds), where
+        that prices the plan lower than every group keeping its largest window last (it is set so when it
+        returns). Flipping one group at a time cannot leave a plateau of groups alike: at 4,096 GPUs a
+        hundred TP2xCP7 groups, each a 128K document and ~24K tokens of short ones, all started with the
+        short forward (a 136 ms wait) where the long one first (45 ms) lowered the step from 3,522.6 to
+        3,458 ms."""
+        ends = GroupStepEnds(lat, tps, len(self.groups))
+        choice = [0] * len(self.groups)
+        for k in open_:
+            firsts = [stats[k][0][a] for a, _ in options[k]]
+            windows = [stats[k][1][b] for _, b in options[k]]
+            choice[k] = int(np.argmin(ends(timings[k][0], firsts, windows)))
+        if not any(choice):
+            return choice
+        plain = step()
+        for k in open_:
+            step_with(k, choice[k])
+        if step() < plain - 1e-12:
+            return choice
+        for k in open_:
+            step_with(k, 0)
+        return [0] * len(self.groups)
 
     def _latest(self, lat: LatencyModel, timings, candidates: list[int]) -> list[int]:
         """Candidates by decreasing end after their all-gather wait: the groups that set the step (a group

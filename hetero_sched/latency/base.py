@@ -955,6 +955,39 @@ def pipeline_order(fwd: np.ndarray, bwd: np.ndarray) -> np.ndarray:
     return np.argsort((fwd + bwd).max(axis=1), kind="stable")
 
 
+class GroupStepEnds:
+    """Each group's step end s_g for arrays of (end, first forward, last window), the plan's sync parts and
+    bucket count fixed: when the group ends after its all-gather wait, or when the reduce-scatter it alone
+    holds back would finish,
+        x_g = end_g + wait(F_g),   s_g = max(x_g, A + Q, max_b [x_g − W_g·(1 − done_b) + Q·tail_b])
+    (see sync_exposed_ms, of which max_g s_g is a lower bound and, groups being alike, about the value;
+    without the overlap A is paid after the step instead). least: what a group that hides everything
+    still pays past its end."""
+
+    def __init__(self, lat, tps, groups: int):
+        gather, reduce, self.allgather = lat.sync_parts(tps)
+        self.q = gather + reduce
+        self.lat, self.groups = lat, groups
+        shares, done = lat._bucket_arrays("gradient", groups)
+        self.slope = 1.0 - done                        # W's weight in each bucket's ready time
+        self.tail = self.q * np.cumsum(shares[::-1])[::-1]  # what is still to send from bucket b on
+        self.overlap = lat.overlap_param_gather
+        huge = 1e12
+        self.least = float(self(huge, [huge], [huge])[0]) - huge
+
+    def __call__(self, ends, firsts, windows) -> np.ndarray:
+        firsts, windows = np.asarray(firsts, dtype=float), np.asarray(windows, dtype=float)
+        ends = np.broadcast_to(np.asarray(ends, dtype=float), firsts.shape)  # (one end for all, or one each)
+        if self.overlap:
+            x = ends + self.lat.gather_delays(self.allgather, firsts, self.groups)
+            start = self.allgather
+        else:
+            x, start = ends, -np.inf
+        ready = x[:, None] - windows[:, None] * self.slope[None, :] + self.tail[None, :]
+        s = np.maximum(x, np.maximum(start + self.q, ready.max(axis=1)))
+        return s if self.overlap else s + self.allgather
+
+
 def _balanced(lengths, packed: list[list[int]], cap: int, cost_of) -> list[list[int]]:
     """As many micro-batches as first-fit packed, their costs evened out (WLB-LLM's variable-length packing,
     which shrinks pipeline stalls): sequences by decreasing cost (cost_of[i]), each to the cheapest

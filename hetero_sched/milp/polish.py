@@ -34,7 +34,7 @@ import time
 
 import numpy as np
 
-from ..latency.base import _balanced, window_share
+from ..latency.base import GroupStepEnds, _balanced, window_share
 from ..packing import pack_micro_batches
 from ..placement import nodes_spanned
 from ..plan import Plan, _order_options
@@ -74,33 +74,6 @@ class _Key:
         return bisect.bisect_left(self.all_caps, tokens)
 
 
-class _Exposure:
-    """s_g for arrays of (end, first forward, last window), the plan's sync parts and bucket count fixed."""
-
-    def __init__(self, lat, tps, groups: int):
-        gather, reduce, self.allgather = lat.sync_parts(tps)
-        self.q = gather + reduce
-        self.lat, self.groups = lat, groups
-        shares, done = lat._bucket_arrays("gradient", groups)
-        self.slope = 1.0 - done                        # W's weight in each bucket's ready time
-        self.tail = self.q * np.cumsum(shares[::-1])[::-1]  # what is still to send from bucket b on
-        self.overlap = lat.overlap_param_gather
-        huge = 1e12  # a group whose first forward and last window hide everything still waits this past its end
-        self.least = float(self(huge, [huge], [huge])[0]) - huge
-
-    def __call__(self, ends, firsts, windows) -> np.ndarray:
-        firsts, windows = np.asarray(firsts, dtype=float), np.asarray(windows, dtype=float)
-        ends = np.broadcast_to(np.asarray(ends, dtype=float), firsts.shape)  # (one end for all, or one each)
-        if self.overlap:
-            x = ends + self.lat.gather_delays(self.allgather, firsts, self.groups)
-            start = self.allgather
-        else:
-            x, start = ends, -np.inf
-        ready = x[:, None] - windows[:, None] * self.slope[None, :] + self.tail[None, :]
-        s = np.maximum(x, np.maximum(start + self.q, ready.max(axis=1)))
-        return s if self.overlap else s + self.allgather
-
-
 class _Polish:
     def __init__(self, plan: Plan, lat):
         self.lat, self.plan = lat, plan
@@ -114,7 +87,7 @@ class _Polish:
         self.keys = [table[k] for k in self.key_of]
         self.cost = np.vstack([key.cost for key in table])  # (configurations, sequences)
         self.fits = np.vstack([key.fits for key in table])
-        self.exposure = _Exposure(lat, [g.tp for g in plan.groups], len(plan.groups))
+        self.exposure = GroupStepEnds(lat, [g.tp for g in plan.groups], len(plan.groups))
         self.ids = [list(g.sequence_ids) for g in plan.groups]
         self.chosen: dict[int, tuple] = {}  # group -> (micro-batches, classes, first, last) where the polish moved
         self.repacked: set[int] = set()  # groups whose own sequences were tried repacked

@@ -10,6 +10,7 @@ from plan_draws import family_bound, random_plan
 from plan_draws import long_tail as _long_tail
 
 import hetero_sched as hs
+from hetero_sched.latency.base import GroupStepEnds
 from hetero_sched.milp import layouts, polish
 from hetero_sched.milp.heuristic import heuristic_solution
 from hetero_sched.milp.instance import build_instance
@@ -51,7 +52,7 @@ def test_step_end_of_a_lone_group_is_the_step_model_s_step(overlap):
             continue
         plan = hs.Plan.build(lengths, [(tp, cp, list(range(len(lengths))))], lat)
         f, w, _ = plan.priced_with[1][0]
-        s = polish._Exposure(lat, [tp], 1)(plan.groups[0].latency_ms, [f[0]], [w[-1]])[0]
+        s = GroupStepEnds(lat, [tp], 1)(plan.groups[0].latency_ms, [f[0]], [w[-1]])[0]
         assert s == pytest.approx(plan.step_ms, rel=1e-12, abs=1e-9)
         checked += 1
     assert checked >= 10

@@ -9,6 +9,7 @@ from hetero_sched.baselines.wlb_llm import wlb_llm_best, wlb_llm_plan
 import hetero_sched as hs
 from hetero_sched.latency.base import ADVICE_TOKENS
 from hetero_sched.latency import constants as K
+from hetero_sched import plan as plan_module
 
 
 def _lat(gpus=16, **options):
@@ -192,6 +193,23 @@ class TestOverlappedAllGather:
                        for orders in itertools.product(*[itertools.permutations(range(len(g.micro_batches)))
                                                          for g in plan.groups]))
             assert plan.step_ms == pytest.approx(best, rel=1e-12), trial
+
+    def test_many_alike_groups_are_not_stuck_on_a_plateau(self):
+        """Sixteen groups (more than every order can be priced for), each a long sequence in one micro-batch
+        and short ones in another: long first (its forward hides the all-gather) beats long last for each,
+        but flipping one group alone cannot lower the step while the others keep the worse order. The
+        order chosen is no worse than either uniform choice."""
+        lat = hs.latency_model(hs.ModelSpec.preset("llama3-8b"), hs.Cluster(gpus=64))
+        lengths, groups = [], []
+        for _ in range(16):
+            groups.append((2, 2, list(range(len(lengths), len(lengths) + 4))))
+            lengths += [40000, 4000, 4000, 4000]
+        plan = hs.Plan.build(lengths, groups, lat)
+        assert len(plan.groups) > plan_module.EXACT_ORDER_GROUPS
+        assert all(len(g.micro_batches) == 2 for g in plan.groups)
+        uniform = [_step_in_order(plan, lat, [order] * len(plan.groups)) for order in ((0, 1), (1, 0))]
+        assert max(uniform) > min(uniform) * 1.01  # the choice matters
+        assert plan.step_ms <= min(uniform) * (1 + 1e-12)
 
 
 def _step_in_order(plan, lat, orders) -> float:
