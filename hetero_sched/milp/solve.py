@@ -11,6 +11,7 @@ from functools import cached_property
 import numpy as np
 
 from ..latency import LatencyModel
+from ..latency.base import GroupStepEnds
 from ..placement import nodes_spanned, pack_nodes, ranks_from_nodes
 from ..plan import Plan, SolveResult, check_objective, objective_key
 from ..specs import Cluster
@@ -80,6 +81,9 @@ QUICK_GRACE = 0.5           # of the allowance past a short limit (max(25 %, 0.0
 QUICK_REPEAT = 1.5          # a short limit's next slice is searched only with this many times the last one's search
                             # left (4,096 GPUs at 1 s: the second took 0.65 s against 0.41 s, ending at 1.33 s)
 GRID_MIN_DISTINCT = 6_000   # distinct lengths from which a limit under QUICK_MAX_S may price a grid of them
+FEWER_GROUPS_GAIN = 0.01   # a cover on larger groups is tried where halving the groups saves this share of the makespan
+FEWER_GROUPS_HEURISTIC_SHARE = 0.5  # ... the heuristic then has this share of the slice's time
+FEWER_GROUPS_SLACK = 0.005  # ... and the cover's first T is the heuristic's makespan this much higher
 POLISH_SHARE = 0.15         # of the time left after the bounds, for the step polish of the plans found (see polish):
                             # it converges in 0.1-1.4 s at 64 GPUs x 256 (seed 31's TP2 plan: 1,739 -> 1,630 ms)
 
@@ -195,7 +199,7 @@ def solve(lengths, cluster: Cluster, lat: LatencyModel, *, backend: str = "cpsat
                 sl.build(full, warm)  # (a short limit's later slices: only when time is left to search them)
             found, bounds[sl.min_tp], notes[sl.min_tp], search = _search(
                 sl, full, lat, slice_deadline, backend, threads, seed, rel_gap, deterministic_limit, quick,
-                per_group_s, allowance_end)
+                per_group_s, allowance_end, fewer_groups=polishing)
             last_search_s = time.monotonic() - now
             sl.searched(bounds[sl.min_tp], search, threads, deterministic_limit)
             plans += found
@@ -603,13 +607,16 @@ def _pure_search(pure: Instance, lower: float, upper: float, threads: int,
 
 
 def _search(sl: Slice, full: Instance, lat, deadline: float, backend, threads, seed, rel_gap, det_limit,
-            quick: bool = False, per_group_s: float = 0.0, allowance_end: float = math.inf):
+            quick: bool = False, per_group_s: float = 0.0, allowance_end: float = math.inf,
+            fewer_groups: bool = False):
     """Heuristic then MIP (or the pattern LP) over one slice; returns (named plans, makespan bound, note,
     the pattern LP search when it ran, to resume with time left over). quick: the heuristic's first cover
     is aimed just above the area relaxation's threshold, estimated in two or three passes; a cover whose
     plan would be built past allowance_end (per_group_s a group) is dropped: at 16,384 GPUs on a 1 s limit
     the search's estimate (~650 ms) fell short of what it took (742-1,000 ms), and building the cover's
-    plan took the run to 1.29-1.46 s against a 1.25 s allowance."""
+    plan took the run to 1.29-1.46 s against a 1.25 s allowance. fewer_groups (the step objective, where
+    the heuristic answers alone): a cover on larger groups too, when the heuristic's group count makes
+    the gradient buckets few and large (see _fewer_groups)."""
     inst, warm_sol, upper, lower, min_tp = sl.inst, sl.warm_sol, sl.upper, sl.lower, sl.min_tp
     if sl.make is not None:
         return [], lower, f"{_unit(full)}>={min_tp}: no time left after pricing: warm start kept, simple bounds", None
@@ -630,7 +637,10 @@ def _search(sl: Slice, full: Instance, lat, deadline: float, backend, threads, s
     patterns_can_run = det_limit is None and not quick and worth_trying(inst)
     mip_runs = _mip_runs(backend, size, patterns_can_run)
     patterns_run = not mip_runs and patterns_can_run
-    share = HEURISTIC_SHARE if mip_runs else PATTERNS_HEURISTIC_SHARE if patterns_run else 1.0
+    alone = not mip_runs and not patterns_run
+    fewer_groups = fewer_groups and alone and inst.n > GUESS_MIN_SEQUENCES
+    share = HEURISTIC_SHARE if mip_runs else PATTERNS_HEURISTIC_SHARE if patterns_run else \
+        FEWER_GROUPS_HEURISTIC_SHARE if fewer_groups else 1.0
     # under a deterministic work limit nothing may depend on the clock: no deadline, no restarts
     h_deadline = _share(share, deadline) if det_limit is None else float("inf")
     heur = heuristic_solution(inst, lower, upper, h_deadline, seed=seed, restarts=det_limit is None, guess=guess,
@@ -644,6 +654,11 @@ def _search(sl: Slice, full: Instance, lat, deadline: float, backend, threads, s
     if heur_plan is not None:  # told to the worker now, returned below
         sl.found(heur_plan)
     note = f"{_unit(full)}>={min_tp}: {len(inst.configs)} configurations kept ({full.pruned + len(full.configs) - len(inst.configs)} pruned)"
+    if fewer_groups and found:
+        larger = _fewer_groups(inst, heur[0], lat, min_tp, lower, upper, deadline, per_group_s)
+        if larger is not None:
+            found.append((f"heuristic on groups of >= {larger[0]} GPUs", (larger[1], _greedy_shares(inst, larger[1]))))
+            note += f"; a cover on groups of >= {larger[0]} GPUs ({len(larger[1]):,} groups, fewer gradient buckets)"
     if late_build:
         note += f"; its cover's plan ({len(heur[0]):,} groups) could not be built within the limit's allowance: dropped"
     known = [s for s in (warm_sol, found[0][1] if found else None) if s]
@@ -672,6 +687,29 @@ def _search(sl: Slice, full: Instance, lat, deadline: float, backend, threads, s
     plans = [(who, heur_plan if entry is heur and heur_plan is not None else _to_plan(inst, *entry, lat))
              for who, entry in found]
     return [(who, p) for who, p in plans if p is not None], bound, note, search
+
+
+def _fewer_groups(inst: Instance, sol, lat: LatencyModel, min_tp: int, lower: float, upper: float, deadline: float,
+                  per_group_s: float) -> tuple[int, list] | None:
+    """A cover of inst on configurations of at least twice the heuristic's most common group size, when
+    halving its group count G would lower the exposed sync of a group that hides everything
+    (GroupStepEnds.least) by more than FEWER_GROUPS_GAIN of the makespan: Megatron's buckets hold
+    max(40M, 1M·G) parameters, so thousands of groups leave two or three, and every group waits for the
+    first before its forward starts (at 16,384 GPUs x 65,536 the TP2 slice's 4,296 groups: 199 ms at
+    least, 78 ms at half as many). Returns (that size, the cover) or None (no gain, no cover in time)."""
+    groups = len(sol)
+    least = [GroupStepEnds(lat, [min_tp], g).least for g in (groups, max(groups // 2, 1))]
+    if least[0] - least[1] <= FEWER_GROUPS_GAIN * makespan(inst, sol) or time.monotonic() >= deadline:
+        return None
+    size = 2 * int(np.bincount(inst.gpus[[c for c, _ in sol]].astype(int)).argmax())
+    cols = np.flatnonzero(inst.gpus >= size)
+    sub = inst.subset(cols)
+    first, _ = distinct_lengths(inst.lengths)
+    if not cols.size or not np.isfinite(sub.cost[first]).any(axis=1).all():
+        return None
+    cover_ = binary_search_cover(sub, lower, upper, deadline, rule="efficient", per_group_s=per_group_s,
+                                 guess=makespan(inst, sol) * (1 + FEWER_GROUPS_SLACK))
+    return None if cover_ is None else (size, [(int(cols[c]), items) for c, items in cover_])
 
 
 def _polished(plans: list[tuple[str, Plan]], lat: LatencyModel, families: list[Family],
