@@ -25,6 +25,7 @@ from rich.progress import Progress
 
 import hetero_sched as hs
 from hetero_sched.compare import shape_summary
+from hetero_sched.milp.solve import allowance_s
 from hetero_sched.seeds import SEED_CASES
 from hetero_sched.workload import synthetic
 
@@ -331,7 +332,7 @@ def fast_path_rows(progress, task) -> pd.DataFrame:
     f = pd.DataFrame(rows)
     ten = f[f.time_limit_s == 10.0].set_index("gpus").step_ms
     f["vs_10s"] = [r.step_ms / ten[r.gpus] for r in f.itertuples()]
-    f["wall_ok"] = f.wall_s <= f.time_limit_s + np.maximum(0.25 * f.time_limit_s, 0.05)
+    f["wall_ok"] = [r.wall_s <= r.time_limit_s + allowance_s(r.time_limit_s) for r in f.itertuples()]
     return f
 
 

@@ -156,8 +156,9 @@ def cmd_solve(args) -> int:
     if args.out:  # before printing: a reader that closes the pipe early (| head) must not lose the file
         write_atomic(args.out, plan.to_json())
         err.print(f"plan written to {args.out}")
-    if args.json:
-        out.print(plan.to_json(), markup=False, soft_wrap=True)
+    if args.json:  # written as it is: through rich, 16,384 GPUs' plan took 4.4 s to print instead of 1.3 s
+        sys.stdout.write(plan.to_json() + "\n")
+        sys.stdout.flush()
     else:
         print_plan(plan, lat)
     return 0
@@ -221,6 +222,10 @@ def _recompute_range(ks, layers: int) -> str:
     return f"{low}/{layers}" if low == high else f"{low}-{high}/{layers}"
 
 
+def _limit(s) -> str:
+    return f"work limit {s.work_limit:g}, no wall-clock limit" if s.work_limit is not None else f"limit {s.time_limit_s} s"
+
+
 def print_summary(plan) -> None:
     """The lines under a plan's table: step, what the solver did and proved, the baseline."""
     s, b = plan.solver, plan.baseline
@@ -230,7 +235,7 @@ def print_summary(plan) -> None:
     if s:
         out.print(f"solver {s.backend}, objective {s.objective}: {s.status}, lower bound {s.bound_ms:,.1f} ms "
                   f"(makespan >= {s.makespan_bound_ms:,.1f}, step >= {s.step_bound_ms:,.1f}), gap {s.gap:.2%}, "
-                  f"{s.wall_s:.2f} s (limit {s.time_limit_s} s, {s.threads} threads, seed {s.seed})")
+                  f"{s.wall_s:.2f} s ({_limit(s)}, {s.threads} threads, seed {s.seed})")
         for part in s.message.split(" | "):
             out.print(f"  {part}", markup=False, style="dim")
     if b:

@@ -81,6 +81,8 @@ class SolveResult:
     backend: str
     status: str
     time_limit_s: float | None = None
+    work_limit: float | None = None
+    """The deterministic work limit, when one was given (time_limit_s was then not applied)."""
     threads: int = 1
     seed: int = 0
     objective: str = "step"

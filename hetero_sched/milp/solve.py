@@ -56,6 +56,7 @@ WAITS_MAX_SEQUENCES = 2048  # beyond, no waits in the step bound: 1.8 s for 4 ms
 TIERS_MARGIN = 0.005       # a family's tiers aim this far past the next family's step bound (fewer turns between them)
 WAITS_SHARE = 0.2          # of the time left, at most, for the waits (the tiers: ~1 s at 64 GPUs x 256 and 256 x 1,024)
 RESERVE_PLANS = 4           # plan pricings kept back per slice (heuristic's, MIP's, the final one, slack)
+ALLOWANCE_SHARE, ALLOWANCE_MIN_S = 0.25, 0.05  # a run may end this far past its limit: max(25 %, 0.05 s)
 QUICK_FACTOR = 10           # a limit leaving less than this many pricings' time after the warm start is short:
                             # cheap bounds, first covers aimed near the area bound, no pattern LP or LNS
 BUILD_REPRICES = 5          # building a plan (packing, ordering, pricing) and its final pricing, in repricings
@@ -132,7 +133,7 @@ def solve(lengths, cluster: Cluster, lat: LatencyModel, *, backend: str = "cpsat
         reserve = repricing * QUICK_RESERVE_PLANS
     # a short limit's searches may run into half the limit's allowance: without it no plan but the warm start
     # comes back at 0.1 s on 1,024 GPUs (pricing, the warm start and one plan's building take about that)
-    allowance = max(0.25 * time_limit_s, 0.05)  # past the limit, what a run may take
+    allowance = allowance_s(time_limit_s)
     first_end = max(deadline, start + time_limit_s + QUICK_GRACE * allowance) if quick else deadline
     # ... and none may build a plan past the allowance itself (its final pricing kept back)
     allowance_end = start + time_limit_s + allowance - reserve if quick else math.inf
@@ -236,7 +237,8 @@ def solve(lengths, cluster: Cluster, lat: LatencyModel, *, backend: str = "cpsat
         per_layout = _layout_step_bounds(lat, bounds, tps, mins or LayoutBounds(full)) if objective != "step" \
             else None
         step_bound = max(_step_bound(lat, families, per_layout), bounds[tps[0]])
-    plan.solver = SolveResult(backend=backend, status="feasible", time_limit_s=time_limit_s, threads=threads,
+    plan.solver = SolveResult(backend=backend, status="feasible", time_limit_s=time_limit_s,
+                              work_limit=deterministic_limit, threads=threads,
                               seed=seed, objective=objective, makespan_bound_ms=makespan_bound,
                               step_bound_ms=step_bound)
     plan.refresh(lat)  # every candidate was built (or the warm start repriced) by lat; only solver and baseline set
@@ -262,6 +264,11 @@ def solve(lengths, cluster: Cluster, lat: LatencyModel, *, backend: str = "cpsat
     s.message = f"objective {objective}; {rounding}plan from {who}; " + " | ".join(notes[t] for t in sorted(notes)) \
         + budget
     return plan
+
+
+def allowance_s(time_limit_s: float) -> float:
+    """How far past its limit a run may end (model building and the final plan included)."""
+    return max(ALLOWANCE_SHARE * time_limit_s, ALLOWANCE_MIN_S)
 
 
 def _priced(lengths: np.ndarray, lat: LatencyModel, pp_degrees, limit_s: float) -> Instance:
@@ -670,7 +677,9 @@ def _search(sl: Slice, full: Instance, lat, deadline: float, backend, threads, s
     best_known = min(known, key=lambda s: makespan(inst, s[0]))
     if not mip_runs:
         note += ("; heuristic with bounds (no MIP backend)" if backend == "none" else
-                 f"; exact MIP not built ({size:,} variables > {_mip_most(patterns_can_run):,}): heuristic with bounds")
+                 f"; exact MIP not built ({size:,} variables; beyond {_mip_most(True):,} under a time limit the "
+                 f"pattern LP and LNS search instead): heuristic with bounds" if patterns_run and size <= MAX_MIP_VARIABLES
+                 else f"; exact MIP not built ({size:,} variables > {_mip_most(patterns_can_run):,}): heuristic with bounds")
         if patterns_run:
             more, bound, search, gap_note = _patterns_and_lns(inst, best_known, known, lower, deadline, threads, seed)
             found += more

@@ -111,7 +111,8 @@ def test_a_mid_size_slice_gets_the_pattern_lp_under_a_time_limit(lat16):
     lengths = synthetic("lognormal:n=64,context=131072,seed=2")  # its TP>=1 slice: ~7,500 variables
     timed = hs.solve(lengths, lat16.cluster, lat16, time_limit_s=3, objective="makespan")
     message = timed.solver.message
-    assert f"> {solve_module.MIP_BEFORE_PATTERNS_VARIABLES:,}): heuristic with bounds (pattern LP" in message
+    assert f"beyond {solve_module.MIP_BEFORE_PATTERNS_VARIABLES:,} under a time limit the pattern LP and LNS " \
+           "search instead): heuristic with bounds (pattern LP" in message
     assert timed.validate() == []
     assert timed.solver.makespan_bound_ms <= timed.makespan_ms
     worked = hs.solve(lengths, lat16.cluster, lat16, objective="makespan", threads=1, deterministic_limit=1.0)
