@@ -98,10 +98,12 @@ def test_solve_uses_it_when_the_mip_is_not_built(lat16, monkeypatch):
     exact = hs.solve(lengths, lat16.cluster, lat16, time_limit_s=30, objective="makespan")
     assert exact.solver.status == "optimal"
     monkeypatch.setattr(solve_module, "MAX_MIP_VARIABLES", 0)
-    plan = hs.solve(lengths, lat16.cluster, lat16, time_limit_s=3, objective="makespan")
-    assert "pattern LP" in plan.solver.message
-    assert plan.solver.bound_ms <= exact.makespan_ms * (1 + 1e-9)
-    assert plan.validate() == []
+    for threads in (1, 2):  # with two, the LP's bound is also proven in a worker process
+        plan = hs.solve(lengths, lat16.cluster, lat16, time_limit_s=3, objective="makespan", threads=threads)
+        assert "pattern LP" in plan.solver.message
+        assert ("proven in a worker process" in plan.solver.message) == (threads == 2)
+        assert plan.solver.bound_ms <= exact.makespan_ms * (1 + 1e-9)
+        assert plan.validate() == []
 
 
 def test_a_mid_size_slice_gets_the_pattern_lp_under_a_time_limit(lat16):
