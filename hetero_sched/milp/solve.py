@@ -382,7 +382,8 @@ def _layout_step_bounds(lat: LatencyModel, bounds: dict, tps: list[int],
     plan whose smallest layout is t uses only those): at 16,384 GPUs x 65,536 the TP8 layout's 10 ms of
     sync no longer sets the step bound (3,279 -> 3,354 ms)."""
     lows = {t: max(bounds[tps[0]], layouts.of(lambda u, t=t: u >= t)) for t in tps}
-    return {t: (lows[t], lows[t] + lat.sync_exposed_lower_ms(t, lows[t])) for t in tps}
+    return {t: (lows[t], lows[t] + lat.sync_exposed_lower_ms(t, lows[t]) if math.isfinite(lows[t]) else math.inf)
+            for t in tps}  # (a layout that cannot hold the batch: no plan, inf, not inf·0 = nan)
 
 
 def _rounded(lengths: np.ndarray, r: int | None) -> np.ndarray:

@@ -47,3 +47,19 @@ def test_it_stays_below_the_brute_force_best_step():
                 best = min(best, plan.step_ms)
         found = hs.solve(lengths, lat.cluster, lat, time_limit_s=1, threads=1, objective="makespan")
         assert found.solver.step_bound_ms <= best * (1 + 1e-9), lengths
+
+
+def test_a_layout_that_cannot_hold_the_batch_bounds_nothing(recwarn):
+    """A layout whose configurations cannot run some sequence has no plan: its step bound is inf, not the
+    nan of inf·0 (a fuzzed 1B model on a few GPUs had one), and the least over layouts stays finite."""
+    from hetero_sched.milp.solve import _layout_step_bounds
+
+    class Layouts:  # the simple bound per smallest layout: TP4 and TP8 hold nothing here
+        def of(self, keep):
+            return 500.0 if keep(1) or keep(2) else float("inf")
+
+    lat = _lat(16)
+    steps = _layout_step_bounds(lat, {1: 480.0}, [1, 2, 4, 8], Layouts())
+    assert steps[4] == (float("inf"), float("inf")) and steps[8][1] == float("inf")
+    assert np.isfinite(steps[1][1]) and steps[1][1] >= 500.0
+    assert not [w for w in recwarn if issubclass(w.category, RuntimeWarning)]
