@@ -246,12 +246,17 @@ class Plan:
         hundred TP2xCP7 groups, each a 128K document and ~24K tokens of short ones, all started with the
         short forward (a 136 ms wait) where the long one first (45 ms) lowered the step from 3,522.6 to
         3,458 ms."""
-        ends = GroupStepEnds(lat, tps, len(self.groups))
+        pairs = [(k, j) for k in open_ for j in range(len(options[k]))]  # every option of every open group, at once
+        s = GroupStepEnds(lat, tps, len(self.groups))([timings[k][0] for k, _ in pairs],
+                                                      [stats[k][0][options[k][j][0]] for k, j in pairs],
+                                                      [stats[k][1][options[k][j][1]] for k, j in pairs])
+        least: dict[int, tuple[float, int]] = {}
+        for (k, j), value in zip(pairs, s.tolist()):
+            if k not in least or value < least[k][0]:
+                least[k] = (value, j)
         choice = [0] * len(self.groups)
-        for k in open_:
-            firsts = [stats[k][0][a] for a, _ in options[k]]
-            windows = [stats[k][1][b] for _, b in options[k]]
-            choice[k] = int(np.argmin(ends(timings[k][0], firsts, windows)))
+        for k, (_, j) in least.items():
+            choice[k] = j
         if not any(choice):
             return choice
         plain = step()
