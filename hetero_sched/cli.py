@@ -57,7 +57,7 @@ def _add_solver(p: argparse.ArgumentParser) -> None:
     p.add_argument("--backend", default="cpsat", help=f"{', '.join(BACKENDS)} or none (heuristic only)")
     p.add_argument("--time-limit", type=float, default=10.0, help="seconds, model building included (default 10)")
     p.add_argument("--threads", type=int, default=2,
-                   help="solver threads (default 2; 2 or more also lets the step bound run an LP in a worker process)")
+                   help="solver threads (default 2; 2 or more also lets a pattern LP bound run in a worker process)")
     p.add_argument("--seed", type=int, default=0, help="the solver's random seed")
     p.add_argument("--work-limit", type=float, help="deterministic work limit instead of wall-clock luck: "
                    "CP-SAT deterministic seconds, HiGHS/CBC branch-and-bound nodes; with --threads 1 the plan "

@@ -46,6 +46,7 @@ MIP_BEFORE_PATTERNS_VARIABLES = 6_000
 HEURISTIC_SHARE = 0.3       # of the time limit, when the MIP runs after it
 PATTERNS_HEURISTIC_SHARE = 0.1  # ... and when the pattern LP and LNS do
 PATTERN_SHARE = 0.35        # of the time left, for the pattern LP before the configuration swaps
+TURN_S = 0.5                # with the LP in a worker: the LP here and LNS rounds take turns of this long
 LNS_SHARE = 0.4             # of the time left then, for rebalancing (it stops earlier once stuck)
 LP_COVER_SHARE = 0.1        # of the time left after the first pattern LP, for covers that open groups on its mix,
                             # then as much of what is left for polishing the best of them
@@ -87,6 +88,9 @@ FEWER_GROUPS_HEURISTIC_SHARE = 0.5  # ... the heuristic then has this share of t
 FEWER_GROUPS_SLACK = 0.005  # ... and the cover's first T is the heuristic's makespan this much higher
 POLISH_SHARE = 0.15         # of the time left after the bounds, for the step polish of the plans found (see polish):
                             # it converges in 0.1-1.4 s at 64 GPUs x 256 (seed 31's TP2 plan: 1,739 -> 1,630 ms)
+POLISH_SHARE_ALONE = 0.3    # ... and where no pattern LP can raise a bound after the search (beyond 400 distinct
+                            # lengths): at 16,384 GPUs the 2,890-group plan needs 1.45 s to start, and 15 % left it
+                            # 1.31 s in two runs of three (unpolished: 3,663 ms; polished: 3,623)
 
 
 def solve(lengths, cluster: Cluster, lat: LatencyModel, *, backend: str = "cpsat", time_limit_s: float = 10.0,
@@ -105,7 +109,9 @@ def solve(lengths, cluster: Cluster, lat: LatencyModel, *, backend: str = "cpsat
     bound may also run one pattern LP in a worker process (see milp.remote). pp_degrees: the pipeline
     degrees searched, each dividing the layers (default: 1 when the model fits without stages, else every
     divisor with which it fits: instance.check_pp_degrees); groups of different degrees mix like groups of different TP. The search runs once
-    per smallest layout (GPUs per parameter copy, tp·pp) under the step objective."""
+    per smallest layout (GPUs per parameter copy, tp·pp) under the step objective. With threads ≥ 2 a
+    pattern LP bound may run in a worker process: the step objective's pure family (milp.remote), or,
+    where no worker runs, the searched slice's LP (see _patterns_and_lns)."""
     start = time.monotonic()
     _check_args(cluster, lat, backend, time_limit_s, threads, seed, rel_gap, objective, round_lengths,
                 deterministic_limit)
@@ -161,7 +167,9 @@ def solve(lengths, cluster: Cluster, lat: LatencyModel, *, backend: str = "cpsat
                                           per_group_s, deterministic_limit)
     families = [f for sl in slices for f in sl.families]
     polishing = objective == "step" and not quick and not full.pipelined and deterministic_limit is None
-    polish_s = POLISH_SHARE * max(deadline - reserve - time.monotonic(), 0.0) if polishing else 0.0
+    alone = not any(sl.inst is not None and worth_trying(sl.inst) for sl in slices if sl.make is None)
+    polish_s = (POLISH_SHARE_ALONE if alone else POLISH_SHARE) * max(deadline - reserve - time.monotonic(), 0.0) \
+        if polishing else 0.0
     reserve += polish_s  # (the searches end that much earlier)
     beside = objective == "step" and deterministic_limit is None and not round_lengths and threads >= 2
     try:
@@ -810,10 +818,12 @@ def _patterns_and_lns(inst: Instance, best: tuple, known: list, lower: float, de
     the best plan with its configurations swapped towards the LP's mix (when that changes any and still
     places), or as it is, rebalanced by LNS; then the pattern LP again, below the better plan. Returns
     (named solutions, bound, the pattern LP search, note). spare_core: the same LP is also proven in a
-    worker process (remote) from the start to the deadline, and the time the LP would take here at the
-    end goes to LNS rounds from the best plan (other seeds) instead; the bound is the better of the two
-    LPs'. At 64 GPUs x 256 on a 10 s makespan solve the LP here had ~6 s and had not converged (seed 11:
-    1,505.4 ms, against 1,506.4 in 26 s)."""
+    worker process (remote) from the start to the deadline; at the end, the LP here and LNS rounds from
+    the best plan (other seeds) take turns: LNS while the worker's bound is ahead of this one's (the LP
+    here would only repeat it), the LP here otherwise (a worker starved by other work on the cores falls
+    behind: at 5 s with the cores busy it lowered the bound when LNS had all the time). The bound is the
+    better of the two LPs'. At 64 GPUs x 256 on a 10 s makespan solve the LP here had ~6 s and had not
+    converged (seed 11: 1,505.4 ms, against 1,506.4 in 26 s)."""
     found = []
 
     def keep(who: str, sol) -> None:
@@ -827,7 +837,8 @@ def _patterns_and_lns(inst: Instance, best: tuple, known: list, lower: float, de
     if upper <= lower or time.monotonic() >= deadline:
         return found, lower, None, ""
     remote = _remote_bound(inst, lower, upper, deadline) if spare_core else None
-    search = PatternBound(inst, lower, upper, [s[0] for s in known], threads)
+    # with the worker on a core, this LP gets the other threads (3 threads on 2 cores lowered the bound at 5 s)
+    search = PatternBound(inst, lower, upper, [s[0] for s in known], max(threads - 1, 1) if remote else threads)
     search.improve(_share(PATTERN_SHARE, deadline))
     guided = binary_search_cover(inst, search.lo, makespan(inst, best[0]), _share(LP_COVER_SHARE, deadline),
                                  rule="efficient", prefer=search.lp.preferences())
@@ -838,18 +849,27 @@ def _patterns_and_lns(inst: Instance, best: tuple, known: list, lower: float, de
         keep("LP mix + LNS", rebalance(inst, swapped, _share(LNS_SHARE, deadline), seed))
     else:
         keep("LNS", rebalance(inst, best[0], _share(LNS_SHARE, deadline), seed))
-    search.tighten(makespan(inst, best[0]))
     rounds = 0
-    while remote is not None and not remote.failed and remote.poll() < makespan(inst, best[0]) \
-            and time.monotonic() < deadline:
-        remote.tighten(makespan(inst, best[0]))
-        rounds += 1  # the worker proves: here, LNS from the best plan with another seed
-        keep("LNS", rebalance(inst, best[0], deadline, seed + rounds))
-    bound = search.improve(deadline)  # (what is left when the worker failed or finished early)
-    if remote is not None:
-        bound = max(bound, remote.close())
+    while time.monotonic() < deadline:  # in turns: the LP here, or LNS rounds while the worker's LP is ahead
+        upper = makespan(inst, best[0])
+        search.tighten(upper)
+        worker_ahead = remote is not None and not remote.failed and (remote.poll() > search.lo or search.exhausted)
+        if max(search.lo, remote.poll() if remote is not None else -math.inf) >= upper or (
+                search.exhausted and not worker_ahead):
+            break  # proven, or nothing left to raise
+        turn_end = min(deadline, time.monotonic() + TURN_S)
+        if worker_ahead:
+            remote.tighten(upper)
+            rounds += 1  # LNS from the best plan with another seed
+            keep("LNS", rebalance(inst, best[0], turn_end, seed + rounds))
+        else:
+            search.improve(turn_end)
+    bound = search.lo
+    remote_bound = remote.close() if remote is not None else -math.inf
+    worker = remote_bound > bound
+    bound = max(bound, remote_bound)
     return found, bound, search, f" (pattern LP: {100 * (makespan(inst, best[0]) / bound - 1):.2f} % gap" + \
-        (", its bound proven in a worker process" if remote is not None else "") + ")"
+        (", its bound proven in a worker process" if worker else "") + ")"
 
 
 def _remote_bound(inst: Instance, lower: float, upper: float, deadline: float) -> RemoteBound | None:
