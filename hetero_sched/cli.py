@@ -235,7 +235,7 @@ def print_summary(plan) -> None:
     if s:
         out.print(f"solver {s.backend}, objective {s.objective}: {s.status}, lower bound {s.bound_ms:,.1f} ms "
                   f"(makespan >= {s.makespan_bound_ms:,.1f}, step >= {s.step_bound_ms:,.1f}), gap {s.gap:.2%}, "
-                  f"{s.wall_s:.2f} s ({_limit(s)}, {s.threads} threads, seed {s.seed})")
+                  f"{s.wall_s:.2f} s ({_limit(s)}, {plural(s.threads, 'thread')}, seed {s.seed})")
         for part in s.message.split(" | "):
             out.print(f"  {part}", markup=False, style="dim")
     if b:
