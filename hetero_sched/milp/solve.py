@@ -167,9 +167,9 @@ def solve(lengths, cluster: Cluster, lat: LatencyModel, *, backend: str = "cpsat
                                           per_group_s, deterministic_limit)
     families = [f for sl in slices for f in sl.families]
     polishing = objective == "step" and not quick and not full.pipelined and deterministic_limit is None
-    alone = not any(sl.inst is not None and worth_trying(sl.inst) for sl in slices if sl.make is None)
-    polish_s = (POLISH_SHARE_ALONE if alone else POLISH_SHARE) * max(deadline - reserve - time.monotonic(), 0.0) \
-        if polishing else 0.0
+    no_pattern_lp = not worth_trying(full)  # (it reads the lengths alone: the same for every slice)
+    polish_s = (POLISH_SHARE_ALONE if no_pattern_lp else POLISH_SHARE) * max(deadline - reserve - time.monotonic(),
+                                                                             0.0) if polishing else 0.0
     reserve += polish_s  # (the searches end that much earlier)
     beside = objective == "step" and deterministic_limit is None and not round_lengths and threads >= 2
     try:
