@@ -31,7 +31,7 @@ def test_planted_three_jobs_on_two_gpus():
     area = overhead_area_bound(inst, 2.0)
     assert area == pytest.approx(1.5)
     bound = patterns.pattern_bound(inst, area, 2.0, time.monotonic() + 10, rel_tol=1e-6)
-    assert 2.0 * (1 - 3 / patterns.GRID) <= bound <= 2.0  # costs are rounded down to room/GRID when priced
+    assert 2.0 * (1 - 1e-5) <= bound <= 2.0  # pricing is exact: only the bisection's tolerance is lost
 
 
 def test_planted_identical_sequences_are_one_row():
@@ -39,7 +39,7 @@ def test_planted_identical_sequences_are_one_row():
     inst = Instance(lengths=np.full(5, 7), configs=[(1, 1, False)], gpus=np.array([1]), overhead=np.array([0.0]),
                     cost=np.full((5, 1), 0.6), total_gpus=3)
     bound = patterns.pattern_bound(inst, overhead_area_bound(inst, 1.2), 1.2, time.monotonic() + 10, rel_tol=1e-6)
-    assert 1.2 * (1 - 3 / patterns.GRID) <= bound <= 1.2
+    assert 1.2 * (1 - 1e-5) <= bound <= 1.2
 
 
 def _cases():
@@ -74,8 +74,57 @@ def test_pricing_bounds_every_true_pattern(seed):
     dantzig = patterns._fractional(pi, w[:, None], m, np.array([cap]))[0]
     assert best <= value * (1 + 1e-12) + 1e-12
     assert value <= dantzig * (1 + 1e-12) + 1e-12
-    assert (a <= m + 1e-9).all() and float(a @ w) <= cap * (1 + 1e-9) + len(w) * cap / patterns.GRID
+    assert (a <= m + 1e-9).all() and float(a @ w) <= cap * (1 + 1e-9)
     assert float(pi @ a) == pytest.approx(value, rel=1e-9, abs=1e-12)
+
+
+def _relaxed_optimum(pi, w, m, cap) -> float:
+    """The relaxed knapsack by a DP over integer costs: big lengths integral (each copy a 0-1 item), small
+    ones (cost < cap/SMALL_SHARE) fractional, best value per cost first, in what the big ones leave."""
+    usable = (w <= cap) & (pi > 0)
+    big = np.flatnonzero(usable & (w * patterns.SMALL_SHARE >= cap))
+    small = np.flatnonzero(usable & (w * patterns.SMALL_SHARE < cap))
+    small = small[np.argsort(-pi[small] / w[small], kind="stable")]
+    spent = np.concatenate([[0.0], np.cumsum(m[small] * w[small])])
+    gain = np.concatenate([[0.0], np.cumsum(m[small] * pi[small])])
+    C = int(cap)
+    dp = np.full(C + 1, -np.inf)  # dp[u]: best value of big lengths costing exactly u
+    dp[0] = 0.0
+    for j in big:
+        for _ in range(int(m[j])):
+            u = int(w[j])
+            dp[u:] = np.maximum(dp[u:], dp[:C + 1 - u] + pi[j])
+    used = np.flatnonzero(np.isfinite(dp))
+    return float((dp[used] + np.interp(cap - used, spent, gain)).max())
+
+
+@pytest.mark.parametrize("seed", range(30))
+def test_pricing_is_exact_on_the_costs_as_they_are(seed):
+    """Integer costs, up to 60 lengths, values proportional to costs (the hard, strongly correlated case)
+    or not: the pricing's value is the relaxed optimum itself (no rounding), and its pattern reaches it
+    within the room."""
+    rng = np.random.default_rng(seed)
+    J = int(rng.integers(5, 60))
+    w = rng.integers(1, 400, J).astype(float)
+    pi = np.where(rng.random(J) < 0.1, 0.0, w + rng.uniform(-5, 5, J) if seed % 2 else w * rng.uniform(0.3, 2, J))
+    pi = np.maximum(pi, 0.0)
+    m = rng.integers(1, 5, J).astype(float)
+    cap = float(rng.integers(200, 3000))
+    a, value = patterns._knapsack(pi, w, m, cap)
+    assert value == pytest.approx(_relaxed_optimum(pi, w, m, cap), rel=1e-12)
+    assert float(pi @ a) == pytest.approx(value, rel=1e-9)
+    assert (a <= m + 1e-9).all() and float(a @ w) <= cap * (1 + 1e-12)
+
+
+def test_pricing_past_its_states_falls_back_on_the_grid(monkeypatch):
+    """With no partial pattern allowed, the rounded grid answers: an upper bound on the exact value."""
+    rng = np.random.default_rng(3)
+    w = rng.integers(1, 400, 40).astype(float)
+    pi, m, cap = w + rng.uniform(-5, 5, 40), np.ones(40), 1500.0
+    exact = patterns._knapsack(pi, w, m, cap)[1]
+    monkeypatch.setattr(patterns, "PARETO_STATES", 0)
+    grid = patterns._knapsack(pi, w, m, cap)[1]
+    assert exact <= grid <= exact * (1 + 40 / patterns.GRID)
 
 
 def test_tightens_the_area_bound_on_a_long_tailed_batch(llama3):
