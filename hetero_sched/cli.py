@@ -26,12 +26,21 @@ err = Console(stderr=True, highlight=False, width=_WIDTH)
 
 
 # ---- shared options -----------------------------------------------------------------------------------
+class _Once(argparse.Action):
+    """An option that may be given once: a second --lengths would silently replace the first batch."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        if getattr(namespace, self.dest, None) is not None:
+            parser.error(f"{option_string} given twice; give it once")
+        setattr(namespace, self.dest, values)
+
+
 def _add_batch(p: argparse.ArgumentParser, required: bool = True) -> None:
     g = p.add_argument_group("batch (one of)")
-    g.add_argument("--lengths", help="comma-separated token lengths, e.g. 32768,1024")
-    g.add_argument("--batch", help="file of token lengths: .txt .csv .json .jsonl .parquet")
-    g.add_argument("--column", help="column (csv/parquet) or field (jsonl) holding the lengths")
-    g.add_argument("--synthetic", help="prolong:tokens=N,context=N,seed=N or lognormal:n=N,context=N,seed=N[,median=2048,sigma_x100=150] "
+    g.add_argument("--lengths", action=_Once, help="comma-separated token lengths, e.g. 32768,1024")
+    g.add_argument("--batch", action=_Once, help="file of token lengths: .txt .csv .json .jsonl .parquet")
+    g.add_argument("--column", action=_Once, help="column (csv/parquet) or field (jsonl) holding the lengths")
+    g.add_argument("--synthetic", action=_Once, help="prolong:tokens=N,context=N,seed=N or lognormal:n=N,context=N,seed=N[,median=2048,sigma_x100=150] "
                         "(log-normal lengths around the median, sigma = sigma_x100/100, capped at the context)")
 
 

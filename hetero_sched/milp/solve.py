@@ -246,7 +246,8 @@ def solve(lengths, cluster: Cluster, lat: LatencyModel, *, backend: str = "cpsat
         per_layout = _layout_step_bounds(lat, bounds, tps, mins or LayoutBounds(full)) if objective != "step" \
             else None
         step_bound = max(_step_bound(lat, families, per_layout), bounds[tps[0]])
-    plan.solver = SolveResult(backend=backend, status="feasible", time_limit_s=time_limit_s,
+    plan.solver = SolveResult(backend=backend, status="feasible",  # (a work limit replaces the clock's)
+                              time_limit_s=time_limit_s if deterministic_limit is None else None,
                               work_limit=deterministic_limit, threads=threads,
                               seed=seed, objective=objective, makespan_bound_ms=makespan_bound,
                               step_bound_ms=step_bound)
@@ -673,7 +674,8 @@ def _search(sl: Slice, full: Instance, lat, deadline: float, backend, threads, s
     heur_plan = _to_plan(inst, *heur, lat) if found and sl.found is not None else None  # priced once:
     if heur_plan is not None:  # told to the worker now, returned below
         sl.found(heur_plan)
-    note = f"{_unit(full)}>={min_tp}: {len(inst.configs)} configurations kept ({full.pruned + len(full.configs) - len(inst.configs)} pruned)"
+    note = f"{_unit(full)}>={min_tp}: {len(inst.configs):,} configurations kept " \
+           f"({full.pruned + len(full.configs) - len(inst.configs):,} pruned)"
     if fewer_groups and found:
         larger = _fewer_groups(inst, heur[0], lat, min_tp, lower, upper, deadline, per_group_s)
         if larger is not None:

@@ -135,6 +135,7 @@ BAD = [
     (["solve", "--lengths", "1024", "--out", "no/such/folder/plan.json"], "no/such/folder"),
     (["solve"], "exactly one"),
     (["solve", "--lengths", "1024", "--synthetic", "prolong:tokens=10"], "exactly one"),
+    (["solve", "--lengths", "1024", "--lengths", "2048"], "--lengths given twice"),
     (["solve", "--synthetic", "uniform:n=3"], "uniform"),
     (["solve", "--lengths", "1024", "--gpus", "8", "--model", "llama2-70b"], "cannot fit"),
     (["sweep", "--lengths", "1024", "--backends", "cpsat,foo"], "foo"),

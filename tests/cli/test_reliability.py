@@ -56,6 +56,7 @@ def test_work_limit_with_one_thread_is_reproducible(backend):
     sa, sb = json.loads(a.stdout)["solver"], json.loads(b.stdout)["solver"]
     assert strip(a.stdout) == strip(b.stdout)
     assert {k: v for k, v in sa.items() if k != "wall_s"} == {k: v for k, v in sb.items() if k != "wall_s"}
+    assert sa["work_limit"] > 0 and sa["time_limit_s"] is None  # the 60 s were not applied: not recorded
 
 
 @pytest.mark.parametrize("args,needle", [
