@@ -677,7 +677,8 @@ def _search(sl: Slice, full: Instance, lat, deadline: float, backend, threads, s
     note = f"{_unit(full)}>={min_tp}: {len(inst.configs):,} configurations kept " \
            f"({full.pruned + len(full.configs) - len(inst.configs):,} pruned)"
     if fewer_groups and found:
-        larger = _fewer_groups(inst, heur[0], lat, min_tp, lower, upper, deadline, per_group_s)
+        larger = _fewer_groups(inst, heur[0], lat, min_tp, lower, upper,  # (the heuristic's plan is built after)
+                               deadline - (0.0 if heur_plan is not None else per_group_s * len(heur[0])), per_group_s)
         if larger is not None:
             found.append((f"heuristic on groups of >= {larger[0]} GPUs", (larger[1], _greedy_shares(inst, larger[1]))))
             note += f"; a cover on groups of >= {larger[0]} GPUs ({len(larger[1]):,} groups, fewer gradient buckets)"

@@ -230,3 +230,26 @@ def test_every_length_lies_between_grid_lengths_at_most_2_percent_apart(lengths)
     above = grid[np.minimum(np.searchsorted(grid, uniq, side="left"), len(grid) - 1)]
     inner = below != above  # the lengths that are interpolated
     assert (above[inner] <= below[inner] * GRID_RATIO * (1 + 1e-12)).all()
+
+
+def test_the_search_on_T_starts_no_cover_that_would_end_past_its_deadline(monkeypatch):
+    """Each cover takes 1 s on a simulated clock and the deadline is 3.5 s away: the guess and two more
+    covers end by 3 s; a third would end at 4 s, past the deadline, so it is not started (the covers of
+    65,536 sequences take 0.3-0.5 s each, and a search that started one just before its deadline ran past
+    it and took the polish's time)."""
+    from hetero_sched.milp import heuristic
+
+    clock = [100.0]
+    real_cover = heuristic.cover
+
+    def slow_cover(*args, **kwargs):
+        clock[0] += 1.0
+        return real_cover(*args, **kwargs)
+
+    lat = hs.latency_model(hs.ModelSpec.preset("llama3-8b"), hs.Cluster(gpus=64))
+    inst = build_instance(list(synthetic("lognormal:n=256,context=131072,seed=3")), lat)
+    monkeypatch.setattr(heuristic, "cover", slow_cover)
+    monkeypatch.setattr(heuristic.time, "monotonic", lambda: clock[0])
+    lo = bounds.simple_bound(inst)
+    sol = heuristic.binary_search_cover(inst, lo, lo * 3, clock[0] + 3.5, guess=lo * 1.2)
+    assert sol is not None and clock[0] == 103.0
