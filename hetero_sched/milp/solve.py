@@ -677,8 +677,8 @@ def _search(sl: Slice, full: Instance, lat, deadline: float, backend, threads, s
     note = f"{_unit(full)}>={min_tp}: {len(inst.configs):,} configurations kept " \
            f"({full.pruned + len(full.configs) - len(inst.configs):,} pruned)"
     if fewer_groups and found:
-        larger = _fewer_groups(inst, heur[0], lat, min_tp, lower, upper,  # (the heuristic's plan is built after)
-                               deadline - (0.0 if heur_plan is not None else per_group_s * len(heur[0])), per_group_s)
+        larger = _fewer_groups(inst, heur[0], lat, min_tp, lower, upper, deadline, per_group_s,
+                               0.0 if heur_plan is not None else per_group_s * len(heur[0]))
         if larger is not None:
             found.append((f"heuristic on groups of >= {larger[0]} GPUs", (larger[1], _greedy_shares(inst, larger[1]))))
             note += f"; a cover on groups of >= {larger[0]} GPUs ({len(larger[1]):,} groups, fewer gradient buckets)"
@@ -716,13 +716,15 @@ def _search(sl: Slice, full: Instance, lat, deadline: float, backend, threads, s
 
 
 def _fewer_groups(inst: Instance, sol, lat: LatencyModel, min_tp: int, lower: float, upper: float, deadline: float,
-                  per_group_s: float) -> tuple[int, list] | None:
+                  per_group_s: float, build_s: float = 0.0) -> tuple[int, list] | None:
     """A cover of inst on configurations of at least twice the heuristic's most common group size, when
     halving its group count G would lower the exposed sync of a group that hides everything
     (GroupStepEnds.least) by more than FEWER_GROUPS_GAIN of the makespan: Megatron's buckets hold
     max(40M, 1M·G) parameters, so thousands of groups leave two or three, and every group waits for the
     first before its forward starts (at 16,384 GPUs x 65,536 the TP2 slice's 4,296 groups: 199 ms at
-    least, 78 ms at half as many). Returns (that size, the cover) or None (no gain, no cover in time)."""
+    least, 78 ms at half as many). Its first cover runs whenever the deadline has not passed; further trials
+    only while they would end build_s before it (the heuristic's plan, still to be built). Returns (that
+    size, the cover) or None (no gain, no cover in time)."""
     groups = len(sol)
     least = [GroupStepEnds(lat, [min_tp], g).least for g in (groups, max(groups // 2, 1))]
     if least[0] - least[1] <= FEWER_GROUPS_GAIN * makespan(inst, sol) or time.monotonic() >= deadline:
@@ -733,7 +735,7 @@ def _fewer_groups(inst: Instance, sol, lat: LatencyModel, min_tp: int, lower: fl
     first, _ = distinct_lengths(inst.lengths)
     if not cols.size or not np.isfinite(sub.cost[first]).any(axis=1).all():
         return None
-    cover_ = binary_search_cover(sub, lower, upper, deadline, rule="efficient", per_group_s=per_group_s,
+    cover_ = binary_search_cover(sub, lower, upper, deadline - build_s, rule="efficient", per_group_s=per_group_s,
                                  guess=makespan(inst, sol) * (1 + FEWER_GROUPS_SLACK))
     return None if cover_ is None else (size, [(int(cols[c]), items) for c, items in cover_])
 
