@@ -325,28 +325,29 @@ def _pareto_knapsack(pi, w, m, cap, big, small, fill) -> tuple[np.ndarray, float
     by_ratio = np.argsort(-every_v / every_w, kind="stable")
     rank = np.empty(by_ratio.size, dtype=int)
     rank[by_ratio] = np.arange(by_ratio.size)
-    cw = np.concatenate([[0.0], np.cumsum(every_w[by_ratio])])
-    cv = np.concatenate([[0.0], np.cumsum(every_v[by_ratio])])
+    sorted_w, sorted_v = every_w[by_ratio], every_v[by_ratio]
+    cw = np.concatenate([[0.0], np.cumsum(sorted_w)])  # Dantzig's bound at any capacity: interp over these
+    cv = np.concatenate([[0.0], np.cumsum(sorted_v)])
     best = _greedy_value(pw, pv, np.argsort(rank[:item.size]), cap, fill)
     inside = cw[rank[:item.size] + 1] <= cap  # taken whole by Dantzig's bound at cap
     keep_in = inside & (np.interp(cap + pw, cw, cv) - pv < best * (1 - 1e-12))
     keep_out = ~inside & (pv + np.interp(cap - pw, cw, cv) < best * (1 - 1e-12))
-    room = cap - float(pw[keep_in].sum())
+    room, fixed = cap - float(pw[keep_in].sum()), float(pv[keep_in].sum())
     if room < 0:
         return None
     core = np.flatnonzero(~keep_in & ~keep_out)
     if core.size > PARETO_CORE:
         return None
     core = core[np.argsort(rank[core])]
-    states = _pareto_states(pw[core], pv[core], rank[core], rank[item.size:], every_w[by_ratio],
-                            every_v[by_ratio], room, best - float(pv[keep_in].sum()), fill)
+    states = _pareto_states(pw[core], pv[core], rank[core], rank[item.size:], sorted_w, sorted_v, room,
+                            best - fixed, fill)
     if states is None:
         return None
     taken, value, used = states
     a = np.zeros(w.size)
     np.add.at(a, item[keep_in], count[keep_in])
     np.add.at(a, item[core[taken]], count[core[taken]])
-    return a, float(pv[keep_in].sum()) + value, cap - room + used
+    return a, fixed + value, cap - room + used
 
 
 def _greedy_value(pw, pv, order, cap, fill) -> float:
